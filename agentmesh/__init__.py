@@ -1,0 +1,55 @@
+"""agentmesh: an asyncio-native distributed actor framework for multi-agent AI systems.
+
+Agents are plain async classes; a `Mesh` hosts them and hands out `AgentRef`s through
+which they ask, tell and stop each other. See README.md and docs/ for the concepts.
+"""
+
+from ._private.kernel.agent import Agent
+from ._private.kernel.errors import (
+    AgentmeshError,
+    AgentNotFound,
+    AgentUnavailable,
+    AskTimeout,
+    AuthError,
+    BadArguments,
+    MailboxFull,
+    NameTaken,
+    PlacementError,
+    RemoteError,
+    SerializationError,
+    SpawnError,
+    UnknownMethod,
+)
+from ._private.kernel.info import AgentInfo
+from ._private.kernel.mailbox import DEFAULT_MAILBOX_SIZE
+from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
+from ._private.kernel.ref import AgentRef, MethodRef
+from ._private.mesh import Mesh
+from ._private.running import run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentInfo",
+    "AgentNotFound",
+    "AgentRef",
+    "AgentUnavailable",
+    "AgentmeshError",
+    "AskTimeout",
+    "AuthError",
+    "BadArguments",
+    "DEFAULT_ASK_TIMEOUT",
+    "DEFAULT_MAILBOX_SIZE",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "MailboxFull",
+    "Mesh",
+    "MethodRef",
+    "NameTaken",
+    "PlacementError",
+    "RemoteError",
+    "SerializationError",
+    "SpawnError",
+    "UnknownMethod",
+    "run",
+]

@@ -1,0 +1,1 @@
+"""Internals of agentmesh. Nothing here is public API; import from `agentmesh`."""

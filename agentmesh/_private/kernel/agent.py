@@ -1,0 +1,107 @@
+"""The `Agent` base class users subclass."""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .methods import MethodTable
+
+if TYPE_CHECKING:
+    from ..mesh import Mesh
+    from .cell import Cell
+    from .ref import AgentRef
+
+__all__ = ["Agent", "check_agent_class", "method_table"]
+
+
+class Agent:
+    """Base class of agents: a plain async Python class with a mailbox.
+
+    Every public ``async def`` method can be called by others through an `AgentRef`,
+    one message at a time (or up to ``concurrency`` interleaved). Names that start with
+    ``_`` stay private. Agents are never constructed directly: ``await mesh.spawn(Cls,
+    *args)`` builds one and returns its ref.
+
+    Class attributes ``concurrency`` and ``mailbox_size`` set defaults for every agent
+    of the class; `spawn` options override them. Inside an agent, ``self.ref``,
+    ``self.name``, ``self.node`` and ``self.mesh`` are available from ``__init__`` on;
+    these names, the hooks and the methods defined here are reserved.
+
+    Example::
+
+        class Counter(am.Agent):
+            def __init__(self, start: int = 0) -> None:
+                self.value = start
+
+            async def add(self, n: int) -> int:
+                self.value += n
+                return self.value
+    """
+
+    __slots__ = ("_am_cell",)
+
+    #: How many handlers may run interleaved; 1 means strictly one message at a time.
+    concurrency: ClassVar[int] = 1
+    #: Mailbox capacity; None means the mesh default (see `DEFAULT_MAILBOX_SIZE`).
+    mailbox_size: ClassVar[int | None] = None
+
+    _am_cell: Cell
+
+    async def on_start(self) -> None:
+        """Run once, as the agent's first turn, before `spawn` returns.
+
+        If it raises, the agent does not start and `spawn` raises `SpawnError`.
+        """
+
+    async def on_stop(self) -> None:
+        """Run once when the agent stops or crashes, as its last turn.
+
+        Bounded by the mesh's shutdown timeout; an exception here is logged, not raised.
+        """
+
+    @property
+    def ref(self) -> AgentRef:
+        """This agent's own ref, to hand to others."""
+        return self._am_cell.ref
+
+    @property
+    def name(self) -> str | None:
+        """The registered name, or None for an anonymous agent."""
+        return self._am_cell.name
+
+    @property
+    def node(self) -> str:
+        """Id of the node hosting this agent."""
+        return self._am_cell.node.id
+
+    @property
+    def mesh(self) -> Mesh:
+        """The mesh this agent lives in: spawn, get and publish from here."""
+        facade = self._am_cell.node.facade
+        assert facade is not None, "agent is not attached to a Mesh"
+        return facade  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        cell = getattr(self, "_am_cell", None)
+        label = "unattached" if cell is None else (cell.name or cell.id)
+        return f"<{type(self).__qualname__} agent {label}>"
+
+
+_RESERVED = frozenset(name for name in dir(Agent) if not name.startswith("_"))
+_TABLES: weakref.WeakKeyDictionary[type, MethodTable] = weakref.WeakKeyDictionary()
+
+
+def method_table(cls: type[Agent]) -> MethodTable:
+    """The (cached) table of callable methods of ``cls``."""
+    table = _TABLES.get(cls)
+    if table is None:
+        table = _TABLES[cls] = MethodTable(cls, _RESERVED)
+    return table
+
+
+def check_agent_class(cls: Any) -> type[Agent]:
+    """Return ``cls`` if it is an `Agent` subclass, else raise TypeError."""
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise TypeError(f"spawn() needs an Agent subclass, got {cls!r}")
+    return cls

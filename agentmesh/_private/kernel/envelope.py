@@ -1,0 +1,69 @@
+"""The envelope: one message on its way to one agent."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any, Protocol
+
+__all__ = ["NO_KWARGS", "Envelope", "Reply", "chains", "new_chain"]
+
+# Call-chain ids are unique per process and, with a random base, across processes.
+chains = itertools.count(random.getrandbits(62) | 1)
+
+
+#: Shared by every envelope without keyword arguments (never mutated): one container
+#: less per queued message for the garbage collector to track.
+NO_KWARGS: dict[str, Any] = {}
+
+
+def new_chain() -> int:
+    """Return a fresh call-chain id (never 0, which means "no chain")."""
+    return next(chains)
+
+
+class Reply(Protocol):
+    """Where the result of an ask goes: an `asyncio.Future` locally, a reply
+    envelope when the asker lives on another node."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class Envelope:
+    """A message to ``target``: a method call with arguments.
+
+    ``reply`` is None for a tell. ``chain`` is the call-chain id used for reentrancy:
+    an ask made while handling a message carries that message's chain; a tell, or an
+    ask from outside any agent, starts a new one. ``sender`` is the id of the sending
+    agent, or None for a driver. ``deadline`` is when an ask expires, in the event
+    loop's clock (0.0 for a tell); transports send the time left, so the callee skips
+    an ask whose asker has already given up.
+    """
+
+    __slots__ = ("args", "chain", "deadline", "kwargs", "method", "reply", "sender", "target")
+
+    def __init__(
+        self,
+        target: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        reply: Reply | None,
+        chain: int,
+        sender: str | None,
+        deadline: float = 0.0,
+    ) -> None:
+        self.target = target
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.reply = reply
+        self.chain = chain
+        self.sender = sender
+        self.deadline = deadline
+
+    def __repr__(self) -> str:
+        kind = "tell" if self.reply is None else "ask"
+        return f"<Envelope {kind} {self.target}.{self.method} chain={self.chain:x}>"

@@ -1,0 +1,113 @@
+"""The typed errors of agentmesh, all under `AgentmeshError`.
+
+Every error pickles with its fields intact, because errors cross nodes inside reply
+envelopes just as results do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AgentNotFound",
+    "AgentUnavailable",
+    "AgentmeshError",
+    "AskTimeout",
+    "AuthError",
+    "BadArguments",
+    "MailboxFull",
+    "NameTaken",
+    "PlacementError",
+    "RemoteError",
+    "SerializationError",
+    "SpawnError",
+    "UnknownMethod",
+]
+
+
+class AgentmeshError(Exception):
+    """Base class of every error agentmesh raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's default reduce replays only ``args``; keep the typed fields too.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[AgentmeshError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+class AskTimeout(AgentmeshError, TimeoutError):
+    """An ask got no reply within its timeout.
+
+    The message names the target, the method and, when the agents are waiting on each
+    other, the wait cycle. An ask that timed out before its handler started is never
+    run; one that had started runs to completion, its result discarded.
+    """
+
+
+class RemoteError(AgentmeshError):
+    """An agent's handler raised; carries the remote type, message and traceback.
+
+    Attributes: ``remote_type`` (qualified name of the exception class), ``remote_message``
+    (its ``str``), ``remote_traceback`` (the formatted traceback where it was raised), and
+    ``agent`` (name or id of the agent whose code raised).
+    """
+
+    def __init__(
+        self, agent: str, remote_type: str, remote_message: str, remote_traceback: str
+    ) -> None:
+        super().__init__(f"{remote_type} in agent {agent!r}: {remote_message}")
+        self.agent = agent
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        head = super().__str__()
+        if not self.remote_traceback:
+            return head
+        return f"{head}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
+
+
+class SpawnError(RemoteError):
+    """The agent's constructor or ``on_start`` raised, so the agent never started."""
+
+
+class AgentNotFound(AgentmeshError, LookupError):
+    """No agent is registered under that name or id."""
+
+
+class AgentUnavailable(AgentmeshError):
+    """The agent is stopped, stopping, crashed, or its node is down."""
+
+
+class NameTaken(AgentmeshError, ValueError):
+    """Another live agent already holds that name."""
+
+
+class UnknownMethod(AgentmeshError, AttributeError):
+    """The agent has no public ``async def`` method of that name."""
+
+
+class BadArguments(AgentmeshError, TypeError):
+    """The arguments do not fit the method's signature; the agent did not run it."""
+
+
+class MailboxFull(AgentmeshError):
+    """``*_nowait`` found the target's mailbox (or its node's send window) full."""
+
+
+class SerializationError(AgentmeshError, TypeError):
+    """A payload, argument or result cannot be encoded for the wire (or decoded)."""
+
+
+class PlacementError(AgentmeshError):
+    """No node can host the agent; the message says why, node by node."""
+
+
+class AuthError(AgentmeshError):
+    """A peer failed to prove the cluster token, or the token is missing."""

@@ -1,0 +1,57 @@
+"""Which methods of an agent class others may call, computed once per class."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .errors import UnknownMethod
+
+__all__ = ["Handler", "MethodTable"]
+
+Handler = Callable[..., Coroutine[Any, Any, Any]]
+
+
+class MethodTable:
+    """The public ``async def`` methods of one agent class, by name.
+
+    Names starting with ``_`` are private, and names the `Agent` base class defines
+    (hooks, ``ref``, ``publish`` …) belong to the framework: neither is callable.
+    """
+
+    __slots__ = ("cls_name", "handlers", "plain", "reserved")
+
+    def __init__(self, cls: type, reserved: frozenset[str]) -> None:
+        self.cls_name = cls.__qualname__
+        self.reserved = reserved
+        self.handlers: dict[str, Handler] = {}
+        self.plain: set[str] = set()  # public methods that are not async
+        for name in dir(cls):
+            if name.startswith("_") or name in reserved:
+                continue
+            attr = inspect.getattr_static(cls, name)
+            if isinstance(attr, staticmethod | classmethod):
+                continue
+            if inspect.iscoroutinefunction(attr):
+                self.handlers[name] = attr
+            elif inspect.isfunction(attr):
+                self.plain.add(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.handlers
+
+    def unknown(self, name: str) -> UnknownMethod:
+        """The error for calling ``name``, saying why it is not callable."""
+        where = f"{self.cls_name}.{name}"
+        if name.startswith("_"):
+            why = f"{where} is private: only public async methods can be called"
+        elif name in self.plain:
+            why = f"{where} is not async: only 'async def' methods can be called as messages"
+        elif name in self.reserved:
+            why = f"{where} belongs to the framework and cannot be called as a message"
+        else:
+            why = f"{self.cls_name} has no public async method {name!r}"
+            if self.handlers:
+                why += f" (it has: {', '.join(sorted(self.handlers))})"
+        return UnknownMethod(why)

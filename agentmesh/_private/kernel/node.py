@@ -1,0 +1,347 @@
+"""The node: one process's agents, their registry, and the routing of messages.
+
+A node delivers to its own agents directly and hands everything else to its
+`Transport`, so the same code runs one node in-process, several in one process
+(`MemoryNetwork`) or several over gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import itertools
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .agent import Agent, check_agent_class, method_table
+from .cell import Cell
+from .context import current_cell, current_chain, current_node, sender_id
+from .deadlines import Deadlines
+from .envelope import Envelope, new_chain
+from .errors import AgentNotFound, AgentUnavailable, AskTimeout, NameTaken
+from .info import AgentInfo
+from .mailbox import DEFAULT_MAILBOX_SIZE
+from .ref import AgentRef
+from .waits import describe_wait
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
+__all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "Node"]
+
+#: Seconds an ask waits for its reply unless the mesh or the call says otherwise.
+DEFAULT_ASK_TIMEOUT = 30.0
+#: Seconds a stopping agent gets to finish its queue and ``on_stop`` before cancellation.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+
+_EXITS_KEPT = 10_000
+
+
+def _first(*options: int | None) -> int:
+    """The first option that is set (not None)."""
+    return next(option for option in options if option is not None)
+
+
+class _Expiry:
+    """Fails a timed-out ask with an `AskTimeout` that says who waits on whom."""
+
+    __slots__ = ("method", "node", "ref", "sender", "timeout")
+
+    def __init__(self, node: Node, ref: AgentRef, method: str, sender: Cell | None) -> None:
+        self.node = node
+        self.ref = ref
+        self.method = method
+        self.sender = sender
+        self.timeout = node.ask_timeout
+
+    def __call__(self, fut: asyncio.Future[Any]) -> None:
+        if fut.done():
+            return
+        ref = self.ref
+        message = f"ask {ref.name or ref.id}.{self.method}() got no reply within {self.timeout:g}s"
+        if self.sender is not None:
+            message += f" (asked by agent {self.sender.label!r})"
+        waits = describe_wait(self.node, ref.id)
+        if waits:
+            message += f"; {waits}"
+        fut.set_exception(AskTimeout(message))
+
+
+class Node:
+    """Hosts agents in this process and routes messages to them or to peers."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str | None = None,
+        ask_timeout: float = DEFAULT_ASK_TIMEOUT,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        mailbox_size: int = DEFAULT_MAILBOX_SIZE,
+        transport: Transport | None = None,
+    ) -> None:
+        if ask_timeout <= 0 or shutdown_timeout <= 0:
+            raise ValueError("ask_timeout and shutdown_timeout must be positive")
+        self.id = node_id or secrets.token_hex(4)
+        self.ask_timeout = ask_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.mailbox_size = mailbox_size
+        self.cells: dict[str, Cell] = {}
+        #: Why recently ended agents ended, by id, so late messages get a clear error.
+        self.exits: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self.names: dict[str, Cell] = {}
+        #: The user-facing object agents see as ``self.mesh`` (set by the mesh layer).
+        self.facade: Any = None
+        self.transport = transport
+        self.closed = False
+        self._deadlines = Deadlines(ask_timeout)
+        self._ids = itertools.count(1)
+        if transport is not None:
+            transport.attach(self)
+
+    # -- agents -----------------------------------------------------------------
+
+    async def spawn(
+        self,
+        factory: Callable[..., Agent],
+        args: tuple[Any, ...],
+        *,
+        name: str | None = None,
+        mailbox_size: int | None = None,
+        concurrency: int | None = None,
+    ) -> AgentRef:
+        """Create an agent here, run its ``on_start`` and return its ref."""
+        if self.closed:
+            raise AgentUnavailable(f"node {self.id} is closed")
+        kwargs: dict[str, Any] = {}
+        if isinstance(factory, functools.partial):
+            args = factory.args + args
+            kwargs = dict(factory.keywords)
+            factory = factory.func
+        cls = check_agent_class(factory)
+        if name is not None:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"an agent name must be a non-empty string, got {name!r}")
+            if name in self.names:
+                raise NameTaken(f"an agent named {name!r} already exists")
+        agent_id = f"{next(self._ids):x}.{self.id}"
+        ref = AgentRef._create(agent_id, name, self.id, self)
+
+        cell = Cell(
+            self,
+            agent_id,
+            name,
+            cls,
+            args,
+            kwargs,
+            method_table(cls),
+            _first(mailbox_size, cls.mailbox_size, self.mailbox_size),
+            _first(concurrency, cls.concurrency),
+            ref,
+        )
+        ref._cell = cell
+        self.cells[agent_id] = cell
+        if name is not None:
+            self.names[name] = cell
+        await cell.start()
+        return ref
+
+    def unregister(self, cell: Cell) -> None:
+        """Forget an ended agent (its name becomes free)."""
+        if self.cells.get(cell.id) is cell:
+            del self.cells[cell.id]
+            self.exits[cell.id] = f"agent {cell.label!r} {cell.state.value}" + (
+                f" ({cell.exit_reason})" if cell.exit_reason else ""
+            )
+            if len(self.exits) > _EXITS_KEPT:
+                self.exits.popitem(last=False)
+        if cell.name is not None and self.names.get(cell.name) is cell:
+            del self.names[cell.name]
+
+    def lookup(self, name: str) -> AgentRef:
+        """The ref of the live agent called ``name``; raises `AgentNotFound`."""
+        cell = self.names.get(name)
+        if cell is None:
+            raise AgentNotFound(f"no agent named {name!r}")
+        return cell.ref
+
+    def info(self, ref: AgentRef) -> AgentInfo:
+        """A snapshot of a local agent's state and counters."""
+        cell = self._cell_of(ref)
+        assert cell is not None
+        return AgentInfo.of(cell)
+
+    async def stop_agent(self, ref: AgentRef, timeout: float | None) -> None:
+        if ref._cell is None and ref._node_id != self.id:
+            await self._transport(ref).stop_agent(ref._node_id, ref._id, timeout)
+            return
+        cell = self._cell_of(ref, missing_ok=True)
+        if cell is not None:
+            await cell.stop(self.shutdown_timeout if timeout is None else timeout)
+
+    async def close(self) -> None:
+        """Stop every agent, newest first, each within the shutdown timeout."""
+        self.closed = True
+        for cell in reversed(list(self.cells.values())):
+            await cell.stop(self.shutdown_timeout)
+        if self.transport is not None:
+            await self.transport.aclose()
+        self._deadlines.close()
+
+    def _cell_of(self, ref: AgentRef, missing_ok: bool = False) -> Cell | None:
+        cell = ref._cell
+        if cell is not None:
+            return cell
+        cell = self.cells.get(ref.id)
+        if cell is not None:
+            ref._cell = cell
+            return cell
+        if missing_ok:
+            return None
+        raise AgentUnavailable(self._gone(ref.id))
+
+    def _gone(self, agent_id: str) -> str:
+        exit_reason = self.exits.get(agent_id)
+        if exit_reason is not None:
+            return exit_reason
+        return f"no live agent {agent_id} on node {self.id}"
+
+    # -- sending ----------------------------------------------------------------
+
+    async def ask(
+        self,
+        ref: AgentRef,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Send an ask and wait for its result; see `MethodRef.ask`."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        sender = current_cell.get()
+        expire = _Expiry(self, ref, method, sender)
+        if timeout is None or timeout == self.ask_timeout:
+            handle = None
+            deadline = self._deadlines.add(fut, expire, loop.time())
+        else:
+            expire.timeout = timeout
+            handle = loop.call_later(timeout, expire, fut)
+            deadline = loop.time() + timeout
+        env = Envelope(
+            ref._id,
+            method,
+            args,
+            kwargs,
+            fut,
+            (current_chain.get() if sender is None else sender.chain_of_current_task())
+            or new_chain(),
+            None if sender is None else sender.id,
+            deadline,
+        )
+        if sender is not None:
+            if sender.waiting_on is None:
+                sender.waiting_on = {}
+            sender.waiting_on[fut] = ref._id
+        try:
+            cell = ref._cell
+            if cell is None and ref._node_id == self.id:
+                cell = self._cell_of(ref)
+            if cell is None:
+                await self._await_or_expire(self._send_remote(ref, env), fut)
+            elif cell.mailbox.has_room():
+                cell.post_nowait(env)
+            else:
+                await self._await_or_expire(cell.post(env), fut)
+            return await fut
+        finally:
+            if handle is None:
+                self._deadlines.discard(fut)
+            else:
+                handle.cancel()
+            if not fut.done():
+                fut.cancel()  # the send failed or we were cancelled: nobody will wait
+            if sender is not None and sender.waiting_on is not None:
+                sender.waiting_on.pop(fut, None)
+
+    @staticmethod
+    async def _await_or_expire(send: Any, fut: asyncio.Future[Any]) -> None:
+        """Wait for ``send`` (room in a mailbox or window) unless the ask expires first."""
+        task = asyncio.ensure_future(send)
+        try:
+            await asyncio.wait((task, fut), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            task.result()  # re-raise AgentUnavailable and the like
+
+    async def tell(
+        self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Send a tell to a ref with no cached cell (remote, or not yet bound)."""
+        env = self._tell_envelope(ref, method, args, kwargs)
+        cell = self._cell_of(ref) if ref._node_id == self.id else None
+        if cell is None:
+            await self._send_remote(ref, env)
+        else:
+            await cell.post(env)
+
+    def tell_nowait(
+        self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        env = self._tell_envelope(ref, method, args, kwargs)
+        cell = self._cell_of(ref) if ref._node_id == self.id else None
+        if cell is None:
+            self._transport(ref).send_nowait(ref._node_id, env)
+        else:
+            cell.post_nowait(env)
+
+    @staticmethod
+    def _tell_envelope(
+        ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Envelope:
+        return Envelope(ref._id, method, args, kwargs, None, new_chain(), sender_id())
+
+    # -- the transport seam ------------------------------------------------------
+
+    def _transport(self, ref: AgentRef) -> Transport:
+        if self.transport is None:
+            raise AgentUnavailable(f"{ref!r} lives on node {ref.node}, which is not reachable")
+        return self.transport
+
+    async def _send_remote(self, ref: AgentRef, env: Envelope) -> None:
+        await self._transport(ref).send(ref._node_id, env)
+
+    def deliver_nowait(self, env: Envelope) -> None:
+        """Deliver an envelope from a peer; raises `MailboxFull` or `AgentUnavailable`."""
+        self._target(env).post_nowait(env)
+
+    async def deliver(self, env: Envelope) -> None:
+        """Deliver an envelope from a peer, waiting for room (flow control)."""
+        await self._target(env).post(env)
+
+    def _target(self, env: Envelope) -> Cell:
+        cell = self.cells.get(env.target)
+        if cell is None:
+            raise AgentUnavailable(self._gone(env.target))
+        return cell
+
+    def bind_refs(self) -> Any:
+        """Context in which refs being unpickled bind to this node."""
+        return _BindRefs(self)
+
+
+class _BindRefs:
+    __slots__ = ("_node", "_token")
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __enter__(self) -> None:
+        self._token = current_node.set(self._node)
+
+    def __exit__(self, *exc: object) -> None:
+        current_node.reset(self._token)

@@ -1,0 +1,198 @@
+"""`AgentRef`: the location-transparent handle to an agent, and `MethodRef`."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from .context import current_cell, current_node
+from .envelope import NO_KWARGS, Envelope, chains
+from .errors import AgentUnavailable, MailboxFull
+
+if TYPE_CHECKING:
+    from .cell import Cell
+    from .node import Node
+
+__all__ = ["AgentRef", "MethodRef"]
+
+
+class AgentRef:
+    """A handle to one agent, wherever it lives; obtained from `spawn` or `get`.
+
+    ``await ref.method(*args)`` asks (waits for the result, within the mesh's ask
+    timeout); ``ref.method.ask(..., timeout=s)``, ``await ref.method.tell(...)`` and
+    ``ref.method.tell_nowait(...)`` are the other ways to send. ``ref["name"]`` reaches
+    a method whose name the ref itself uses (``stop``, ``id``, ``name``, ``node``).
+
+    Refs are hashable, ordered by agent id, and picklable: a ref sent inside a message
+    to another node still reaches the same agent, also after that agent restarts.
+    """
+
+    # MethodRefs are cached in __dict__ (made on first use), so that after the first
+    # ``ref.method`` the plain attribute lookup finds them: __getattr__ runs only after
+    # a failed lookup, which costs an AttributeError each time.
+    __slots__ = ("__dict__", "_cell", "_id", "_name", "_node", "_node_id")
+
+    _id: str
+    _name: str | None
+    _node_id: str
+    _node: Node | None
+    _cell: Cell | None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("AgentRef has no public constructor: use mesh.spawn() or mesh.get()")
+
+    @classmethod
+    def _create(cls, agent_id: str, name: str | None, node_id: str, node: Node | None) -> AgentRef:
+        ref = object.__new__(cls)
+        ref._id = agent_id
+        ref._name = name
+        ref._node_id = node_id
+        ref._node = node
+        ref._cell = None
+        return ref
+
+    @property
+    def id(self) -> str:
+        """The agent's unique id (stable across restarts)."""
+        return self._id
+
+    @property
+    def name(self) -> str | None:
+        """The agent's registered name, or None."""
+        return self._name
+
+    @property
+    def node(self) -> str:
+        """Id of the node the agent was last known to live on."""
+        return self._node_id
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop the agent: it handles what is already queued, then runs ``on_stop``.
+
+        New messages are refused with `AgentUnavailable` from the moment the stop
+        begins. After ``timeout`` seconds (default: the mesh's shutdown timeout) the
+        agent is cancelled. Stopping a stopped agent does nothing.
+        """
+        await self._bind().stop_agent(self, timeout)
+
+    def _bind(self) -> Node:
+        node = self._node
+        if node is None:
+            node = current_node.get()
+            if node is None:
+                raise AgentUnavailable(f"{self!r} is not bound to a running mesh")
+            self._node = node
+        return node
+
+    def __getattr__(self, method: str) -> MethodRef:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return self[method]
+
+    def __getitem__(self, method: str) -> MethodRef:
+        cached: dict[str, MethodRef] = self.__dict__
+        mref = cached.get(method)
+        if mref is None:
+            cell = self._cell
+            if cell is not None and method not in cell.methods.handlers:
+                raise cell.methods.unknown(method)
+            mref = MethodRef(self, method)
+            if method not in _OWN_NAMES:  # never shadow the ref's own stop(), id ...
+                cached[method] = mref
+        return mref
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AgentRef):
+            return self._id == other._id
+        return NotImplemented
+
+    def __lt__(self, other: AgentRef) -> bool:
+        return self._id < other._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_ref, (self._id, self._name, self._node_id))
+
+    def __repr__(self) -> str:
+        label = self._name if self._name is not None else self._id
+        return f"<AgentRef {label}@{self._node_id}>"
+
+
+_OWN_NAMES = frozenset(dir(AgentRef))
+
+
+def _restore_ref(agent_id: str, name: str | None, node_id: str) -> AgentRef:
+    # Bind to the node decoding this ref (set by transports), else on first use.
+    return AgentRef._create(agent_id, name, node_id, current_node.get())
+
+
+class MethodRef:
+    """One method of one agent: call it to ask, or use ``ask``/``tell``/``tell_nowait``."""
+
+    __slots__ = ("_method", "_ref")
+
+    def __init__(self, ref: AgentRef, method: str) -> None:
+        self._ref = ref
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Ask with the mesh's default timeout: ``await ref.method(*args, **kwargs)``."""
+        ref = self._ref
+        return ref._bind().ask(ref, self._method, args, kwargs, None)
+
+    def ask(
+        self, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
+        """Ask and wait for the result, at most ``timeout`` seconds (`AskTimeout`).
+
+        Raises `RemoteError` if the handler raised, `UnknownMethod` / `BadArguments`
+        for a call the agent cannot take, `AgentUnavailable` if it stopped.
+        """
+        ref = self._ref
+        return ref._bind().ask(ref, self._method, args, kwargs, timeout)
+
+    async def tell(self, *args: Any, **kwargs: Any) -> None:
+        """Send without waiting for a result; waits only for room in the mailbox."""
+        ref = self._ref
+        cell = ref._cell
+        if cell is None:
+            await ref._bind().tell(ref, self._method, args, kwargs)
+            return
+        sender = current_cell.get()
+        env = Envelope(
+            ref._id,
+            self._method,
+            args,
+            kwargs or NO_KWARGS,
+            None,
+            next(chains),
+            None if sender is None else sender.id,
+        )
+        if not cell.offer(env):
+            await cell.post(env)
+
+    def tell_nowait(self, *args: Any, **kwargs: Any) -> None:
+        """Send without waiting at all; raises `MailboxFull` if there is no room."""
+        ref = self._ref
+        cell = ref._cell
+        if cell is None:
+            ref._bind().tell_nowait(ref, self._method, args, kwargs)
+            return
+        sender = current_cell.get()
+        env = Envelope(
+            ref._id,
+            self._method,
+            args,
+            kwargs or NO_KWARGS,
+            None,
+            next(chains),
+            None if sender is None else sender.id,
+        )
+        if not cell.offer(env):
+            raise MailboxFull(f"mailbox of {ref!r} is full ({cell.mailbox.capacity} messages)")
+
+    def __repr__(self) -> str:
+        return f"<MethodRef {self._ref!r}.{self._method}>"

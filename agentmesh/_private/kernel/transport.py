@@ -1,0 +1,184 @@
+"""The transport seam, and `MemoryNetwork`: several nodes in one process.
+
+A transport carries envelopes from one node to another and brings replies back. The
+kernel calls only `Transport`; the gRPC transport implements the same seam, and
+`MemoryNetwork` implements it in-process, copying every message through cloudpickle
+exactly as a wire would, so tests and simulations exercise cross-node semantics
+(copies, ref rebinding, unpicklable payloads) without sockets.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .envelope import Envelope
+from .errors import AgentUnavailable, SerializationError
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["MemoryNetwork", "MemoryTransport", "Transport"]
+
+
+class Transport(abc.ABC):
+    """Carries envelopes between nodes; one instance per node.
+
+    ``send`` may wait for flow control (the peer's mailbox or the stream's window);
+    ``send_nowait`` never waits and raises `MailboxFull` instead. For an ask, the
+    envelope's ``reply`` is a local future the transport resolves when the peer's reply
+    comes back, or fails with `AgentUnavailable` if the peer goes away first.
+    """
+
+    node: Node
+
+    def attach(self, node: Node) -> None:
+        """Called once by the node that owns this transport."""
+        self.node = node
+
+    @abc.abstractmethod
+    async def send(self, peer: str, env: Envelope) -> None: ...
+
+    @abc.abstractmethod
+    def send_nowait(self, peer: str, env: Envelope) -> None: ...
+
+    @abc.abstractmethod
+    async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:
+        """Stop an agent that lives on ``peer``; returns when it has stopped."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections; pending asks on peers fail with `AgentUnavailable`."""
+
+
+class MemoryNetwork:
+    """An in-process network: every transport made by `transport()` reaches the others.
+
+    As between processes, a ref must reach another node inside a message (or pickled
+    under that node's ``bind_refs()``); a ref object shared directly keeps its own
+    node's shortcut to the agent.
+    """
+
+    def __init__(self) -> None:
+        self.transports: dict[str, MemoryTransport] = {}
+
+    def transport(self) -> MemoryTransport:
+        return MemoryTransport(self)
+
+
+class _RemoteReply:
+    """Stands in for the asker's future on the callee's node; sends the result back."""
+
+    __slots__ = ("_corr", "_deadline", "_done", "_origin", "_transport")
+
+    def __init__(self, transport: MemoryTransport, origin: str, corr: int, deadline: float) -> None:
+        self._transport = transport
+        self._origin = origin
+        self._corr = corr
+        self._deadline = deadline
+        self._done = False
+
+    def done(self) -> bool:
+        # Past the deadline the asker has given up: the callee need not start the call.
+        return self._done or asyncio.get_running_loop().time() > self._deadline
+
+    def set_result(self, result: Any, /) -> None:
+        self._done = True
+        self._transport.reply(self._origin, self._corr, result, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        self._transport.reply(self._origin, self._corr, None, exception)
+
+
+class MemoryTransport(Transport):
+    """One node's end of a `MemoryNetwork`."""
+
+    def __init__(self, network: MemoryNetwork) -> None:
+        self.network = network
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self._corr = itertools.count(1)
+
+    def attach(self, node: Node) -> None:
+        super().attach(node)
+        self.network.transports[node.id] = self
+
+    def _peer(self, peer: str) -> MemoryTransport:
+        transport = self.network.transports.get(peer)
+        if transport is None:
+            raise AgentUnavailable(f"node {peer} is not reachable")
+        return transport
+
+    def _copy(self, env: Envelope, peer: MemoryTransport) -> Envelope:
+        # Pickle and unpickle as a wire would: the callee gets copies, refs rebind.
+        try:
+            frame = cloudpickle.dumps((env.target, env.method, env.args, env.kwargs))
+        except Exception as exc:
+            raise SerializationError(
+                f"arguments of {env.method}() cannot be pickled: {type(exc).__name__}: {exc}"
+            ) from exc
+        corr = 0
+        if env.reply is not None:
+            corr = next(self._corr)
+            assert isinstance(env.reply, asyncio.Future)
+            self.pending[corr] = env.reply
+            env.reply.add_done_callback(functools.partial(self._forget, corr))
+        with peer.node.bind_refs():
+            target, method, args, kwargs = cloudpickle.loads(frame)
+        if corr == 0:
+            return Envelope(target, method, args, kwargs, None, env.chain, env.sender)
+        # A wire carries the time left, not the deadline: clocks differ between nodes.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (env.deadline - loop.time())
+        reply = _RemoteReply(peer, self.node.id, corr, deadline)
+        return Envelope(target, method, args, kwargs, reply, env.chain, env.sender, deadline)
+
+    def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:
+        self.pending.pop(corr, None)
+
+    async def send(self, peer: str, env: Envelope) -> None:
+        other = self._peer(peer)
+        await other.node.deliver(self._copy(env, other))
+
+    def send_nowait(self, peer: str, env: Envelope) -> None:
+        other = self._peer(peer)
+        other.node.deliver_nowait(self._copy(env, other))
+
+    async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:
+        node = self._peer(peer).node
+        cell = node.cells.get(agent_id)
+        if cell is not None:
+            await cell.stop(node.shutdown_timeout if timeout is None else timeout)
+
+    def reply(self, origin: str, corr: int, result: Any, error: BaseException | None) -> None:
+        """Called on the callee's side: carry a result back to the asker's node."""
+        try:
+            frame = cloudpickle.dumps((result, error))
+        except Exception as exc:
+            who = self.node.id
+            error = SerializationError(f"the reply from node {who} cannot be pickled: {exc}")
+            frame = cloudpickle.dumps((None, error))
+        asker = self.network.transports.get(origin)
+        if asker is None:
+            return  # the asker's node is gone; nobody is waiting
+        with asker.node.bind_refs():
+            result, error = cloudpickle.loads(frame)
+        fut = asker.pending.pop(corr, None)
+        if fut is None or fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    async def aclose(self) -> None:
+        self.network.transports.pop(self.node.id, None)
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(AgentUnavailable(f"node {self.node.id} closed"))
+        self.pending.clear()

@@ -1,0 +1,201 @@
+"""Run the benchmark suite: ``python -m benchmarks [--scale S] [--repeat R]``.
+
+Each workload runs alternately with its raw limit, ``--repeat`` times, and the medians
+are compared: the ratio is what to read. Results go to stdout as a table and to
+``benchmarks/results/<timestamp>.jsonl``, one JSON object per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import agentmesh as am
+
+from . import local, raw
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Figure:
+    system: str
+    workload: str
+    size: int
+    seconds: float
+    rate: float | None = None
+    p50_us: float | None = None
+    p99_us: float | None = None
+    peak_rss_mb: float | None = None
+    limit: str | None = None
+    ratio: float | None = None
+    target: str | None = None
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _alternate(
+    repeat: int, first: Callable[[], Awaitable[Any]], second: Callable[[], Awaitable[Any]]
+) -> tuple[list[Any], list[Any]]:
+    """Run the two measurements alternately so both see the same machine noise."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(am.run(first()))
+        b.append(am.run(second()))
+    return a, b
+
+
+def tell_throughput(size: int, repeat: int) -> list[Figure]:
+    mine, limit = _alternate(
+        repeat,
+        lambda: local.tell_throughput(size),
+        lambda: raw.queue_throughput(size, am.DEFAULT_MAILBOX_SIZE),
+    )
+    mine_s, limit_s = statistics.median(mine), statistics.median(limit)
+    return [
+        Figure("raw", "asyncio.Queue producer/consumer", size, limit_s, size / limit_s),
+        Figure(
+            "agentmesh",
+            "tell throughput (Savina Counting)",
+            size,
+            mine_s,
+            size / mine_s,
+            peak_rss_mb=_peak_mb(),
+            limit="asyncio.Queue producer/consumer",
+            ratio=limit_s / mine_s,
+            target=">= 0.50 of the raw rate",
+        ),
+    ]
+
+
+def ask_latency(size: int, repeat: int) -> list[Figure]:
+    mine, limit = _alternate(
+        repeat, lambda: local.ask_latencies(size), lambda: raw.queue_round_trips(size)
+    )
+    # Medians over repeats of each run's p50 / p99.
+    p50 = statistics.median(_percentile(s, 0.50) for s in mine)
+    p99 = statistics.median(_percentile(s, 0.99) for s in mine)
+    raw50 = statistics.median(_percentile(s, 0.50) for s in limit)
+    raw99 = statistics.median(_percentile(s, 0.99) for s in limit)
+    return [
+        Figure(
+            "raw",
+            "asyncio.Queue round trip",
+            size,
+            statistics.median(sum(s) for s in limit),
+            p50_us=raw50 * 1e6,
+            p99_us=raw99 * 1e6,
+        ),
+        Figure(
+            "agentmesh",
+            "ask latency (sequential)",
+            size,
+            statistics.median(sum(s) for s in mine),
+            size / statistics.median(sum(s) for s in mine),
+            p50_us=p50 * 1e6,
+            p99_us=p99 * 1e6,
+            peak_rss_mb=_peak_mb(),
+            limit="asyncio.Queue round trip",
+            ratio=p50 / raw50,
+            target="p50 <= 3x the raw round trip",
+        ),
+    ]
+
+
+def idle_memory(size: int) -> list[Figure]:
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", str(size)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    elapsed = time.perf_counter() - start
+    data = json.loads(out.strip().splitlines()[-1])
+    per_agent = data["bytes_per_agent"]
+    return [
+        Figure(
+            "agentmesh",
+            "idle memory per agent (bytes, RSS)",
+            size,
+            elapsed,
+            rate=per_agent,
+            limit="1,500 bytes",
+            ratio=per_agent / 1500,
+            target="<= 1.0 (at most 1.5 KB per agent)",
+        )
+    ]
+
+
+def _row(f: Figure) -> str:
+    if f.p50_us is not None:
+        value = f"p50 {f.p50_us:8.1f} us  p99 {f.p99_us:8.1f} us"
+    elif "memory" in f.workload:
+        value = f"{f.rate:10.0f} B/agent"
+    else:
+        value = f"{f.rate:12,.0f} /s"
+    ratio = "" if f.ratio is None else f"{f.ratio:6.2f}"
+    return f"{f.system:9} {f.workload:38} {f.size:>9,} {value:36} {ratio:>6}  {f.target or ''}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every size")
+    parser.add_argument("--repeat", type=int, default=5, help="alternations per workload")
+    parser.add_argument("--only", help="run only workloads whose name contains this")
+    args = parser.parse_args()
+    scale = args.scale
+    workloads: dict[str, Callable[[], list[Figure]]] = {
+        "tell": lambda: tell_throughput(int(200_000 * scale), args.repeat),
+        "ask": lambda: ask_latency(int(5_000 * scale), args.repeat),
+        "memory": lambda: idle_memory(int(100_000 * scale)),
+    }
+    loop = "uvloop" if "uvloop" in sys.modules or _has_uvloop() else "asyncio"
+    print(f"agentmesh {am.__version__} on {platform.node()}: Python {platform.python_version()}, ")
+    print(f"{loop}, {platform.machine()}, scale {scale}, {args.repeat} alternations, medians")
+    print(f"{'system':9} {'workload':38} {'size':>9} {'figure':36} {'ratio':>6}  target")
+    figures: list[Figure] = []
+    for name, run in workloads.items():
+        if args.only and args.only not in name:
+            continue
+        for figure in run():
+            figures.append(figure)
+            print(_row(figure), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / time.strftime("%Y%m%d-%H%M%S.jsonl")
+    with path.open("w") as out:
+        for figure in figures:
+            out.write(json.dumps(asdict(figure)) + "\n")
+    print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    main()

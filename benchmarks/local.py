@@ -1,0 +1,68 @@
+"""agentmesh workloads on the embedded default (one node, in-process)."""
+
+from __future__ import annotations
+
+import time
+
+import agentmesh as am
+
+
+class Counting(am.Agent):
+    """Savina "Counting": one agent receives n increments, then reports the total."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    async def increment(self, n: int) -> None:
+        self.total += n
+
+    async def value(self) -> int:
+        return self.total
+
+
+class Echo(am.Agent):
+    async def echo(self, x: int) -> int:
+        return x
+
+
+class Idle(am.Agent):
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    async def poke(self) -> int:
+        return self.index
+
+
+async def tell_throughput(n: int) -> float:
+    """Seconds for a driver to tell ``n`` increments to one agent and see them counted."""
+    async with am.Mesh() as mesh:
+        counter = await mesh.spawn(Counting)
+        start = time.perf_counter()
+        for _ in range(n):
+            await counter.increment.tell(1)
+        total = await counter.value()
+        elapsed = time.perf_counter() - start
+    assert total == n, (total, n)
+    return elapsed
+
+
+async def ask_latencies(n: int) -> list[float]:
+    """Latency in seconds of ``n`` sequential asks from a driver to one agent."""
+    async with am.Mesh() as mesh:
+        echo = await mesh.spawn(Echo)
+        await echo.echo(0)  # warm up
+        samples = []
+        for i in range(n):
+            start = time.perf_counter()
+            await echo.echo(i)
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+async def idle_agents(n: int) -> int:
+    """Spawn ``n`` agents that then sit idle; return their count (memory is measured
+    by the caller, in a fresh process)."""
+    async with am.Mesh() as mesh:
+        refs = [await mesh.spawn(Idle, i) for i in range(n)]
+        assert await refs[-1].poke() == n - 1
+        return len(mesh._node.cells)

@@ -1,0 +1,88 @@
+"""Shared fixtures: the `world` fixture runs a test on every transport we have."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import cloudpickle
+import pytest
+
+import agentmesh as am
+from agentmesh._private.kernel.transport import MemoryNetwork
+
+T = TypeVar("T")
+
+
+class World:
+    """Where a test's agents live, seen from the test (the driver).
+
+    ``local``: the agents share the driver's node. ``memory``: they live on another
+    node of an in-process `MemoryNetwork`, so every message is pickled across.
+    """
+
+    def __init__(self, kind: str, driver: am.Mesh, host: am.Mesh) -> None:
+        self.kind = kind
+        self.driver = driver
+        self.host = host
+
+    async def spawn(self, cls: Any, *args: Any, **options: Any) -> am.AgentRef:
+        ref = await self.host.spawn(cls, *args, **options)
+        return self.seen_by_driver(ref)
+
+    def seen_by_driver(self, ref: am.AgentRef) -> am.AgentRef:
+        if self.host is self.driver:
+            return ref
+        with self.driver._node.bind_refs():
+            copy: am.AgentRef = cloudpickle.loads(cloudpickle.dumps(ref))
+        return copy
+
+    def instance(self, ref: am.AgentRef) -> Any:
+        """The live agent object behind ``ref`` (tests only: to open gates)."""
+        return self.host._node.cells[ref.id].instance
+
+    async def info(self, ref: am.AgentRef) -> am.AgentInfo:
+        cell = self.host._node.cells.get(ref.id)
+        if cell is None:
+            with self.host._node.bind_refs():
+                ref = cloudpickle.loads(cloudpickle.dumps(ref))
+        return await self.host.info(ref)
+
+
+@pytest.fixture(params=["local", "memory"])
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    options = {"ask_timeout": 5.0, "shutdown_timeout": 2.0}
+    if request.param == "local":
+        async with am.Mesh(**options) as mesh:
+            yield World("local", mesh, mesh)
+        return
+    network = MemoryNetwork()
+    async with (
+        am.Mesh(**options, _transport=network.transport()) as driver,
+        am.Mesh(**options, _transport=network.transport()) as host,
+    ):
+        yield World("memory", driver, host)
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[am.Mesh]:
+    async with am.Mesh(ask_timeout=5.0, shutdown_timeout=2.0) as m:
+        yield m
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = ""
+) -> None:
+    """Wait until ``condition()`` holds, checking at every loop turn; fail after timeout."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = condition()
+                if not isinstance(result, bool):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.001)
+    except TimeoutError:
+        raise AssertionError(f"condition never held within {timeout}s: {what}") from None

@@ -1,0 +1,44 @@
+"""Lower layers never import higher ones; only the transport may import grpc."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "agentmesh"
+KERNEL = PACKAGE / "_private" / "kernel"
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Modules imported at run time (``if TYPE_CHECKING:`` blocks excluded)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING":
+                continue
+            if isinstance(child, ast.Import):
+                found.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = "." * child.level + (child.module or "")
+                found.add(base)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def test_the_kernel_imports_nothing_above_it() -> None:
+    modules = sorted(KERNEL.glob("*.py"))
+    assert len(modules) > 5
+    for module in modules:
+        for name in _runtime_imports(module):
+            assert not name.startswith(".."), f"{module.name} imports {name} (above the kernel)"
+            assert not name.startswith("agentmesh"), f"{module.name} imports {name}"
+            assert "grpc" not in name, f"{module.name} imports {name}"
+
+
+def test_no_module_imports_grpc_yet() -> None:
+    for module in PACKAGE.rglob("*.py"):
+        assert not any("grpc" in n for n in _runtime_imports(module)), module

@@ -1,0 +1,309 @@
+"""Semantics of ask, tell and tell_nowait, on every transport (`world` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+import agentmesh as am
+
+from .agents import CallsBackOnStart, Counter, FanOut, Forever, Gate, Recorder, Relay
+from .conftest import World, wait_for
+
+
+async def test_ask_returns_the_handlers_result(world: World) -> None:
+    counter = await world.spawn(Counter, 10)
+    assert await counter.add(5) == 15
+    assert await counter.add.ask(1, timeout=1.0) == 16
+    assert await counter.get() == 16
+
+
+async def test_tells_and_asks_from_one_sender_arrive_in_order(world: World) -> None:
+    counter = await world.spawn(Counter)
+    expected = []
+    for i in range(300):
+        if i % 3 == 0:
+            await counter.record(i)  # an ask
+        elif i % 3 == 1:
+            await counter.record.tell(i)
+        else:
+            counter.record.tell_nowait(i)
+        expected.append(i)
+    assert await counter.items() == expected
+
+
+async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(world: World) -> None:
+    gate = await world.spawn(Gate, mailbox_size=2)
+    await gate.wait.tell("blocker")
+    await wait_for(lambda: world.instance(gate).running == 1, what="blocker running")
+    await gate.note.tell("q1")
+    await gate.note.tell("q2")  # the mailbox (2) is now full
+    with pytest.raises(am.MailboxFull):
+        gate.note.tell_nowait("refused")
+    waiting = asyncio.create_task(gate.note.tell("waits"))
+    cell = world.host._node.cells[gate.id]
+    await wait_for(lambda: bool(cell.mailbox.putters), what="sender waiting for room")
+    assert not waiting.done()
+    world.instance(gate).gate.set()
+    await asyncio.wait_for(waiting, 5)
+    assert await gate.calls_so_far() == ["blocker", "q1", "q2", "waits"]
+
+
+async def test_ask_timeout_per_call(world: World) -> None:
+    forever = await world.spawn(Forever)
+    with pytest.raises(am.AskTimeout) as caught:
+        await forever.hang.ask(timeout=0.05)
+    assert isinstance(caught.value, TimeoutError)
+    assert "hang()" in str(caught.value)
+    assert "0.05s" in str(caught.value)
+    await forever.stop(timeout=0.01)  # its handler still runs: an ask timeout cancels nothing
+
+
+async def test_ask_timeout_default_from_the_mesh() -> None:
+    async with am.Mesh(ask_timeout=0.05, shutdown_timeout=0.5) as mesh:
+        forever = await mesh.spawn(Forever)
+        with pytest.raises(am.AskTimeout, match=r"within 0\.05s"):
+            await forever.hang()
+
+
+async def test_an_ask_that_timed_out_before_starting_never_runs(world: World) -> None:
+    gate = await world.spawn(Gate)
+    blocked = asyncio.create_task(gate.wait("blocker"))
+    await wait_for(lambda: world.instance(gate).running == 1, what="blocker running")
+    with pytest.raises(am.AskTimeout):
+        await gate.note.ask("too late", timeout=0.05)
+    world.instance(gate).gate.set()
+    assert await blocked == "blocker"
+    assert await gate.calls_so_far() == ["blocker"]
+
+
+async def test_exception_in_ask_handler_reaches_the_caller(world: World) -> None:
+    counter = await world.spawn(Counter, 3, name="calc")
+    with pytest.raises(am.RemoteError) as caught:
+        await counter.fail("no luck")
+    err = caught.value
+    assert err.remote_type == "ValueError"
+    assert err.remote_message == "no luck"
+    assert "in fail" in err.remote_traceback
+    assert err.agent == "calc"
+    with pytest.raises(am.RemoteError) as zero:
+        await counter.divide(0)
+    assert zero.value.remote_type == "ZeroDivisionError"
+    assert await counter.add(1) == 4  # the agent carries on
+    assert (await world.info(counter)).state == "running"
+
+
+@pytest.mark.parametrize("method", ["nosuch", "_secret", "not_async", "on_start", "on_stop"])
+async def test_uncallable_methods_give_a_clear_error(world: World, method: str) -> None:
+    counter = await world.spawn(Counter)
+    with pytest.raises(am.UnknownMethod) as caught:
+        await counter[method]()
+    assert "Counter" in str(caught.value)
+    assert await counter.add(1) == 1
+
+
+async def test_private_method_error_says_private(world: World) -> None:
+    counter = await world.spawn(Counter)
+    with pytest.raises(am.UnknownMethod, match="private"):
+        await counter._secret()
+
+
+async def test_wrong_arguments_give_a_clear_error_and_the_agent_carries_on(world: World) -> None:
+    counter = await world.spawn(Counter)
+    with pytest.raises(am.BadArguments, match="add"):
+        await counter.add(1, 2, 3)
+    with pytest.raises(am.BadArguments):
+        await counter.add(nope=1)
+    await counter.add.tell("x", "y")  # a bad tell: refused, logged, counted; no crash
+    await wait_for(lambda: _rejected(world, counter) == 3, what="three rejected calls")
+    assert await counter.add(2) == 2
+    assert (await world.info(counter)).state == "running"
+
+
+def _rejected(world: World, ref: am.AgentRef) -> int:
+    return world.host._node.cells[ref.id].rejected
+
+
+async def test_exception_in_tell_handler_crashes_the_agent(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    counter = await world.spawn(Counter, 1, name="fragile")
+    cell = world.host._node.cells[counter.id]
+    with caplog.at_level(logging.ERROR, logger="agentmesh.agent"):
+        await counter.divide.tell(0)
+        await wait_for(lambda: cell.state.value == "crashed", what="agent crashed")
+    assert any("fragile crashed" in r.getMessage() for r in caplog.records)
+    info = await world.host.info(cell.ref)
+    assert info.crashes == 1
+    assert info.last_error is not None
+    assert info.last_error.startswith("ZeroDivisionError")
+    with pytest.raises(am.AgentUnavailable, match="crashed"):
+        await counter.get()
+
+
+async def test_concurrency_limit_bounds_interleaved_handlers(world: World) -> None:
+    gate = await world.spawn(Gate, concurrency=3)
+    calls = [asyncio.create_task(gate.wait(str(i))) for i in range(7)]
+    instance = world.instance(gate)
+    await wait_for(lambda: instance.running == 3, what="three handlers running")
+    for _ in range(20):
+        await asyncio.sleep(0)  # give a fourth handler every chance to start
+    assert instance.running == 3
+    instance.gate.set()
+    assert sorted(await asyncio.gather(*calls)) == [str(i) for i in range(7)]
+    assert instance.peak == 3
+
+
+async def test_one_message_at_a_time_by_default(world: World) -> None:
+    gate = await world.spawn(Gate)
+    calls = [asyncio.create_task(gate.wait(str(i))) for i in range(3)]
+    instance = world.instance(gate)
+    await wait_for(lambda: instance.running == 1, what="first handler running")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert instance.running == 1
+    instance.gate.set()
+    await asyncio.gather(*calls)
+    assert instance.peak == 1
+
+
+async def test_call_chain_reentrancy(world: World) -> None:
+    a = await world.spawn(Relay)
+    b = await world.spawn(Relay)
+    # a asks b, b asks a back inside the same request, and so on: no deadlock.
+    assert await a.ask_back(b, 1) == 1
+    assert await a.ask_back(b, 2) == 2
+    assert await a.ask_back(b, 9) == 9
+
+
+async def test_reentrancy_through_tasks_a_handler_spawns(world: World) -> None:
+    a = await world.spawn(Relay)
+    others = [await world.spawn(Relay) for _ in range(3)]
+    assert await a.fan_back(others) == ["leaf"] * 3
+
+
+async def test_self_ask_is_reentrant(world: World) -> None:
+    relay = await world.spawn(Relay)
+    me = await relay.me()
+    assert me == relay
+    assert await relay.call(me, "cycle_leaf") == "leaf"
+
+
+async def _deadlock(world: World) -> tuple[am.AgentRef, am.AgentRef, am.AgentRef]:
+    """alpha and beta each handle a request that waits at a gate, then asks the other."""
+    a = await world.spawn(Relay, name="alpha")
+    b = await world.spawn(Relay, name="beta")
+    gate = await world.spawn(Gate, concurrency=2)
+    return a, b, gate
+
+
+async def test_wait_cycle_between_independent_requests_times_out(world: World) -> None:
+    a, b, gate = await _deadlock(world)
+    ask_a = asyncio.create_task(a.cycle.ask(gate, b, 0.3, timeout=0.2))
+    ask_b = asyncio.create_task(b.cycle.ask(gate, a, 0.3, timeout=0.2))
+    await wait_for(lambda: world.instance(gate).running == 2, what="both at the gate")
+    world.instance(gate).gate.set()
+    results = await asyncio.gather(ask_a, ask_b, return_exceptions=True)
+    assert all(isinstance(r, am.AskTimeout) for r in results), results
+    # The inner asks time out too, and both agents are free again afterwards.
+    assert await a.cycle_leaf() == "leaf"
+    assert await b.cycle_leaf() == "leaf"
+
+
+async def test_wait_cycle_is_named_in_the_timeout(mesh: am.Mesh) -> None:
+    world = World("local", mesh, mesh)
+    a, b, gate = await _deadlock(world)
+    ask_a = asyncio.create_task(a.cycle.ask(gate, b, 0.5, timeout=0.2))
+    ask_b = asyncio.create_task(b.cycle.ask(gate, a, 0.5, timeout=0.2))
+    await wait_for(lambda: world.instance(gate).running == 2, what="both at the gate")
+    world.instance(gate).gate.set()
+    with pytest.raises(am.AskTimeout) as caught:
+        await ask_a
+    message = str(caught.value)
+    assert "alpha.cycle()" in message
+    assert "wait cycle: alpha (in cycle()) -> beta (in cycle()) -> alpha" in message
+    with pytest.raises(am.AskTimeout):
+        await ask_b
+
+
+async def test_refs_inside_messages_reach_their_agent(world: World) -> None:
+    relay = await world.spawn(Relay)
+    counter = await world.spawn(Counter, 7)
+    assert await relay.call(counter, "add", 3) == 10
+    returned = await relay.me()
+    assert returned == relay
+    assert await returned.call(counter, "get") == 10
+
+
+async def test_stop_handles_queued_messages_then_refuses_new_ones(world: World) -> None:
+    recorder = await world.spawn(Recorder)
+    from .agents import Stoppable
+
+    worker = await world.spawn(Stoppable, recorder, "w")
+    for _ in range(5):
+        await worker.work.tell()
+    await worker.stop()
+    assert await recorder.all() == [("w", 5)]
+    with pytest.raises(am.AgentUnavailable):
+        await worker.work()
+    with pytest.raises(am.AgentUnavailable):
+        await worker.work.tell()
+    await worker.stop()  # stopping twice is harmless
+
+
+async def test_stop_cancels_a_stuck_handler_after_the_timeout(world: World) -> None:
+    forever = await world.spawn(Forever)
+    stuck = asyncio.create_task(forever.hang())
+    await wait_for(lambda: world.host._node.cells[forever.id].busy() != [], what="hanging")
+    async with asyncio.timeout(3):
+        await forever.stop(timeout=0.05)
+    with pytest.raises(am.AgentUnavailable):
+        await stuck
+    with pytest.raises(am.AgentUnavailable):
+        await forever.ping()
+
+
+async def test_agent_can_stop_itself(world: World) -> None:
+    recorder = await world.spawn(Recorder)
+    from .agents import Stoppable
+
+    worker = await world.spawn(Stoppable, recorder, "self")
+    assert await worker.stop_self() == "stopping"
+    await wait_for(recorder.all, what="on_stop reported")
+    assert await recorder.all() == [("self", 0)]
+    with pytest.raises(am.AgentUnavailable):
+        await worker.work()
+
+
+async def test_calls_of_one_chain_that_arrive_independently_still_take_turns(
+    world: World,
+) -> None:
+    gate = await world.spawn(Gate)
+    fan = await world.spawn(FanOut)
+    call = asyncio.create_task(fan.fan(gate))
+    instance = world.instance(gate)
+    await wait_for(lambda: instance.running == 1, what="first call running")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert instance.running == 1  # the second call of the same chain waits its turn
+    instance.gate.set()
+    assert await call == ["one", "two"]
+    assert instance.peak == 1
+
+
+async def test_on_start_can_be_called_back(world: World) -> None:
+    relay = await world.spawn(Relay)
+    agent = await world.spawn(CallsBackOnStart, relay)
+    assert await agent.result() == "pong"
+
+
+async def test_handled_counts_each_handler_that_ran(world: World) -> None:
+    counter = await world.spawn(Counter)
+    for _ in range(5):
+        await counter.add.tell(1)
+    await counter.add.tell("a", "b")  # rejected: does not count as handled
+    assert await counter.get() == 5
+    info = await world.info(counter)
+    assert (info.handled, info.rejected) == (6, 1)  # five adds and the get

@@ -1,0 +1,59 @@
+"""The public surface is exactly what we mean it to be."""
+
+from __future__ import annotations
+
+import agentmesh as am
+
+EXPECTED = {
+    "Agent",
+    "AgentInfo",
+    "AgentNotFound",
+    "AgentRef",
+    "AgentUnavailable",
+    "AgentmeshError",
+    "AskTimeout",
+    "AuthError",
+    "BadArguments",
+    "DEFAULT_ASK_TIMEOUT",
+    "DEFAULT_MAILBOX_SIZE",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "MailboxFull",
+    "Mesh",
+    "MethodRef",
+    "NameTaken",
+    "PlacementError",
+    "RemoteError",
+    "SerializationError",
+    "SpawnError",
+    "UnknownMethod",
+    "run",
+}
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert am.__all__ == sorted(am.__all__)
+    assert set(am.__all__) == EXPECTED
+    for name in am.__all__:
+        assert getattr(am, name) is not None
+
+
+def test_errors_share_a_base_and_keep_their_meaning() -> None:
+    errors = [getattr(am, n) for n in am.__all__ if n.endswith(("Error", "Timeout"))]
+    errors += [am.AgentNotFound, am.AgentUnavailable, am.MailboxFull, am.NameTaken]
+    errors += [am.UnknownMethod, am.BadArguments]
+    assert all(issubclass(e, am.AgentmeshError) for e in errors)
+    assert issubclass(am.AskTimeout, TimeoutError)
+    assert issubclass(am.SpawnError, am.RemoteError)
+    assert issubclass(am.UnknownMethod, AttributeError)
+    assert issubclass(am.BadArguments, TypeError)
+
+
+def test_errors_pickle_with_their_fields() -> None:
+    import pickle
+
+    err = am.RemoteError("agent", "ValueError", "bad", "Traceback ...")
+    copy = pickle.loads(pickle.dumps(err))
+    assert (copy.agent, copy.remote_type, copy.remote_message) == ("agent", "ValueError", "bad")
+    assert str(copy) == str(err)
+    plain = pickle.loads(pickle.dumps(am.AgentUnavailable("gone")))
+    assert str(plain) == "gone"
