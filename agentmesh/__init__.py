@@ -16,16 +16,22 @@ from ._private.kernel.errors import (
     NameTaken,
     PlacementError,
     RemoteError,
+    RestartIntensityExceeded,
     SerializationError,
     SpawnError,
     UnknownMethod,
 )
+from ._private.kernel.exits import Terminated
 from ._private.kernel.info import AgentInfo
 from ._private.kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
 from ._private.kernel.ref import AgentRef, MethodRef
+from ._private.kernel.state import MemoryStateStore, StateStore
 from ._private.mesh import Mesh
 from ._private.running import run
+from ._private.sqlite_store import SqliteStateStore
+from ._private.supervision.spec import Backoff, ChildSpec, SupervisorSpec
+from ._private.supervision.supervisor import ChildInfo, Supervisor
 
 __version__ = "0.1.0"
 
@@ -38,18 +44,28 @@ __all__ = [
     "AgentmeshError",
     "AskTimeout",
     "AuthError",
+    "Backoff",
     "BadArguments",
+    "ChildInfo",
+    "ChildSpec",
     "DEFAULT_ASK_TIMEOUT",
     "DEFAULT_MAILBOX_SIZE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "MailboxFull",
+    "MemoryStateStore",
     "Mesh",
     "MethodRef",
     "NameTaken",
     "PlacementError",
     "RemoteError",
+    "RestartIntensityExceeded",
     "SerializationError",
     "SpawnError",
+    "SqliteStateStore",
+    "StateStore",
+    "Supervisor",
+    "SupervisorSpec",
+    "Terminated",
     "UnknownMethod",
     "run",
 ]

@@ -39,6 +39,14 @@ def test_the_kernel_imports_nothing_above_it() -> None:
             assert "grpc" not in name, f"{module.name} imports {name}"
 
 
+def test_supervision_uses_only_the_kernel() -> None:
+    for module in sorted((PACKAGE / "_private" / "supervision").glob("*.py")):
+        for name in _runtime_imports(module):
+            if name.startswith(".."):
+                assert name.startswith("..kernel"), f"{module.name} imports {name}"
+            assert "mesh" not in name, f"{module.name} imports {name}"
+
+
 def test_no_module_imports_grpc_yet() -> None:
     for module in PACKAGE.rglob("*.py"):
         assert not any("grpc" in n for n in _runtime_imports(module)), module

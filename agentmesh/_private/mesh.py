@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 from collections.abc import Callable
@@ -9,12 +10,18 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .kernel.agent import Agent
+from .kernel.cell import Cell
 from .kernel.context import current_node
+from .kernel.errors import AgentUnavailable, RestartIntensityExceeded
+from .kernel.exits import ExitReason, Terminated
 from .kernel.info import AgentInfo
 from .kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Node
 from .kernel.ref import AgentRef
+from .kernel.state import StateStore
 from .kernel.transport import Transport
+from .supervision.spec import ChildSpec, Restart, SupervisorSpec
+from .supervision.supervisor import Supervisor
 
 __all__ = ["Mesh"]
 
@@ -24,13 +31,19 @@ A = TypeVar("A", bound=Agent)
 class Mesh:
     """A mesh of agents; with no address, an embedded one inside this process.
 
-    Use it as an async context manager. Leaving it stops every agent this mesh
-    spawned, newest first, each within ``shutdown_timeout`` seconds.
+    Use it as an async context manager. Every agent spawned without a ``supervisor``
+    is a child of the mesh's root supervisor (``one_for_one``, ``restart_intensity``
+    restarts within ``restart_period`` seconds, default 3 in 5 s). Leaving the mesh
+    stops the root, which stops its children newest first, each within its shutdown
+    timeout. If the root gives up (too many restarts), its children are stopped and
+    the failure is kept: `wait_failure` returns it, and leaving the mesh raises it if
+    nobody retrieved it.
 
     Options (all keyword-only): ``ask_timeout`` (default 30 s) bounds every ask that
     does not pass its own; ``shutdown_timeout`` (default 5 s) is how long a stopping
     agent may take before it is cancelled; ``mailbox_size`` (default 1000) is the
-    capacity of a mailbox when neither the agent class nor `spawn` sets one.
+    capacity of a mailbox when neither the agent class nor `spawn` sets one;
+    ``state_store`` (default: in memory) keeps agents' snapshots.
 
     Example::
 
@@ -45,32 +58,56 @@ class Mesh:
         ask_timeout: float = DEFAULT_ASK_TIMEOUT,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         mailbox_size: int = DEFAULT_MAILBOX_SIZE,
+        state_store: StateStore | None = None,
+        restart_intensity: int = 3,
+        restart_period: float = 5.0,
         node_id: str | None = None,
         _transport: Transport | None = None,
     ) -> None:
         if mailbox_size < 1:
             raise ValueError(f"mailbox_size must be at least 1, got {mailbox_size}")
+        self._root_spec = SupervisorSpec(intensity=restart_intensity, period=restart_period)
         self._node = Node(
             node_id=node_id,
             ask_timeout=ask_timeout,
             shutdown_timeout=shutdown_timeout,
             mailbox_size=mailbox_size,
             transport=_transport,
+            state_store=state_store,
         )
         self._node.facade = self
         self._entered = False
         self._token: contextvars.Token[Node | None] | None = None
+        self._root: Supervisor | None = None
+        self._root_ref: AgentRef | None = None
+        self._failure: asyncio.Future[RestartIntensityExceeded] | None = None
+        self._failure_seen = False
 
     @property
     def node_id(self) -> str:
         """Id of the node this mesh runs agents on."""
         return self._node.id
 
+    @property
+    def root(self) -> AgentRef:
+        """The root supervisor: parent of every agent spawned without a supervisor."""
+        if self._root_ref is None:
+            raise RuntimeError("the mesh is not started: use 'async with Mesh() as mesh:'")
+        return self._root_ref
+
     async def __aenter__(self) -> Mesh:
         if self._entered:
             raise RuntimeError("a Mesh can be entered only once")
         self._entered = True
         self._token = current_node.set(self._node)
+        self._failure = asyncio.get_running_loop().create_future()
+        self._root_ref = await self._node.spawn(
+            Supervisor, (self._root_spec,), exit_listener=self._root_exited
+        )
+        assert self._root_ref._cell is not None
+        root = self._root_ref._cell.instance
+        assert isinstance(root, Supervisor)
+        self._root = root
         return self
 
     async def __aexit__(
@@ -80,19 +117,41 @@ class Mesh:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+        failure = self._failure
+        if exc is None and failure is not None and failure.done() and not self._failure_seen:
+            raise failure.result()
 
     async def aclose(self) -> None:
         """Stop every agent, newest first; idempotent."""
         if self._node.closed:
             return
         try:
+            if self._root_ref is not None:
+                await self._root_ref.stop()
             await self._node.close()
+            await self._node.state_store.aclose()
         finally:
             if self._token is not None:
                 # Closed from another task or context: nothing to restore there.
                 with contextlib.suppress(ValueError):
                     current_node.reset(self._token)
                 self._token = None
+
+    def _root_exited(self, cell: Cell, reason: ExitReason, error: str | None) -> bool:
+        if reason == "crash" and self._failure is not None and not self._failure.done():
+            self._failure.set_result(RestartIntensityExceeded(f"the mesh's root {error}"))
+        return False
+
+    async def wait_failure(self) -> RestartIntensityExceeded:
+        """Wait until the root supervisor gives up, and return why.
+
+        Once retrieved here, the failure is no longer raised when the mesh closes.
+        """
+        if self._failure is None:
+            raise RuntimeError("the mesh is not started: use 'async with Mesh() as mesh:'")
+        failure = await asyncio.shield(self._failure)
+        self._failure_seen = True
+        return failure
 
     def _check_open(self) -> None:
         if not self._entered:
@@ -106,19 +165,43 @@ class Mesh:
         name: str | None = None,
         mailbox_size: int | None = None,
         concurrency: int | None = None,
+        supervisor: AgentRef | None = None,
+        restart: Restart = "temporary",
+        shutdown: float | None = None,
+        checkpoint_every: int = 0,
     ) -> AgentRef:
         """Start an agent and return its ref once ``on_start`` has run.
 
         The agent's own arguments are positional; constructor keywords go through
         ``functools.partial(AgentClass, key=value)``. Options are keyword-only:
         ``name`` (unique in the mesh; `NameTaken` otherwise), ``mailbox_size`` and
-        ``concurrency`` (override the class attributes). Raises `SpawnError` if the
-        constructor or ``on_start`` raised.
+        ``concurrency`` (override the class attributes), ``supervisor`` (a
+        `Supervisor`'s ref; default: the mesh's root), ``restart`` (``temporary`` by
+        default: never restarted; ``transient`` or ``permanent`` to opt in),
+        ``shutdown`` (its stop timeout) and ``checkpoint_every`` (save ``snapshot()``
+        after every that many handled messages; 0 = only on ``self.checkpoint()``).
+        Raises `SpawnError` if the constructor or ``on_start`` raised.
         """
         self._check_open()
-        return await self._node.spawn(
-            agent_class, args, name=name, mailbox_size=mailbox_size, concurrency=concurrency
+        spec = ChildSpec(
+            agent_class,
+            *args,
+            name=name,
+            restart=restart,
+            shutdown=shutdown,
+            mailbox_size=mailbox_size,
+            concurrency=concurrency,
+            checkpoint_every=checkpoint_every,
         )
+        if supervisor is not None:
+            ref: AgentRef = await supervisor.start_child(spec)
+            return ref
+        if self._root is None or self._root_ref is None or self._root_ref._cell is None:
+            raise RuntimeError("the mesh is not started")
+        if self._root_ref._cell.instance is not self._root:
+            raise AgentUnavailable("the mesh's root supervisor is gone; see wait_failure()")
+        # The root is local: start the child directly rather than through its mailbox.
+        return await self._root._start_child(spec, dynamic=True)
 
     async def get(self, name: str) -> AgentRef:
         """The ref of the agent registered as ``name``; raises `AgentNotFound`."""
@@ -129,5 +212,12 @@ class Mesh:
         return self._node.info(ref)
 
     async def agents(self) -> list[AgentInfo]:
-        """Snapshots of every live agent on this mesh's node, oldest first."""
-        return [AgentInfo.of(cell) for cell in self._node.cells.values()]
+        """Snapshots of every live agent on this mesh's node, oldest first (the root
+        supervisor excluded)."""
+        root = self._root_ref.id if self._root_ref is not None else None
+        return [AgentInfo.of(c) for c in self._node.cells.values() if c.id != root]
+
+    async def wait_terminated(self, ref: AgentRef) -> Terminated:
+        """Wait until ``ref``'s agent ends for good (restarts do not count); returns
+        the `Terminated` notice saying why."""
+        return await self._node.wait_terminated(ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -10,9 +11,12 @@ from .methods import MethodTable
 if TYPE_CHECKING:
     from ..mesh import Mesh
     from .cell import Cell
+    from .exits import Terminated
     from .ref import AgentRef
 
 __all__ = ["Agent", "check_agent_class", "method_table"]
+
+log = logging.getLogger("agentmesh.agent")
 
 
 class Agent:
@@ -45,6 +49,8 @@ class Agent:
     concurrency: ClassVar[int] = 1
     #: Mailbox capacity; None means the mesh default (see `DEFAULT_MAILBOX_SIZE`).
     mailbox_size: ClassVar[int | None] = None
+    #: Framework notices and the methods that receive them.
+    _am_notices: ClassVar[dict[str, str]] = {"!terminated": "on_terminated"}
 
     _am_cell: Cell
 
@@ -59,6 +65,35 @@ class Agent:
 
         Bounded by the mesh's shutdown timeout; an exception here is logged, not raised.
         """
+
+    async def on_terminated(self, notice: Terminated) -> None:
+        """Receive a `Terminated` notice for an agent this one monitors.
+
+        Runs as a turn like any message. The default logs it; override to react.
+        """
+        log.info(
+            "agent %s: monitored %r ended (%s)", self._am_cell.label, notice.ref, notice.reason
+        )
+
+    async def monitor(self, ref: AgentRef) -> None:
+        """Get a `Terminated` notice (in `on_terminated`) when ``ref``'s agent ends.
+
+        A monitor stays in place across restarts of the monitored agent (each restart
+        sends a notice with ``restarting=True``) and is removed when it ends for good.
+        Monitoring an agent that already ended sends the notice at once.
+        """
+        self._am_cell.node.monitor(ref, self._am_cell)
+
+    async def demonitor(self, ref: AgentRef) -> None:
+        """Stop monitoring ``ref``; notices already queued may still arrive."""
+        self._am_cell.node.demonitor(ref, self._am_cell)
+
+    async def checkpoint(self) -> None:
+        """Save ``self.snapshot()`` now, so a restarted instance is restored from it.
+
+        Needs ``snapshot()`` (plain or async); raises TypeError without one.
+        """
+        await self._am_cell.checkpoint()
 
     @property
     def ref(self) -> AgentRef:

@@ -1,104 +1,51 @@
-"""The cell: the runtime side of one agent — its mailbox, its turns, its lifecycle.
+"""The cell: the runtime side of one agent — its mailbox and its turns.
 
 A cell outlives the agent instances it hosts (a restart swaps the instance and keeps
-the cell), so refs, the name and the queued messages survive a restart.
+the cell), so refs, the name and the queued messages survive a restart. Starting,
+stopping, crashing and restarting live in `lifecycle.Lifecycle`.
 
 The runner task exists only while there is work: it is created when a message reaches
-an idle agent and ends when the mailbox is empty.
+an idle agent and ends when the mailbox is empty (one loop turn later).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .agent import Agent
 from .context import current_cell, current_chain
-from .envelope import NO_KWARGS, Envelope, new_chain
-from .errors import (
-    AgentmeshError,
-    AgentUnavailable,
-    BadArguments,
-    RemoteError,
-    SpawnError,
-)
+from .envelope import NO_KWARGS, Envelope
+from .errors import AgentmeshError, AgentUnavailable, BadArguments
+from .lifecycle import Lifecycle, State
 from .mailbox import Mailbox
 from .methods import MethodTable
 
 if TYPE_CHECKING:
+    from .agent import Agent
+    from .lifecycle import ExitListener
     from .node import Node
     from .ref import AgentRef
 
-__all__ = ["Cell", "State", "remote_error"]
+__all__ = ["Cell", "State"]
 
 log = logging.getLogger("agentmesh.agent")
 
-
-class State(enum.Enum):
-    """Lifecycle of an agent."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    CRASHING = "crashing"  # a crash is being handled (on_stop, then its supervisor)
-    STOPPED = "stopped"
-    CRASHED = "crashed"
+# States in which a message is queued (or run, if reentrant). STOPPING refuses.
+_OPEN = (
+    State.RUNNING,
+    State.STARTING,
+    State.CRASHING,
+    State.SUSPENDING,
+    State.RESTARTING,
+)
 
 
-_ENDED = (State.STOPPED, State.CRASHED)
-_OPEN = (State.RUNNING, State.STARTING)  # states that take new messages
-
-#: Called when an instance crashes; returns True if it took charge (e.g. restarted it).
-ExitListener = Callable[["Cell", str], bool]
-
-
-def remote_error(agent: str, exc: BaseException, cls: type[RemoteError] = RemoteError) -> Any:
-    """Wrap ``exc`` as a `RemoteError` (or subclass) carrying type, message, traceback."""
-    kind = type(exc)
-    name = kind.__qualname__
-    if kind.__module__ != "builtins":
-        name = f"{kind.__module__}.{name}"
-    tb = "".join(traceback.format_exception(exc))
-    return cls(agent, name, str(exc), tb)
-
-
-class Cell:
+class Cell(Lifecycle):
     """Runtime of one agent: instance, mailbox, runner task, state and counters."""
 
-    __slots__ = (
-        "_done",
-        "_runner",
-        "_slot",
-        "_start",
-        "_tasks",
-        "active",
-        "args",
-        "chain",
-        "cls",
-        "concurrency",
-        "crashes",
-        "current",
-        "exit_listener",
-        "exit_reason",
-        "handled",
-        "id",
-        "instance",
-        "kwargs",
-        "last_error",
-        "mailbox",
-        "methods",
-        "name",
-        "node",
-        "ref",
-        "rejected",
-        "state",
-        "waiting_on",
-    )
+    __slots__ = ()  # the fields are declared by Lifecycle
 
     def __init__(
         self,
@@ -133,56 +80,27 @@ class Cell:
         self.chain = 0  # the call chain the runner task is serving (serial agents)
         self.waiting_on: dict[asyncio.Future[Any], str] | None = None
         self.exit_listener: ExitListener | None = None
+        self.watchers: list[Any] | None = None
         self.exit_reason: str | None = None
         self.last_error: str | None = None
+        self.checkpoint_every = 0
         self.handled = 0
         self.rejected = 0
         self.crashes = 0
+        self.restarts = 0
+        self._halt = False  # the runner stops after the current turn (crash, suspend)
+        self._spawning = True
+        self._since_checkpoint = 0
+        self._stop_reason: Any = "shutdown"
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
         self._slot: asyncio.Future[None] | None = None
         self._start: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.id
+        self._suspended: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Cell {self.label} {self.state.value}>"
-
-    # -- starting ---------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Build the instance, run ``on_start`` as the first turn; raise `SpawnError`."""
-        try:
-            self.instance = self._build()
-        except Exception as exc:
-            self._end(State.CRASHED, f"constructor raised {type(exc).__name__}: {exc}")
-            raise remote_error(self.label, exc, SpawnError) from None
-        self._start = asyncio.get_running_loop().create_future()
-        self._ensure_runner()
-        await self._start
-
-    def _build(self) -> Agent:
-        cls = self.cls
-        instance = cls.__new__(cls)
-        instance._am_cell = self  # before __init__, so self.ref works there too
-        instance.__init__(*self.args, **self.kwargs)  # type: ignore[misc]
-        return instance
-
-    async def _run_start(self) -> None:
-        assert self.instance is not None
-        assert self._start is not None
-        try:
-            await self._hook(self.instance.on_start)
-        except Exception as exc:
-            self._start.set_exception(remote_error(self.label, exc, SpawnError))
-            self._end(State.CRASHED, f"on_start raised {type(exc).__name__}: {exc}")
-            return
-        if self.state is State.STARTING:
-            self.state = State.RUNNING
-        self._start.set_result(None)
 
     # -- receiving --------------------------------------------------------------
 
@@ -202,9 +120,9 @@ class Cell:
             for running in self.active:
                 if running.chain == chain:
                     return True
-        if self.state is State.RUNNING or self.state is State.STARTING:
+        if self.state in _OPEN:
             return False
-        raise AgentUnavailable(self._unavailable_reason())
+        raise AgentUnavailable(self.unavailable_reason())
 
     def offer(self, env: Envelope) -> bool:
         """Queue an envelope that starts a new chain (a tell) if there is room now.
@@ -213,7 +131,7 @@ class Cell:
         agent no longer takes messages. The hot path of every tell.
         """
         if self.state not in _OPEN:
-            raise AgentUnavailable(self._unavailable_reason())
+            raise AgentUnavailable(self.unavailable_reason())
         # Mailbox.try_put, inlined: this runs once per tell.
         mailbox = self.mailbox
         items = mailbox.items
@@ -222,7 +140,7 @@ class Cell:
         elif mailbox.putters or len(items) + mailbox.reserved >= mailbox.capacity:
             return False
         items.append(env)
-        if self._runner is None:
+        if self._runner is None and self.instance is not None:
             self._ensure_runner()
         return True
 
@@ -232,7 +150,7 @@ class Cell:
             self._run_reentrant(env)
             return
         self.mailbox.put_nowait(env)
-        if self._runner is None:
+        if self._runner is None and self.instance is not None:
             self._ensure_runner()
 
     async def post(self, env: Envelope) -> None:
@@ -241,13 +159,31 @@ class Cell:
             self._run_reentrant(env)
             return
         await self.mailbox.put(env)
-        if self._runner is None:
+        if self._runner is None and self.instance is not None:
             self._ensure_runner()
 
-    def _run_reentrant(self, env: Envelope) -> None:
-        self._spawn_task(self._turn(env))
+    def deliver_notice(self, method: str, *args: Any) -> None:
+        """Queue a framework notice (``!terminated``, ``!child_exited``) for a system
+        handler; it waits for room rather than be dropped."""
+        env = Envelope(self.id, method, args, NO_KWARGS, None, 0, None)
+        try:
+            if self.offer(env):
+                return
+        except AgentUnavailable:
+            log.info("notice %s for %s dropped: %s", method, self.label, self.unavailable_reason())
+            return
+        self.spawn_task(self._post_later(env))
 
-    def _unavailable_reason(self) -> str:
+    async def _post_later(self, env: Envelope) -> None:
+        try:
+            await self.post(env)
+        except AgentUnavailable as exc:
+            log.info("notice %s for %s dropped: %s", env.method, self.label, exc)
+
+    def _run_reentrant(self, env: Envelope) -> None:
+        self.spawn_task(self._turn(env))
+
+    def unavailable_reason(self) -> str:
         if self.state is State.STOPPING:
             return f"agent {self.label!r} is stopping"
         return f"agent {self.label!r} is {self.state.value}" + (
@@ -260,7 +196,8 @@ class Cell:
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run())
 
-    def _spawn_task(self, coro: Any) -> None:
+    def spawn_task(self, coro: Any) -> None:
+        """Run ``coro`` in a task this agent owns (cancelled if it crashes)."""
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         if self._tasks is None:
             self._tasks = set()
@@ -283,16 +220,17 @@ class Cell:
                     await self._run_once()
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
-                    if self.state is not State.CRASHING or task is None:
+                    if not self._halt or task is None or self.state is State.STOPPED:
                         raise
                     task.uncancel()  # a crash elsewhere cancelled this turn: finish it
-                if self.state is State.STOPPING:
+                state = self.state
+                if state is State.STOPPING:
                     await self._finish_stop()
-                elif self.state is State.CRASHING:
+                elif state is State.CRASHING:
                     await self._finish_crash()
-                    if self._restarted():
-                        continue  # restarted by its supervisor: serve the same mailbox
-                elif self._linger() and not lingered:
+                elif state is State.SUSPENDING:
+                    await self._finish_suspend()
+                elif state is State.RUNNING and not lingered and not self.mailbox:
                     # Stay one loop turn: a reply usually brings the next message right
                     # back, and serving it here saves creating a task for it.
                     lingered = True
@@ -300,10 +238,22 @@ class Cell:
                     if self.mailbox:
                         lingered = False
                     continue
-                return
+                else:
+                    return
+                if self.state is not State.STARTING:
+                    return
+                lingered = False  # restarted at once: serve the same mailbox
         finally:
             self._runner = None
             self.mailbox.release()
+
+    async def _run_once(self) -> None:
+        if self.state is State.STARTING:
+            await self._run_start()
+        if self.concurrency == 1:
+            await self._drain_serial()
+        else:
+            await self._drain_concurrent()
 
     def chain_of_current_task(self) -> int:
         """The call chain of the running handler of this agent, for asks it makes.
@@ -324,20 +274,6 @@ class Cell:
             return list(self.active)
         return [self.current, *self.active]
 
-    def _linger(self) -> bool:
-        return self.state is State.RUNNING and not self.mailbox
-
-    def _restarted(self) -> bool:
-        return self.state is State.STARTING
-
-    async def _run_once(self) -> None:
-        if self.state is State.STARTING:
-            await self._run_start()
-        if self.concurrency == 1:
-            await self._drain_serial()
-        else:
-            await self._drain_concurrent()
-
     async def _drain_serial(self) -> None:
         # The common case, one turn at a time, inlined: this loop is the hot path of
         # every message. _turn holds the same steps for concurrent and reentrant turns.
@@ -345,8 +281,7 @@ class Cell:
         items = mailbox.items
         handlers = self.methods.handlers
         instance = self.instance
-        crashing = State.CRASHING
-        while items and self.state is not crashing:
+        while items and not self._halt:
             env = items.popleft()
             if mailbox.putters:
                 mailbox.wake_putter()
@@ -376,23 +311,23 @@ class Cell:
                     continue
                 if reply is not None and not reply.done():
                     reply.set_result(result)
+                if self.checkpoint_every:
+                    await self._after_handled()
             finally:
                 self.current = None
 
     async def _drain_concurrent(self) -> None:
         mailbox = self.mailbox
         loop = asyncio.get_running_loop()
-        while mailbox and self.state is not State.CRASHING:
+        while mailbox and not self._halt:
             if self._tasks is not None and len(self._tasks) >= self.concurrency:
                 self._slot = loop.create_future()
                 await self._slot
                 self._slot = None
                 continue
-            self._spawn_task(self._turn(mailbox.popleft()))
-        if self.state is not State.RUNNING:
-            await self._wait_tasks()
+            self.spawn_task(self._turn(mailbox.popleft()))
 
-    async def _wait_tasks(self) -> None:
+    async def wait_tasks(self) -> None:
         tasks = [t for t in self._tasks or () if t is not asyncio.current_task()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -427,6 +362,8 @@ class Cell:
                 return
             if reply is not None and not reply.done():
                 reply.set_result(result)
+            if self.checkpoint_every:
+                await self._after_handled()
         finally:
             active.remove(env)
 
@@ -450,135 +387,10 @@ class Cell:
     def _failed(self, env: Envelope, exc: BaseException) -> None:
         reply = env.reply
         if reply is None:
-            self._crash(exc, f"tell {env.method}")
+            self.crash(exc, f"tell {env.method}")
             return
         log.info("ask %s.%s raised %s: %s", self.label, env.method, type(exc).__name__, exc)
         if not reply.done():
+            from .lifecycle import remote_error
+
             reply.set_exception(remote_error(self.label, exc))
-
-    # -- crashing ---------------------------------------------------------------
-
-    def _crash(self, exc: BaseException, where: str) -> None:
-        if self.state in _ENDED or self.state is State.CRASHING:
-            return
-        self.state = State.CRASHING
-        self.crashes += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        self.exit_reason = f"crashed in {where}: {self.last_error}"
-        log.error("agent %s crashed in %s", self.label, where, exc_info=exc)
-        reason = f"agent {self.label!r} crashed while this call was running"
-        self._cancel_tasks(reason)
-        runner = self._runner
-        if runner is None:
-            self._ensure_runner()
-        elif runner is not asyncio.current_task():
-            runner.cancel()  # _run sees the crash, finishes it and carries on
-
-    def _cancel_tasks(self, reason: str) -> None:
-        current = asyncio.current_task()
-        for env in self.busy():
-            if env.reply is not None and not env.reply.done():
-                env.reply.set_exception(AgentUnavailable(reason))
-        for task in list(self._tasks or ()):
-            if task is not current:
-                task.cancel()
-
-    async def _finish_crash(self) -> None:
-        await self._wait_tasks()
-        await self._run_on_stop()
-        listener = self.exit_listener
-        if listener is not None and listener(self, self.exit_reason or "crashed"):
-            return
-        self._end(State.CRASHED, self.exit_reason)
-
-    # -- stopping ---------------------------------------------------------------
-
-    async def stop(self, timeout: float) -> None:
-        """Stop gracefully: refuse new messages, handle those already queued, run
-        ``on_stop``; past ``timeout`` seconds, cancel whatever still runs."""
-        if self.state in _ENDED:
-            return
-        if self.state is not State.STOPPING and self.state is not State.CRASHING:
-            self.state = State.STOPPING
-            self.mailbox.fail_putters(f"agent {self.label!r} is stopping")
-            idle = self._runner is None and not self._tasks and not self.mailbox
-            if idle and (self.instance is None or type(self.instance).on_stop is Agent.on_stop):
-                self._end(State.STOPPED, "stopped")
-                return
-            self._ensure_runner()
-        if current_cell.get() is self:
-            return  # an agent stopping itself: the stop completes after this turn
-        if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
-        done = self._done
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(done)
-        except TimeoutError:
-            if not done.done():
-                self.kill(f"did not stop within {timeout:g}s and was cancelled")
-
-    async def _finish_stop(self) -> None:
-        await self._wait_tasks()
-        await self._run_on_stop()
-        self._end(State.STOPPED, "stopped")
-
-    async def _run_on_stop(self) -> None:
-        instance = self.instance
-        if instance is None or type(instance).on_stop is Agent.on_stop:
-            return
-        try:
-            async with asyncio.timeout(self.node.shutdown_timeout):
-                await self._hook(instance.on_stop)
-        except TimeoutError:
-            log.warning(
-                "on_stop of agent %s did not finish within %gs and was cancelled",
-                self.label,
-                self.node.shutdown_timeout,
-            )
-        except Exception:
-            log.exception("on_stop of agent %s raised", self.label)
-
-    async def _hook(self, hook: Callable[[], Awaitable[None]]) -> None:
-        """Run a lifecycle hook as a turn of its own, on a call chain of its own, so
-        the calls it makes can re-enter this agent and show up in wait descriptions."""
-        env = Envelope(self.id, hook.__name__, (), NO_KWARGS, None, new_chain(), self.id)
-        self.chain = env.chain
-        self.current = env
-        try:
-            await hook()
-        finally:
-            self.current = None
-
-    def kill(self, reason: str) -> None:
-        """End the agent now: cancel its running handlers and fail what is queued."""
-        if self.state in _ENDED:
-            return
-        log.warning("agent %s %s", self.label, reason)
-        self._cancel_tasks(f"agent {self.label!r} {reason}")
-        runner = self._runner
-        if runner is not None and runner is not asyncio.current_task():
-            runner.cancel()
-        self._end(State.STOPPED, reason)
-
-    def _end(self, state: State, reason: str | None) -> None:
-        """Final state: fail what is left in the mailbox and leave the registry."""
-        self.state = state
-        if reason is not None:
-            self.exit_reason = reason
-        why = self._unavailable_reason()
-        self.mailbox.fail_putters(why)
-        dropped = 0
-        for env in self.mailbox.drain():
-            if env.reply is None:
-                dropped += 1
-            elif not env.reply.done():
-                env.reply.set_exception(AgentUnavailable(why))
-        if dropped:
-            log.warning("agent %s ended with %d tells unhandled", self.label, dropped)
-        self.mailbox.release()
-        self.node.unregister(self)
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
-        if self._start is not None and not self._start.done():
-            self._start.set_exception(AgentUnavailable(why))

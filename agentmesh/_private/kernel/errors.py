@@ -19,6 +19,7 @@ __all__ = [
     "NameTaken",
     "PlacementError",
     "RemoteError",
+    "RestartIntensityExceeded",
     "SerializationError",
     "SpawnError",
     "UnknownMethod",
@@ -103,6 +104,11 @@ class MailboxFull(AgentmeshError):
 
 class SerializationError(AgentmeshError, TypeError):
     """A payload, argument or result cannot be encoded for the wire (or decoded)."""
+
+
+class RestartIntensityExceeded(AgentmeshError):
+    """A supervisor restarted children more than ``intensity`` times within
+    ``period`` seconds, so it stopped them all and exited (escalating to its parent)."""
 
 
 class PlacementError(AgentmeshError):

@@ -37,6 +37,10 @@ class MethodTable:
                 self.handlers[name] = attr
             elif inspect.isfunction(attr):
                 self.plain.add(name)
+        # Framework notices ("!terminated", ...) reach framework methods; a "!" name
+        # is never a Python identifier, so no user method can collide with one.
+        for notice, method in getattr(cls, "_am_notices", {}).items():
+            self.handlers[notice] = getattr(cls, method)
 
     def __contains__(self, name: str) -> bool:
         return name in self.handlers

@@ -21,12 +21,15 @@ from .context import current_cell, current_chain, current_node, sender_id
 from .deadlines import Deadlines
 from .envelope import Envelope, new_chain
 from .errors import AgentNotFound, AgentUnavailable, AskTimeout, NameTaken
+from .exits import Terminated
 from .info import AgentInfo
 from .mailbox import DEFAULT_MAILBOX_SIZE
 from .ref import AgentRef
+from .state import MemoryStateStore, StateStore
 from .waits import describe_wait
 
 if TYPE_CHECKING:
+    from .lifecycle import ExitListener
     from .transport import Transport
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "Node"]
@@ -81,6 +84,7 @@ class Node:
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         mailbox_size: int = DEFAULT_MAILBOX_SIZE,
         transport: Transport | None = None,
+        state_store: StateStore | None = None,
     ) -> None:
         if ask_timeout <= 0 or shutdown_timeout <= 0:
             raise ValueError("ask_timeout and shutdown_timeout must be positive")
@@ -88,6 +92,7 @@ class Node:
         self.ask_timeout = ask_timeout
         self.shutdown_timeout = shutdown_timeout
         self.mailbox_size = mailbox_size
+        self.state_store: StateStore = state_store or MemoryStateStore()
         self.cells: dict[str, Cell] = {}
         #: Why recently ended agents ended, by id, so late messages get a clear error.
         self.exits: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -111,8 +116,15 @@ class Node:
         name: str | None = None,
         mailbox_size: int | None = None,
         concurrency: int | None = None,
+        checkpoint_every: int = 0,
+        exit_listener: ExitListener | None = None,
     ) -> AgentRef:
-        """Create an agent here, run its ``on_start`` and return its ref."""
+        """Create an agent here, run its ``on_start`` and return its ref.
+
+        ``exit_listener`` (its supervisor) learns of every exit of an instance and may
+        restart it. ``checkpoint_every`` > 0 saves a snapshot every that many handled
+        messages.
+        """
         if self.closed:
             raise AgentUnavailable(f"node {self.id} is closed")
         kwargs: dict[str, Any] = {}
@@ -141,6 +153,10 @@ class Node:
             _first(concurrency, cls.concurrency),
             ref,
         )
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be 0 or more, got {checkpoint_every}")
+        cell.checkpoint_every = checkpoint_every
+        cell.exit_listener = exit_listener
         ref._cell = cell
         self.cells[agent_id] = cell
         if name is not None:
@@ -172,6 +188,41 @@ class Node:
         cell = self._cell_of(ref)
         assert cell is not None
         return AgentInfo.of(cell)
+
+    def monitor(self, ref: AgentRef, watcher: Any) -> None:
+        """Send `Terminated` to ``watcher`` (a cell, or a future) when ``ref`` ends."""
+        cell = self._local_cell(ref, "monitor")
+        if cell is None:
+            notice = Terminated(ref, "shutdown", self._gone(ref.id), False)
+            Cell._send_notice(watcher, notice)
+            return
+        cell.watch(watcher)
+
+    def demonitor(self, ref: AgentRef, watcher: Any) -> None:
+        cell = self._local_cell(ref, "demonitor")
+        if cell is not None:
+            cell.unwatch(watcher)
+
+    async def wait_terminated(self, ref: AgentRef) -> Terminated:
+        """Wait until ``ref``'s agent ends for good; returns why."""
+        fut: asyncio.Future[Terminated] = asyncio.get_running_loop().create_future()
+        cell = self._local_cell(ref, "wait for")
+        if cell is None:
+            return Terminated(ref, "shutdown", self._gone(ref.id), False)
+        while True:
+            cell.watch(fut)
+            notice = await fut
+            if not notice.restarting:
+                return notice
+            fut = asyncio.get_running_loop().create_future()
+
+    def _local_cell(self, ref: AgentRef, what: str) -> Cell | None:
+        if ref._cell is None and ref._node_id != self.id:
+            raise AgentUnavailable(
+                f"cannot {what} {ref!r} on node {ref.node}: monitors across nodes come "
+                "with the cluster transport"
+            )
+        return self._cell_of(ref, missing_ok=True)
 
     async def stop_agent(self, ref: AgentRef, timeout: float | None) -> None:
         if ref._cell is None and ref._node_id != self.id:

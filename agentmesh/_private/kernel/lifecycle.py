@@ -1,0 +1,482 @@
+"""An agent's lifecycle: start, checkpoint, crash, stop, suspend, restart, end.
+
+`Lifecycle` is the half of `Cell` that moves an agent between states; `Cell` holds
+the other half, its mailbox and turns. The exit listener (the agent's supervisor)
+learns of every exit of an instance and decides whether a new one starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .agent import Agent
+from .context import current_cell
+from .envelope import NO_KWARGS, Envelope, new_chain
+from .errors import AgentUnavailable, RemoteError, SpawnError
+from .exits import ExitReason, Terminated
+
+if TYPE_CHECKING:
+    from .mailbox import Mailbox
+    from .node import Node
+    from .ref import AgentRef
+
+__all__ = ["ExitListener", "Lifecycle", "State", "remote_error"]
+
+log = logging.getLogger("agentmesh.agent")
+
+
+class State(enum.Enum):
+    """Lifecycle of an agent. Messages are queued in every state but STOPPING and the
+    two final ones, STOPPED and CRASHED."""
+
+    STARTING = "starting"  # building an instance, restoring it, running on_start
+    RUNNING = "running"
+    STOPPING = "stopping"  # handling what is queued, then on_stop; refuses new messages
+    CRASHING = "crashing"  # a crash is being handled: on_stop, then the supervisor
+    SUSPENDING = "suspending"  # its supervisor ends this instance to start a new one
+    RESTARTING = "restarting"  # no instance; waiting for the supervisor to start one
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+_ENDED = (State.STOPPED, State.CRASHED)
+
+#: Called with (cell, reason, error) when an instance ends; returns True if it takes
+#: charge (it will call `restart` or `end`), False to let the agent end now.
+ExitListener = Callable[[Any, ExitReason, "str | None"], bool]
+
+
+def remote_error(agent: str, exc: BaseException, cls: type[RemoteError] = RemoteError) -> Any:
+    """Wrap ``exc`` as a `RemoteError` (or subclass) carrying type, message, traceback."""
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        name = f"{kind.__module__}.{name}"
+    tb = "".join(traceback.format_exception(exc))
+    return cls(agent, name, str(exc), tb)
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class Lifecycle:
+    """State transitions of a `Cell`: the base class that declares its fields."""
+
+    # Every field of a cell; Cell.__init__ sets them.
+    __slots__ = (
+        "_done",
+        "_halt",
+        "_runner",
+        "_since_checkpoint",
+        "_slot",
+        "_spawning",
+        "_start",
+        "_stop_reason",
+        "_suspended",
+        "_tasks",
+        "active",
+        "args",
+        "chain",
+        "checkpoint_every",
+        "cls",
+        "concurrency",
+        "crashes",
+        "current",
+        "exit_listener",
+        "exit_reason",
+        "handled",
+        "id",
+        "instance",
+        "kwargs",
+        "last_error",
+        "mailbox",
+        "methods",
+        "name",
+        "node",
+        "ref",
+        "rejected",
+        "restarts",
+        "state",
+        "waiting_on",
+        "watchers",
+    )
+
+    node: Node
+    id: str
+    name: str | None
+    cls: type[Agent]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    ref: AgentRef
+    state: State
+    instance: Agent | None
+    current: Envelope | None
+    active: list[Envelope]
+    chain: int
+    mailbox: Mailbox[Envelope]
+    exit_listener: ExitListener | None
+    watchers: list[Any] | None
+    exit_reason: str | None
+    last_error: str | None
+    checkpoint_every: int
+    crashes: int
+    restarts: int
+    _halt: bool
+    _spawning: bool
+    _since_checkpoint: int
+    _stop_reason: ExitReason
+    _runner: asyncio.Task[None] | None
+    _tasks: set[asyncio.Task[None]] | None
+    _slot: asyncio.Future[None] | None
+    _start: asyncio.Future[None] | None
+    _done: asyncio.Future[None] | None
+    _suspended: asyncio.Future[None] | None
+
+    @property
+    def label(self) -> str:
+        """The agent's name, else its id: how logs and errors call it."""
+        return self.name or self.id
+
+    # Defined by Cell.
+    def _ensure_runner(self) -> None:
+        raise NotImplementedError
+
+    def busy(self) -> list[Envelope]:
+        raise NotImplementedError
+
+    async def wait_tasks(self) -> None:
+        raise NotImplementedError
+
+    def unavailable_reason(self) -> str:
+        raise NotImplementedError
+
+    # -- starting ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """First start: build, restore, run ``on_start``; raise `SpawnError`."""
+        self._start = asyncio.get_running_loop().create_future()
+        self._ensure_runner()
+        await self._start
+
+    async def restart(self) -> bool:
+        """Start a fresh instance on the same mailbox; True once its ``on_start`` ran.
+
+        Only an agent whose listener took charge of its exit (state RESTARTING)
+        restarts; otherwise this does nothing and returns False. A failing start is a
+        crash, reported to the listener like any other.
+        """
+        if self.state is not State.RESTARTING:
+            return False
+        self.restarts += 1
+        self._notify(self._stop_reason, self.last_error, restarting=True)
+        self.state = State.STARTING
+        self._halt = False
+        self._start = asyncio.get_running_loop().create_future()
+        self._ensure_runner()
+        try:
+            await asyncio.shield(self._start)
+        except Exception:
+            return False
+        return True
+
+    async def _run_start(self) -> None:
+        start = self._start
+        assert start is not None
+        try:
+            instance = self._build()
+            await self._restore(instance)
+            self.instance = instance
+            await self._hook(instance.on_start)
+        except Exception as exc:
+            where = "on_start" if self.instance is not None else "construction"
+            if self._spawning:  # a failed spawn: the spawner gets the error
+                start.set_exception(remote_error(self.label, exc, SpawnError))
+                self.instance = None
+                self.end(State.CRASHED, f"{where} raised {type(exc).__name__}: {exc}")
+            else:  # a failed restart: a crash, for the supervisor to judge
+                start.set_exception(AgentUnavailable(f"restart failed in {where}"))
+                self.crash(exc, where)
+            return
+        self._spawning = False
+        if self.state is State.STARTING:
+            self.state = State.RUNNING
+        start.set_result(None)
+
+    def _build(self) -> Agent:
+        cls = self.cls
+        instance = cls.__new__(cls)
+        instance._am_cell = self  # type: ignore[assignment]  # before __init__, for self.ref
+        instance.__init__(*self.args, **self.kwargs)  # type: ignore[misc]
+        return instance
+
+    @property
+    def store_key(self) -> str:
+        """Key of this agent's snapshots: its name, else its id."""
+        return self.name or self.id
+
+    async def _restore(self, instance: Agent) -> None:
+        restore = getattr(instance, "restore", None)
+        if restore is None:
+            return
+        data = await self.node.state_store.get(self.store_key)
+        if data is not None:
+            await _maybe_await(restore(cloudpickle.loads(data)))
+
+    async def _hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run a lifecycle hook as a turn of its own, on a call chain of its own, so
+        the calls it makes can re-enter this agent and show up in wait descriptions."""
+        env = Envelope(self.id, hook.__name__, (), NO_KWARGS, None, new_chain(), self.id)
+        self.chain = env.chain
+        self.current = env
+        try:
+            await hook()
+        finally:
+            self.current = None
+
+    # -- checkpoints --------------------------------------------------------------
+
+    async def checkpoint(self) -> None:
+        """Save ``snapshot()`` of the current instance in the state store."""
+        instance = self.instance
+        snapshot = getattr(instance, "snapshot", None)
+        if snapshot is None:
+            raise TypeError(f"{self.cls.__qualname__} defines no snapshot() to checkpoint")
+        state = await _maybe_await(snapshot())
+        await self.node.state_store.put(self.store_key, cloudpickle.dumps(state))
+        self._since_checkpoint = 0
+
+    async def _after_handled(self) -> None:
+        """The checkpoint policy: a snapshot every ``checkpoint_every`` messages."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.checkpoint_every:
+            try:
+                await self.checkpoint()
+            except Exception as exc:
+                self.crash(exc, "checkpoint")
+
+    # -- crashing ---------------------------------------------------------------
+
+    def crash(self, exc: BaseException, where: str) -> None:
+        """The instance failed: stop taking turns, cancel the others, then report."""
+        if self.state in _ENDED or self.state is State.CRASHING:
+            return
+        self.state = State.CRASHING
+        self._halt = True
+        self.crashes += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.exit_reason = f"crashed in {where}: {self.last_error}"
+        log.error("agent %s crashed in %s", self.label, where, exc_info=exc)
+        self._cancel_turns(f"agent {self.label!r} crashed while this call was running")
+        runner = self._runner
+        if runner is None:
+            self._ensure_runner()
+        elif runner is not asyncio.current_task():
+            runner.cancel()  # _run sees the crash, finishes it and carries on
+
+    def _cancel_turns(self, reason: str) -> None:
+        current = asyncio.current_task()
+        for env in self.busy():
+            if env.reply is not None and not env.reply.done():
+                env.reply.set_exception(AgentUnavailable(reason))
+        for task in list(self._tasks or ()):
+            if task is not current:
+                task.cancel()
+
+    async def _finish_crash(self) -> None:
+        await self.wait_tasks()
+        await self._run_on_stop()
+        self._exited("crash", self.last_error)
+
+    # -- stopping ---------------------------------------------------------------
+
+    async def stop(self, timeout: float) -> None:
+        """Stop gracefully: refuse new messages, handle those already queued, run
+        ``on_stop``; past ``timeout`` seconds, cancel whatever still runs."""
+        state = self.state
+        if state in _ENDED:
+            return
+        self_stop = current_cell.get() is self
+        if state is State.RESTARTING:  # no instance to stop
+            self._stop_reason = "shutdown"
+            self._exited("shutdown", None)
+            return
+        if state is not State.STOPPING:
+            self._stop_reason = "normal" if self_stop else "shutdown"
+            if state in (State.CRASHING, State.SUSPENDING):
+                self.exit_listener = None  # end there: no restart after a stop
+            else:
+                self.state = State.STOPPING
+                self.mailbox.fail_putters(f"agent {self.label!r} is stopping")
+                idle = self._runner is None and not self._tasks and not self.mailbox
+                if idle and self._no_on_stop():
+                    self._exited(self._stop_reason, None)
+                    return
+                self._ensure_runner()
+        if self_stop:
+            return  # an agent stopping itself: the stop completes after this turn
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        done = self._done
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(done)
+        except TimeoutError:
+            if not done.done():
+                self.kill(f"did not stop within {timeout:g}s and was cancelled")
+
+    def _no_on_stop(self) -> bool:
+        return self.instance is None or type(self.instance).on_stop is Agent.on_stop
+
+    async def _finish_stop(self) -> None:
+        await self.wait_tasks()
+        await self._run_on_stop()
+        self._exited(self._stop_reason, None)
+
+    async def _run_on_stop(self) -> None:
+        instance = self.instance
+        if instance is None or self._no_on_stop():
+            return
+        timeout = self.node.shutdown_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._hook(instance.on_stop)
+        except TimeoutError:
+            log.warning("on_stop of %s did not finish in %gs; cancelled", self.label, timeout)
+        except Exception:
+            log.exception("on_stop of agent %s raised", self.label)
+
+    def kill(self, reason: str) -> None:
+        """End the instance now: cancel its running handlers, fail what is queued."""
+        if self.state in _ENDED:
+            return
+        log.warning("agent %s %s", self.label, reason)
+        self._cancel_turns(f"agent {self.label!r} {reason}")
+        runner = self._runner
+        if runner is not None and runner is not asyncio.current_task():
+            runner.cancel()
+        self.exit_reason = reason
+        self.exit_listener = None  # a stop was asked for: no restart
+        self._exited("killed", None)
+
+    # -- suspending (a supervisor restarting a sibling group) ---------------------
+
+    async def suspend(self, timeout: float) -> None:
+        """End the current instance (after its current turn, then ``on_stop``) but
+        keep the mailbox, which goes on queueing, until `restart`."""
+        if self.state not in (State.RUNNING, State.STARTING):
+            return
+        self.state = State.SUSPENDING
+        self._halt = True
+        self._suspended = asyncio.get_running_loop().create_future()
+        self._ensure_runner()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._suspended)
+        except TimeoutError:
+            if self.state is State.SUSPENDING:
+                log.warning("agent %s did not stop within %gs; cancelled", self.label, timeout)
+                self._cancel_turns(f"agent {self.label!r} was restarted")
+                if self._runner is not None:
+                    self._runner.cancel()
+                self._suspend_done()
+
+    async def _finish_suspend(self) -> None:
+        await self.wait_tasks()
+        await self._run_on_stop()
+        self._suspend_done()
+
+    def _suspend_done(self) -> None:
+        self.instance = None
+        self._stop_reason = "shutdown"
+        self.state = State.RESTARTING
+        if self._suspended is not None and not self._suspended.done():
+            self._suspended.set_result(None)
+
+    # -- ending -----------------------------------------------------------------
+
+    def _exited(self, reason: ExitReason, error: str | None) -> None:
+        """An instance ended: its listener takes charge (restart) or the agent ends."""
+        self.instance = None
+        self._stop_reason = reason
+        listener = self.exit_listener
+        if listener is not None and listener(self, reason, error):
+            if self.state is not State.STARTING:
+                self.state = State.RESTARTING  # messages keep queueing meanwhile
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
+            return
+        final = State.CRASHED if reason == "crash" else State.STOPPED
+        self.end(final, self.exit_reason if reason in ("crash", "killed") else reason)
+
+    def end(self, state: State = State.STOPPED, reason: str | None = None) -> None:
+        """Final state: fail what is left in the mailbox, leave the registry, tell
+        the monitors."""
+        if self.state in _ENDED:
+            return
+        self.state = state
+        self.instance = None
+        if reason is not None:
+            self.exit_reason = reason
+        why = self.unavailable_reason()
+        self.mailbox.fail_putters(why)
+        dropped = 0
+        for env in self.mailbox.drain():
+            if env.reply is None:
+                dropped += 1
+            elif not env.reply.done():
+                env.reply.set_exception(AgentUnavailable(why))
+        if dropped:
+            log.warning("agent %s ended with %d tells unhandled", self.label, dropped)
+        self.mailbox.release()
+        self.node.unregister(self)  # type: ignore[arg-type]
+        self._notify(*self._final_exit(), restarting=False)
+        self.watchers = None
+        if self._start is not None and not self._start.done():
+            self._start.set_exception(AgentUnavailable(why))
+        for fut in (self._done, self._suspended):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    # -- monitors ---------------------------------------------------------------
+
+    def watch(self, watcher: Any) -> None:
+        """Send ``Terminated`` to ``watcher`` (an AgentRef's cell or a future)."""
+        if self.state in _ENDED:
+            self._send_notice(watcher, Terminated(self.ref, *self._final_exit(), False))
+            return
+        if self.watchers is None:
+            self.watchers = []
+        self.watchers.append(watcher)
+
+    def _final_exit(self) -> tuple[ExitReason, str | None]:
+        if self.state is State.CRASHED:
+            return "crash", self.last_error
+        return self._stop_reason, None
+
+    def unwatch(self, watcher: Any) -> None:
+        if self.watchers is not None and watcher in self.watchers:
+            self.watchers.remove(watcher)
+
+    def _notify(self, reason: ExitReason, error: str | None, restarting: bool) -> None:
+        if not self.watchers:
+            return
+        notice = Terminated(self.ref, reason, error, restarting)
+        for watcher in list(self.watchers):
+            self._send_notice(watcher, notice)
+
+    @staticmethod
+    def _send_notice(watcher: Any, notice: Terminated) -> None:
+        if isinstance(watcher, asyncio.Future):
+            if not watcher.done():
+                watcher.set_result(notice)
+        else:
+            watcher.deliver_notice("!terminated", notice)

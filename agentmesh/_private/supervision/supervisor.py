@@ -1,0 +1,251 @@
+"""`Supervisor`: an agent that starts, watches and restarts its children, as in OTP."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..kernel.agent import Agent
+from ..kernel.cell import Cell, State
+from ..kernel.errors import AgentUnavailable, RestartIntensityExceeded
+from ..kernel.exits import ABNORMAL, ExitReason
+from ..kernel.ref import AgentRef
+from .spec import ChildSpec, SupervisorSpec
+
+__all__ = ["ChildInfo", "Supervisor"]
+
+log = logging.getLogger("agentmesh.supervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """One child as its supervisor sees it (OTP's ``which_children``).
+
+    ``state`` is the child's lifecycle state (``running``, ``restarting`` …, or
+    ``stopped``/``crashed`` once it ended for good); ``restarts`` counts restarts by
+    this supervisor; ``dynamic`` is True for children added after the supervisor
+    started (``spawn(..., supervisor=sup)`` or ``start_child``).
+    """
+
+    ref: AgentRef
+    name: str | None
+    agent_class: str
+    restart: str
+    state: str
+    restarts: int
+    last_error: str | None
+    dynamic: bool
+
+
+class _Child:
+    """A supervisor's record of one child, and the child's exit listener."""
+
+    __slots__ = ("cell", "dynamic", "key", "spec", "supervisor")
+
+    def __init__(self, supervisor: Cell, key: int, spec: ChildSpec, dynamic: bool) -> None:
+        self.supervisor = supervisor
+        self.key = key
+        self.spec = spec
+        self.dynamic = dynamic
+        self.cell: Cell | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.cell is not None and self.cell.state not in (State.STOPPED, State.CRASHED)
+
+    def __call__(self, cell: Cell, reason: ExitReason, error: str | None) -> bool:
+        # Runs inside the child's runner: decide at once whether the child waits for
+        # a restart, then let the supervisor act in a turn of its own.
+        supervisor = self.supervisor
+        open_ = supervisor.state in (State.RUNNING, State.STARTING)
+        takes = open_ and _takes_restart(self.spec.restart, reason)
+        if open_:
+            supervisor.deliver_notice("!child_exited", self.key, reason, error, takes)
+        return takes
+
+
+def _takes_restart(restart: str, reason: ExitReason) -> bool:
+    """OTP's table: which exits restart which children."""
+    if restart == "permanent":
+        return reason in ABNORMAL or reason == "normal"
+    if restart == "transient":
+        return reason in ABNORMAL
+    return False
+
+
+class Supervisor(Agent):
+    """An agent that supervises children per a `SupervisorSpec`.
+
+    Its one argument is the spec: ``await mesh.spawn(am.Supervisor, spec, name=...)``.
+    It starts the spec's children in order before its own spawn returns (if one fails
+    to start, those already started are stopped and the spawn fails), restarts them per
+    the strategy and restart types, and stops them in reverse order when it stops.
+    Trees nest: a child may itself be a `Supervisor`. Add children later with
+    ``mesh.spawn(Cls, ..., supervisor=sup)`` or ``await sup.start_child(ChildSpec(...))``.
+    """
+
+    _am_notices: ClassVar[dict[str, str]] = {
+        **Agent._am_notices,
+        "!child_exited": "_child_exited",
+    }
+
+    def __init__(self, spec: SupervisorSpec) -> None:
+        if not isinstance(spec, SupervisorSpec):
+            raise TypeError(f"Supervisor takes a SupervisorSpec, got {spec!r}")
+        self.spec = spec
+        self._children: list[_Child] = []
+        self._keys = itertools.count()
+        self._restart_times: collections.deque[float] = collections.deque()
+        self._rng = random.Random()
+
+    async def on_start(self) -> None:
+        for child_spec in self.spec.children:
+            try:
+                await self._start_child(child_spec, dynamic=False)
+            except BaseException:
+                await self._stop_children(reversed(self._children))
+                raise
+
+    async def on_stop(self) -> None:
+        await self._stop_children(reversed(self._children))
+
+    async def start_child(self, spec: ChildSpec) -> AgentRef:
+        """Start a dynamic child (OTP's ``start_child``) and return its ref."""
+        return await self._start_child(spec, dynamic=True)
+
+    async def children(self) -> list[ChildInfo]:
+        """Each child's spec, state and restart count, in start order."""
+        return [self._info(child) for child in self._children]
+
+    # -- starting and stopping children -------------------------------------------
+
+    async def _start_child(self, spec: ChildSpec, *, dynamic: bool) -> AgentRef:
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"start_child takes a ChildSpec, got {spec!r}")
+        cell = self._am_cell
+        if cell.state not in (State.RUNNING, State.STARTING):
+            raise AgentUnavailable(f"supervisor {cell.label!r} is {cell.state.value}")
+        child = _Child(cell, next(self._keys), spec, dynamic)
+        self._children.append(child)
+        try:
+            ref = await cell.node.spawn(
+                spec.agent_class,
+                spec.args,
+                name=spec.name,
+                mailbox_size=spec.mailbox_size,
+                concurrency=spec.concurrency,
+                checkpoint_every=spec.checkpoint_every,
+                exit_listener=child,
+            )
+        except BaseException:
+            self._children.remove(child)
+            raise
+        child.cell = ref._cell
+        return ref
+
+    async def _stop_children(self, children: Iterable[_Child]) -> None:
+        node = self._am_cell.node
+        for child in list(children):
+            if child.cell is not None:
+                await child.cell.stop(child.spec.shutdown or node.shutdown_timeout)
+
+    # -- restarting -----------------------------------------------------------------
+
+    async def _child_exited(
+        self, key: int, reason: ExitReason, error: str | None, taken: bool
+    ) -> None:
+        child = next((c for c in self._children if c.key == key), None)
+        if child is None or child.cell is None:
+            return
+        if not taken:
+            log.info("%s: child %s exited (%s)", self._label, child.cell.label, reason)
+            if child.dynamic and not child.alive:
+                self._children.remove(child)
+            return
+        log.warning("%s: restarting %s after %s", self._label, child.cell.label, error or reason)
+        if self._intensity_exceeded():
+            await self._give_up(child, error or reason)
+        group = self._group(child)
+        for sibling in reversed(group):
+            if sibling is child or not sibling.alive or sibling.cell is None:
+                continue
+            if sibling.spec.restart == "temporary":
+                await sibling.cell.stop(self._shutdown(sibling))
+                self._children.remove(sibling)
+            else:
+                await sibling.cell.suspend(self._shutdown(sibling))
+        group = [c for c in group if c in self._children]
+        backoff = self.spec.backoff
+        if backoff is None:
+            await self._restart(group)
+            return
+        delay = backoff.delay(len(self._restart_times), self._rng)
+        self._am_cell.spawn_task(self._restart_later(delay, group))
+
+    async def _restart_later(self, delay: float, group: list[_Child]) -> None:
+        await asyncio.sleep(delay)
+        await self._restart(group)
+
+    async def _restart(self, group: list[_Child]) -> None:
+        for child in group:  # in start order
+            if child.cell is not None:
+                await child.cell.restart()
+
+    def _group(self, child: _Child) -> list[_Child]:
+        strategy = self.spec.strategy
+        if strategy == "one_for_all":
+            return list(self._children)
+        if strategy == "rest_for_one":
+            return self._children[self._children.index(child) :]
+        return [child]
+
+    def _intensity_exceeded(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        times = self._restart_times
+        times.append(now)
+        while times and times[0] <= now - self.spec.period:
+            times.popleft()
+        return len(times) > self.spec.intensity
+
+    async def _give_up(self, child: _Child, why: str) -> None:
+        spec = self.spec
+        message = (
+            f"supervisor {self._label!r} gave up: more than {spec.intensity} restart(s) "
+            f"within {spec.period:g}s; last, {child.spec.class_name} "
+            f"{child.cell.label if child.cell else ''!r}: {why}"
+        )
+        log.error("%s", message)
+        if child.cell is not None:
+            child.cell.end(State.CRASHED, why)
+        await self._stop_children(reversed(self._children))
+        raise RestartIntensityExceeded(message)
+
+    # -- reporting --------------------------------------------------------------------
+
+    @property
+    def _label(self) -> str:
+        return self._am_cell.label
+
+    def _shutdown(self, child: _Child) -> float:
+        return child.spec.shutdown or self._am_cell.node.shutdown_timeout
+
+    @staticmethod
+    def _info(child: _Child) -> ChildInfo:
+        cell = child.cell
+        assert cell is not None
+        return ChildInfo(
+            ref=cell.ref,
+            name=cell.name,
+            agent_class=child.spec.class_name,
+            restart=child.spec.restart,
+            state=cell.state.value,
+            restarts=cell.restarts,
+            last_error=cell.last_error,
+            dynamic=child.dynamic,
+        )
