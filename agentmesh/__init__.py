@@ -28,6 +28,9 @@ from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
 from ._private.kernel.ref import AgentRef, MethodRef
 from ._private.kernel.state import MemoryStateStore, StateStore
 from ._private.mesh import Mesh
+from ._private.pubsub.bus import DEAD_LETTERS, BusStatistics
+from ._private.pubsub.decorator import subscribe
+from ._private.pubsub.subscriptions import DeadLetter, TopicStream
 from ._private.running import run
 from ._private.sqlite_store import SqliteStateStore
 from ._private.supervision.spec import Backoff, ChildSpec, SupervisorSpec
@@ -46,11 +49,14 @@ __all__ = [
     "AuthError",
     "Backoff",
     "BadArguments",
+    "BusStatistics",
     "ChildInfo",
     "ChildSpec",
+    "DEAD_LETTERS",
     "DEFAULT_ASK_TIMEOUT",
     "DEFAULT_MAILBOX_SIZE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DeadLetter",
     "MailboxFull",
     "MemoryStateStore",
     "Mesh",
@@ -66,6 +72,8 @@ __all__ = [
     "Supervisor",
     "SupervisorSpec",
     "Terminated",
+    "TopicStream",
     "UnknownMethod",
     "run",
+    "subscribe",
 ]

@@ -120,6 +120,36 @@ def ask_latency(size: int, repeat: int) -> list[Figure]:
     ]
 
 
+def fan_out(subscribers: int, messages: int, repeat: int) -> list[Figure]:
+    mine, limit = _alternate(
+        repeat,
+        lambda: local.fan_out(subscribers, messages),
+        lambda: raw.queue_fan_out(subscribers, messages, am.DEFAULT_MAILBOX_SIZE),
+    )
+    deliveries = subscribers * messages
+    mine_s, limit_s = statistics.median(mine), statistics.median(limit)
+    return [
+        Figure(
+            "raw",
+            f"asyncio.Queue fan-out to {subscribers}",
+            deliveries,
+            limit_s,
+            deliveries / limit_s,
+        ),
+        Figure(
+            "agentmesh",
+            f"pub/sub fan-out to {subscribers} agents",
+            deliveries,
+            mine_s,
+            deliveries / mine_s,
+            peak_rss_mb=_peak_mb(),
+            limit=f"asyncio.Queue fan-out to {subscribers}",
+            ratio=limit_s / mine_s,
+            target=">= 0.40 of the raw rate",
+        ),
+    ]
+
+
 def idle_memory(size: int) -> list[Figure]:
     start = time.perf_counter()
     out = subprocess.run(
@@ -167,6 +197,7 @@ def main() -> None:
     workloads: dict[str, Callable[[], list[Figure]]] = {
         "tell": lambda: tell_throughput(int(200_000 * scale), args.repeat),
         "ask": lambda: ask_latency(int(5_000 * scale), args.repeat),
+        "fanout": lambda: fan_out(100, int(2_000 * scale), args.repeat),
         "memory": lambda: idle_memory(int(100_000 * scale)),
     }
     loop = "uvloop" if "uvloop" in sys.modules or _has_uvloop() else "asyncio"

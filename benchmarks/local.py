@@ -33,6 +33,32 @@ class Idle(am.Agent):
         return self.index
 
 
+class Subscriber(am.Agent):
+    def __init__(self) -> None:
+        self.received = 0
+
+    @am.subscribe("bench.fanout")
+    async def on_item(self, item: int) -> None:
+        self.received += 1
+
+    async def count(self) -> int:
+        return self.received
+
+
+async def fan_out(subscribers: int, messages: int) -> float:
+    """Seconds for a driver to publish ``messages`` on a topic with ``subscribers``
+    agent subscribers, until every subscriber has handled every message."""
+    async with am.Mesh() as mesh:
+        subs = [await mesh.spawn(Subscriber) for _ in range(subscribers)]
+        start = time.perf_counter()
+        for i in range(messages):
+            await mesh.publish("bench.fanout", i)
+        counts = [await s.count() for s in subs]
+        elapsed = time.perf_counter() - start
+    assert counts == [messages] * subscribers, counts
+    return elapsed
+
+
 async def tell_throughput(n: int) -> float:
     """Seconds for a driver to tell ``n`` increments to one agent and see them counted."""
     async with am.Mesh() as mesh:

@@ -28,6 +28,24 @@ async def queue_throughput(n: int, maxsize: int) -> float:
     return elapsed
 
 
+async def queue_fan_out(subscribers: int, messages: int, maxsize: int) -> float:
+    """Seconds for one producer to put ``messages`` items into each of
+    ``subscribers`` bounded queues, each drained by its own consumer task."""
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue(maxsize) for _ in range(subscribers)]
+
+    async def consumer(queue: asyncio.Queue[int]) -> None:
+        for _ in range(messages):
+            await queue.get()
+
+    tasks = [asyncio.create_task(consumer(q)) for q in queues]
+    start = time.perf_counter()
+    for i in range(messages):
+        for queue in queues:
+            await queue.put(i)
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - start
+
+
 async def queue_round_trips(n: int) -> list[float]:
     """Latency in seconds of ``n`` sequential round trips: a request through an
     asyncio.Queue to a server task, answered through a future."""

@@ -20,6 +20,8 @@ from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Node
 from .kernel.ref import AgentRef
 from .kernel.state import StateStore
 from .kernel.transport import Transport
+from .pubsub.bus import Bus, BusStatistics
+from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
 from .supervision.supervisor import Supervisor
 
@@ -76,6 +78,8 @@ class Mesh:
             state_store=state_store,
         )
         self._node.facade = self
+        self._bus = Bus()
+        self._node.bus = self._bus
         self._entered = False
         self._token: contextvars.Token[Node | None] | None = None
         self._root: Supervisor | None = None
@@ -216,6 +220,36 @@ class Mesh:
         supervisor excluded)."""
         root = self._root_ref.id if self._root_ref is not None else None
         return [AgentInfo.of(c) for c in self._node.cells.values() if c.id != root]
+
+    async def publish(self, topic: str, payload: Any) -> int:
+        """Publish ``payload`` on ``topic`` to every matching subscription.
+
+        Each subscriber gets it through its own mailbox (or stream buffer), typed by
+        its handler's annotation; one that cannot take it (failed validation, stopped,
+        full with ``overflow="drop"``) gets nothing, and the message goes to
+        ``agentmesh.dead_letters`` with the reason. With ``overflow="backpressure"``
+        (the default) a full subscriber makes this wait for room. Messages of one
+        publisher on one topic arrive in the order published. Returns the number of
+        matching subscriptions.
+        """
+        return await self._bus.publish(topic, payload)
+
+    def subscribe(
+        self, pattern: str, *, maxsize: int = 1000, overflow: Overflow = "backpressure"
+    ) -> TopicStream:
+        """Subscribe this program (outside any agent) to ``pattern``, from now on.
+
+        ``async with mesh.subscribe("sim.**") as stream: async for topic, msg in
+        stream: ...`` — at most ``maxsize`` messages wait in the buffer; when it is
+        full, publishers wait (``"backpressure"``) or the message is dead-lettered
+        (``"drop"``). Leaving the ``async with`` (or ``aclose()``) unsubscribes.
+        """
+        return self._bus.stream(pattern, maxsize, overflow)
+
+    def bus_statistics(self) -> BusStatistics:
+        """Counters of this node's bus: published, deliveries, dead letters, and the
+        patterns subscribed here (the node's interest summary)."""
+        return self._bus.statistics()
 
     async def wait_terminated(self, ref: AgentRef) -> Terminated:
         """Wait until ``ref``'s agent ends for good (restarts do not count); returns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .methods import MethodTable
@@ -50,7 +51,10 @@ class Agent:
     #: Mailbox capacity; None means the mesh default (see `DEFAULT_MAILBOX_SIZE`).
     mailbox_size: ClassVar[int | None] = None
     #: Framework notices and the methods that receive them.
-    _am_notices: ClassVar[dict[str, str]] = {"!terminated": "on_terminated"}
+    _am_notices: ClassVar[dict[str, str]] = {
+        "!terminated": "on_terminated",
+        "!deliver": "_am_deliver",
+    }
 
     _am_cell: Cell
 
@@ -87,6 +91,42 @@ class Agent:
     async def demonitor(self, ref: AgentRef) -> None:
         """Stop monitoring ``ref``; notices already queued may still arrive."""
         self._am_cell.node.demonitor(ref, self._am_cell)
+
+    async def publish(self, topic: str, payload: Any) -> None:
+        """Publish ``payload`` on ``topic`` (see `Mesh.publish`); this agent is the
+        sender, and its messages on one topic arrive in the order published."""
+        await self._bus().publish(topic, payload, self._am_cell.id)
+
+    async def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[..., Awaitable[Any]],
+        *,
+        overflow: str = "backpressure",
+    ) -> None:
+        """Call ``handler(payload)`` (an async method of this agent) as a turn for each
+        message on topics matching ``pattern``, until `unsubscribe` or until this
+        instance ends (a restarted instance subscribes again in ``on_start``; use
+        ``@am.subscribe`` for subscriptions that outlive restarts)."""
+        self._bus().subscribe_handler(self._am_cell, pattern, handler, overflow)
+
+    async def unsubscribe(
+        self, pattern: str, handler: Callable[..., Awaitable[Any]] | None = None
+    ) -> None:
+        """End this instance's runtime subscriptions to ``pattern`` (only the one to
+        ``handler``, if given)."""
+        self._bus().unsubscribe_handler(self._am_cell, pattern, handler)
+
+    def _bus(self) -> Any:
+        bus = self._am_cell.node.bus
+        if bus is None:
+            raise RuntimeError("this agent's node has no pub/sub bus")
+        return bus
+
+    async def _am_deliver(
+        self, handler: Callable[..., Awaitable[Any]], payload: Any, kwargs: dict[str, Any]
+    ) -> None:
+        await handler(payload, **kwargs)
 
     async def checkpoint(self) -> None:
         """Save ``self.snapshot()`` now, so a restarted instance is restored from it.

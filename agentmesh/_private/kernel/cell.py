@@ -296,7 +296,11 @@ class Cell(Lifecycle):
             self.current = env
             try:
                 try:
-                    coro = handler(instance, *env.args, **env.kwargs)
+                    kwargs = env.kwargs
+                    if kwargs is NO_KWARGS:
+                        coro = handler(instance, *env.args)
+                    else:
+                        coro = handler(instance, *env.args, **kwargs)
                 except TypeError as exc:
                     self._reject(env, BadArguments(f"{self.label}.{env.method}(): {exc}"))
                     continue
@@ -380,7 +384,7 @@ class Cell(Lifecycle):
         self.rejected += 1
         reply = env.reply
         if reply is None:
-            log.warning("dropped tell to %s: %s", self.label, error)
+            self.node.dead_letter(self, env, str(error))
         elif not reply.done():
             reply.set_exception(error)
 

@@ -407,6 +407,7 @@ class Lifecycle:
         """An instance ended: its listener takes charge (restart) or the agent ends."""
         self.instance = None
         self._stop_reason = reason
+        self.node.instance_ended(self)  # type: ignore[arg-type]
         listener = self.exit_listener
         if listener is not None and listener(self, reason, error):
             if self.state is not State.STARTING:
@@ -432,12 +433,14 @@ class Lifecycle:
         for env in self.mailbox.drain():
             if env.reply is None:
                 dropped += 1
+                self.node.dead_letter(self, env, f"agent ended unhandled: {why}")  # type: ignore[arg-type]
             elif not env.reply.done():
                 env.reply.set_exception(AgentUnavailable(why))
         if dropped:
             log.warning("agent %s ended with %d tells unhandled", self.label, dropped)
         self.mailbox.release()
         self.node.unregister(self)  # type: ignore[arg-type]
+        self.node.agent_ended(self)  # type: ignore[arg-type]
         self._notify(*self._final_exit(), restarting=False)
         self.watchers = None
         if self._start is not None and not self._start.done():

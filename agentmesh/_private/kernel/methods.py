@@ -28,9 +28,13 @@ class MethodTable:
         self.handlers: dict[str, Handler] = {}
         self.plain: set[str] = set()  # public methods that are not async
         for name in dir(cls):
+            attr = inspect.getattr_static(cls, name)
+            if name.startswith("_") and hasattr(attr, "__am_subscriptions__"):
+                # A private topic handler: reachable by its publications, not by asks.
+                self.handlers["!" + name] = attr
+                continue
             if name.startswith("_") or name in reserved:
                 continue
-            attr = inspect.getattr_static(cls, name)
             if isinstance(attr, staticmethod | classmethod):
                 continue
             if inspect.iscoroutinefunction(attr):

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import functools
 import itertools
+import logging
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from .transport import Transport
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "Node"]
+
+log = logging.getLogger("agentmesh.node")
 
 #: Seconds an ask waits for its reply unless the mesh or the call says otherwise.
 DEFAULT_ASK_TIMEOUT = 30.0
@@ -99,6 +102,8 @@ class Node:
         self.names: dict[str, Cell] = {}
         #: The user-facing object agents see as ``self.mesh`` (set by the mesh layer).
         self.facade: Any = None
+        #: The node's pub/sub bus (set by the mesh layer; the kernel only calls it).
+        self.bus: Any = None
         self.transport = transport
         self.closed = False
         self._deadlines = Deadlines(ask_timeout)
@@ -161,6 +166,8 @@ class Node:
         self.cells[agent_id] = cell
         if name is not None:
             self.names[name] = cell
+        if self.bus is not None:
+            self.bus.register_agent(cell)  # live before spawn returns
         await cell.start()
         return ref
 
@@ -175,6 +182,21 @@ class Node:
                 self.exits.popitem(last=False)
         if cell.name is not None and self.names.get(cell.name) is cell:
             del self.names[cell.name]
+
+    def instance_ended(self, cell: Cell) -> None:
+        if self.bus is not None:
+            self.bus.instance_ended(cell)
+
+    def agent_ended(self, cell: Cell) -> None:
+        if self.bus is not None:
+            self.bus.agent_ended(cell)
+
+    def dead_letter(self, cell: Cell, env: Envelope, reason: str) -> None:
+        """A tell that could not be handled: to the dead letters (or the log)."""
+        if self.bus is not None:
+            self.bus.dead_letter(None, env.args, reason, cell.label, env.sender, env.method)
+        else:
+            log.warning("dead letter for %s.%s: %s", cell.label, env.method, reason)
 
     def lookup(self, name: str) -> AgentRef:
         """The ref of the live agent called ``name``; raises `AgentNotFound`."""

@@ -1,0 +1,193 @@
+"""`Bus`: one node's topic index, publishing, and dead letters.
+
+A publish walks the topic index once (cached per topic until subscriptions change)
+and delivers to each matching subscription in subscription order, each through its
+own buffer. The bus also keeps the node's interest summary (the patterns with
+subscribers here), which the cluster layer shares so a message crosses the network
+once per interested node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..kernel.cell import Cell
+from .decorator import decorated_handlers
+from .subscriptions import (
+    AgentSubscription,
+    DeadLetter,
+    Overflow,
+    Subscription,
+    TopicStream,
+    check_overflow,
+)
+from .topics import TopicTrie, check_topic
+
+__all__ = ["DEAD_LETTERS", "Bus", "BusStatistics"]
+
+log = logging.getLogger("agentmesh.pubsub")
+
+#: The topic dead letters are published on.
+DEAD_LETTERS = "agentmesh.dead_letters"
+_CACHE_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class BusStatistics:
+    """Counters of one node's bus since it started."""
+
+    published: int
+    deliveries: int
+    dead_letters: int
+    subscriptions: int
+    patterns: frozenset[str]
+
+
+class Bus:
+    """Topic subscriptions of the agents and drivers of one node."""
+
+    def __init__(self) -> None:
+        self._trie: TopicTrie[Subscription] = TopicTrie()
+        self._keys = itertools.count()
+        self._by_cell: dict[str, list[AgentSubscription]] = {}
+        self._cache: dict[str, list[Subscription]] = {}
+        self._interest: Counter[str] = Counter()
+        self.published = 0
+        self.deliveries = 0
+        self.dead_letters = 0
+
+    # -- subscribing ------------------------------------------------------------------
+
+    def _add(self, sub: Subscription) -> None:
+        self._trie.add(sub.pattern, sub.key, sub)
+        self._interest[sub.pattern] += 1
+        self._cache.clear()
+
+    def remove(self, sub: Subscription) -> None:
+        if self._trie.remove(sub.pattern, sub.key):
+            self._interest[sub.pattern] -= 1
+            if self._interest[sub.pattern] <= 0:
+                del self._interest[sub.pattern]
+            self._cache.clear()
+
+    def register_agent(self, cell: Cell) -> None:
+        """Make the ``@subscribe`` handlers of a new agent live (before it starts)."""
+        for method, pattern, overflow in decorated_handlers(cell.cls):
+            name = method if not method.startswith("_") else "!" + method
+            sub = AgentSubscription(next(self._keys), pattern, cell, name, None, overflow)
+            self._by_cell.setdefault(cell.id, []).append(sub)
+            self._add(sub)
+
+    def subscribe_handler(
+        self, cell: Cell, pattern: str, handler: Callable[..., Any], overflow: Overflow
+    ) -> None:
+        """A runtime subscription of one agent instance (ends with that instance)."""
+        check_overflow(overflow)
+        sub = AgentSubscription(next(self._keys), pattern, cell, None, handler, overflow)
+        self._by_cell.setdefault(cell.id, []).append(sub)
+        self._add(sub)
+
+    def unsubscribe_handler(
+        self, cell: Cell, pattern: str, handler: Callable[..., Any] | None
+    ) -> int:
+        """Remove an agent's runtime subscriptions to ``pattern`` (to ``handler`` only,
+        if given); returns how many."""
+        subs = self._by_cell.get(cell.id, [])
+        gone = [
+            s
+            for s in subs
+            if s.handler is not None
+            and s.pattern == pattern
+            and (handler is None or s.handler == handler)
+        ]
+        for sub in gone:
+            subs.remove(sub)
+            self.remove(sub)
+        return len(gone)
+
+    def instance_ended(self, cell: Cell) -> None:
+        """An instance ended: its runtime subscriptions end with it."""
+        subs = self._by_cell.get(cell.id)
+        if subs:
+            for sub in [s for s in subs if s.handler is not None]:
+                subs.remove(sub)
+                self.remove(sub)
+
+    def agent_ended(self, cell: Cell) -> None:
+        """An agent ended for good: all its subscriptions end."""
+        for sub in self._by_cell.pop(cell.id, ()):
+            self.remove(sub)
+
+    def stream(self, pattern: str, maxsize: int, overflow: Overflow) -> TopicStream:
+        """A driver's subscription, live from this call on."""
+        stream = TopicStream(self, next(self._keys), pattern, maxsize, check_overflow(overflow))
+        self._add(stream)
+        return stream
+
+    # -- publishing -------------------------------------------------------------------
+
+    def matching(self, topic: str) -> list[Subscription]:
+        subs = self._cache.get(topic)
+        if subs is None:
+            subs = self._trie.match(topic)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[topic] = subs
+        return subs
+
+    async def publish(self, topic: str, payload: Any, sender: str | None = None) -> int:
+        """Deliver ``payload`` to every subscription matching ``topic``; returns how
+        many subscriptions it was delivered (or dead-lettered) to."""
+        subs = self._cache.get(topic)
+        if subs is None:
+            check_topic(topic)
+            subs = self.matching(topic)
+        self.published += 1
+        memo: dict[Any, Any] = {}
+        for sub in subs:
+            pending = sub.offer(self, topic, payload, sender, memo)
+            if pending is not None:  # a full buffer with backpressure: wait for room
+                await sub.wait_deliver(self, topic, payload, sender, pending)
+        self.deliveries += len(subs)
+        return len(subs)
+
+    def dead_letter(
+        self,
+        topic: str | None,
+        payload: Any,
+        reason: str,
+        subscriber: str | None = None,
+        sender: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        """Count, log and publish an undeliverable message on ``agentmesh.dead_letters``.
+
+        Delivered without waiting: a dead letter that finds no room is only counted
+        and logged (dead letters never produce dead letters).
+        """
+        self.dead_letters += 1
+        if self.dead_letters <= 10 or self.dead_letters % 1000 == 0:
+            where = topic if topic is not None else f"tell {method}"
+            log.info(
+                "dead letter #%d (%s) for %s: %s", self.dead_letters, where, subscriber, reason
+            )
+        if topic == DEAD_LETTERS:
+            return
+        letter = DeadLetter(topic, payload, reason, subscriber, sender, method)
+        for sub in self.matching(DEAD_LETTERS):
+            if not sub.deliver_nowait(DEAD_LETTERS, letter, sender):
+                log.warning("dead letter for %s lost: %s has no room", subscriber, sub.subscriber)
+
+    def interest(self) -> frozenset[str]:
+        """The patterns with at least one subscriber on this node."""
+        return frozenset(self._interest)
+
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(
+            self.published, self.deliveries, self.dead_letters, len(self._trie), self.interest()
+        )
