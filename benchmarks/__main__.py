@@ -23,7 +23,7 @@ from typing import Any
 
 import agentmesh as am
 
-from . import local, raw
+from . import local, raw, savina
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,25 +63,31 @@ def _alternate(
     return a, b
 
 
-def tell_throughput(size: int, repeat: int) -> list[Figure]:
-    mine, limit = _alternate(
-        repeat,
-        lambda: local.tell_throughput(size),
-        lambda: raw.queue_throughput(size, am.DEFAULT_MAILBOX_SIZE),
-    )
-    mine_s, limit_s = statistics.median(mine), statistics.median(limit)
+def throughput(
+    workload: str,
+    limit_name: str,
+    units: int,
+    mine: Callable[[], Awaitable[float]],
+    limit: Callable[[], Awaitable[float]],
+    repeat: int,
+    target: str | None = None,
+) -> list[Figure]:
+    """A throughput workload beside its raw limit: ``units`` (messages, hops,
+    deliveries) over the median seconds of each, and the ratio of the rates."""
+    mine_runs, limit_runs = _alternate(repeat, mine, limit)
+    mine_s, limit_s = statistics.median(mine_runs), statistics.median(limit_runs)
     return [
-        Figure("raw", "asyncio.Queue producer/consumer", size, limit_s, size / limit_s),
+        Figure("raw", limit_name, units, limit_s, units / limit_s),
         Figure(
             "agentmesh",
-            "tell throughput (Savina Counting)",
-            size,
+            workload,
+            units,
             mine_s,
-            size / mine_s,
+            units / mine_s,
             peak_rss_mb=_peak_mb(),
-            limit="asyncio.Queue producer/consumer",
+            limit=limit_name,
             ratio=limit_s / mine_s,
-            target=">= 0.50 of the raw rate",
+            target=target,
         ),
     ]
 
@@ -116,36 +122,6 @@ def ask_latency(size: int, repeat: int) -> list[Figure]:
             limit="asyncio.Queue round trip",
             ratio=p50 / raw50,
             target="p50 <= 3x the raw round trip",
-        ),
-    ]
-
-
-def fan_out(subscribers: int, messages: int, repeat: int) -> list[Figure]:
-    mine, limit = _alternate(
-        repeat,
-        lambda: local.fan_out(subscribers, messages),
-        lambda: raw.queue_fan_out(subscribers, messages, am.DEFAULT_MAILBOX_SIZE),
-    )
-    deliveries = subscribers * messages
-    mine_s, limit_s = statistics.median(mine), statistics.median(limit)
-    return [
-        Figure(
-            "raw",
-            f"asyncio.Queue fan-out to {subscribers}",
-            deliveries,
-            limit_s,
-            deliveries / limit_s,
-        ),
-        Figure(
-            "agentmesh",
-            f"pub/sub fan-out to {subscribers} agents",
-            deliveries,
-            mine_s,
-            deliveries / mine_s,
-            peak_rss_mb=_peak_mb(),
-            limit=f"asyncio.Queue fan-out to {subscribers}",
-            ratio=limit_s / mine_s,
-            target=">= 0.40 of the raw rate",
         ),
     ]
 
@@ -194,11 +170,61 @@ def main() -> None:
     parser.add_argument("--only", help="run only workloads whose name contains this")
     args = parser.parse_args()
     scale = args.scale
+    n, r = (lambda size: max(1, int(size * scale))), args.repeat
+    mailbox = am.DEFAULT_MAILBOX_SIZE
     workloads: dict[str, Callable[[], list[Figure]]] = {
-        "tell": lambda: tell_throughput(int(200_000 * scale), args.repeat),
-        "ask": lambda: ask_latency(int(5_000 * scale), args.repeat),
-        "fanout": lambda: fan_out(100, int(2_000 * scale), args.repeat),
-        "memory": lambda: idle_memory(int(100_000 * scale)),
+        "tell": lambda: throughput(
+            "tell throughput (Savina Counting)",
+            "asyncio.Queue producer/consumer",
+            n(200_000),
+            lambda: local.tell_throughput(n(200_000)),
+            lambda: raw.queue_throughput(n(200_000), mailbox),
+            r,
+            ">= 0.50 of the raw rate",
+        ),
+        "ask": lambda: ask_latency(n(5_000), r),
+        "pingpong": lambda: throughput(
+            "ping-pong round trips (Savina PingPong)",
+            "two tasks, two asyncio.Queues",
+            n(20_000),
+            lambda: savina.ping_pong(n(20_000)),
+            lambda: raw.queue_ping_pong(n(20_000)),
+            r,
+        ),
+        "ring": lambda: throughput(
+            "thread ring hops, 100 agents",
+            "100 tasks in a ring of asyncio.Queues",
+            n(100_000),
+            lambda: savina.thread_ring(100, n(100_000)),
+            lambda: raw.queue_ring(100, n(100_000)),
+            r,
+        ),
+        "forkjoin": lambda: throughput(
+            "fork-join: create and ask agents",
+            "create tasks, one request each",
+            n(10_000),
+            lambda: savina.fork_join(n(10_000)),
+            lambda: raw.task_fork_join(n(10_000)),
+            r,
+        ),
+        "big": lambda: throughput(
+            "Big: 100 agents ping random peers",
+            "100 tasks with asyncio.Queues",
+            100 * n(500) * 2,
+            lambda: savina.big(100, n(500)),
+            lambda: raw.queue_big(100, n(500)),
+            r,
+        ),
+        "fanout": lambda: throughput(
+            "pub/sub fan-out to 100 agents",
+            "asyncio.Queue fan-out to 100",
+            100 * n(2_000),
+            lambda: local.fan_out(100, n(2_000)),
+            lambda: raw.queue_fan_out(100, n(2_000), mailbox),
+            r,
+            ">= 0.40 of the raw rate",
+        ),
+        "memory": lambda: idle_memory(n(100_000)),
     }
     loop = "uvloop" if "uvloop" in sys.modules or _has_uvloop() else "asyncio"
     print(f"agentmesh {am.__version__} on {platform.node()}: Python {platform.python_version()}, ")

@@ -67,3 +67,107 @@ async def queue_round_trips(n: int) -> list[float]:
     requests.put_nowait(None)
     await task
     return samples
+
+
+async def queue_ping_pong(rounds: int) -> float:
+    """Two tasks passing a counter back and forth through two queues."""
+    a: asyncio.Queue[int] = asyncio.Queue()
+    b: asyncio.Queue[int] = asyncio.Queue()
+
+    async def ponger() -> None:
+        while (n := await a.get()) > 0:
+            b.put_nowait(n)
+        b.put_nowait(0)
+
+    task = asyncio.create_task(ponger())
+    start = time.perf_counter()
+    for n in range(rounds, 0, -1):
+        a.put_nowait(n)
+        await b.get()
+    elapsed = time.perf_counter() - start
+    a.put_nowait(0)
+    await task
+    return elapsed
+
+
+async def queue_ring(tasks: int, hops: int) -> float:
+    """A token passed ``hops`` times around a ring of tasks, one queue each."""
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue() for _ in range(tasks)]
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def link(i: int) -> None:
+        inbox, outbox = queues[i], queues[(i + 1) % tasks]
+        while (left := await inbox.get()) >= 0:
+            if left == 0:
+                done.set_result(0)
+            else:
+                outbox.put_nowait(left - 1)
+
+    workers = [asyncio.create_task(link(i)) for i in range(tasks)]
+    start = time.perf_counter()
+    queues[0].put_nowait(hops)
+    await done
+    elapsed = time.perf_counter() - start
+    for q in queues:
+        q.put_nowait(-1)
+    await asyncio.gather(*workers)
+    return elapsed
+
+
+async def task_fork_join(tasks: int) -> float:
+    """Create ``tasks`` tasks, each answering one request through a future."""
+    loop = asyncio.get_running_loop()
+
+    async def leaf(request: asyncio.Queue[asyncio.Future[int]]) -> None:
+        (await request.get()).set_result(1)
+
+    start = time.perf_counter()
+    inboxes: list[asyncio.Queue[asyncio.Future[int]]] = []
+    workers = []
+    for _ in range(tasks):
+        inbox: asyncio.Queue[asyncio.Future[int]] = asyncio.Queue()
+        inboxes.append(inbox)
+        workers.append(asyncio.create_task(leaf(inbox)))
+    answers = []
+    for inbox in inboxes:
+        fut: asyncio.Future[int] = loop.create_future()
+        inbox.put_nowait(fut)
+        answers.append(fut)
+    total = sum(await asyncio.gather(*answers))
+    elapsed = time.perf_counter() - start
+    await asyncio.gather(*workers)
+    assert total == tasks
+    return elapsed
+
+
+async def queue_big(tasks: int, pings: int) -> float:
+    """Savina Big with tasks and queues: random pings, each answered by a pong."""
+    import random
+
+    inboxes: list[asyncio.Queue[tuple[str, int]]] = [asyncio.Queue() for _ in range(tasks)]
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    left = [tasks * pings]
+
+    async def peer(i: int) -> None:
+        rng = random.Random(i)
+        for _ in range(pings):
+            inboxes[rng.randrange(tasks)].put_nowait(("ping", i))
+        while True:
+            kind, sender = await inboxes[i].get()
+            if kind == "stop":
+                return
+            if kind == "ping":
+                inboxes[sender].put_nowait(("pong", i))
+            else:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set_result(0)
+
+    start = time.perf_counter()
+    workers = [asyncio.create_task(peer(i)) for i in range(tasks)]
+    await done
+    elapsed = time.perf_counter() - start
+    for inbox in inboxes:
+        inbox.put_nowait(("stop", 0))
+    await asyncio.gather(*workers)
+    return elapsed

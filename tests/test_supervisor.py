@@ -244,6 +244,28 @@ async def test_intensity_exceeded_escalates_exactly_once(mesh: am.Mesh) -> None:
         await mesh.get("w")  # the inner supervisor stopped its children first
 
 
+async def test_a_parent_restarts_a_supervisor_that_gave_up_once(mesh: am.Mesh) -> None:
+    recorder = await mesh.spawn(Recorder)
+    inner = am.SupervisorSpec(intensity=0, children=[am.ChildSpec(Worker, "w", recorder, name="w")])
+    top = await mesh.spawn(
+        am.Supervisor,
+        am.SupervisorSpec(intensity=5, children=[am.ChildSpec(am.Supervisor, inner, name="inner")]),
+    )
+    inner_ref = await mesh.get("inner")
+    worker = await mesh.get("w")
+    await worker.crash.tell()  # intensity 0: the inner supervisor gives up at once
+    await wait_for(lambda: _has(top, [1]), what="inner restarted by top")
+    fresh = await mesh.get("w")  # the restarted inner supervisor started a new worker
+    assert fresh != worker
+    assert await fresh.bump() == 1
+    assert await mesh.get("inner") == inner_ref  # the supervisor's own ref survived
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert await _restarts(top) == [1]  # one escalation, one restart
+    events = await recorder.all()
+    assert events.count(("start", "w")) == 2
+
+
 async def test_nested_trees_contain_failures(mesh: am.Mesh) -> None:
     recorder = await mesh.spawn(Recorder)
     inner = am.SupervisorSpec(children=[am.ChildSpec(Worker, "leaf", recorder, name="leaf")])
