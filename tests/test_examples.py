@@ -27,5 +27,25 @@ def test_demo_runs_small_and_conserves_cash() -> None:
     assert "20 traders" in out
 
 
+def test_supervision_restarts_workers_and_keeps_their_work() -> None:
+    out = _run(str(EXAMPLES / "supervision.py"), "--jobs", "9")
+    assert "total: 40 (expected 40) ok" in out  # 1 + ... + 9, less the poisoned job 5
+    assert "audit: 8 jobs finished ok" in out
+    assert "refs unchanged after the restarts: True" in out
+    assert "w2 restarted; restored from its checkpoint: jobs=1" in out
+    tree = [line.split() for line in out[out.index("tree:") :].splitlines()[1:]]
+    rows = {row[0]: row[1:] for row in tree}
+    assert rows["team"][:4] == ["Supervisor", "permanent", "running", "restarts=0"]
+    assert rows["w1"][:4] == ["Worker", "permanent", "running", "restarts=0"]
+    # rest_for_one: w2 crashed on the poisoned job; w3, started after it, restarted too.
+    assert rows["w2"][:4] == ["Worker", "permanent", "running", "restarts=1"]
+    assert " ".join(rows["w2"][4:]) == "last error: ValueError: job 5 is poisoned"
+    assert rows["w3"][:4] == ["Worker", "permanent", "running", "restarts=1"]
+
+
 def test_every_example_is_covered() -> None:
-    assert {p.name for p in EXAMPLES.glob("*.py")} == {"quickstart.py", "demo.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {
+        "quickstart.py",
+        "demo.py",
+        "supervision.py",
+    }
