@@ -135,3 +135,29 @@ async def test_a_failing_snapshot_crashes_the_agent() -> None:
         notice = await asyncio.wait_for(mesh.wait_terminated(broken), 5)
         assert notice.reason == "crash"
         assert notice.error == "ValueError: cannot snapshot"
+
+
+async def test_an_unnamed_agent_is_not_restored_by_another_run(tmp_path: Path) -> None:
+    path = tmp_path / "ids.db"
+    async with am.Mesh(node_id="n1", state_store=am.SqliteStateStore(path)) as mesh:
+        first = await mesh.spawn(Account)
+        await first.deposit(99)
+        await first.save()
+    async with am.Mesh(node_id="n1", state_store=am.SqliteStateStore(path)) as mesh:
+        second = await mesh.spawn(Account)
+        assert second.id == first.id  # the same id, in another run
+        assert await second.get() == 0
+
+
+async def test_state_hooks_are_not_messages_and_need_each_other() -> None:
+    class NoSnapshot(am.Agent):
+        async def noop(self) -> None:
+            pass
+
+    async with am.Mesh() as mesh:
+        account = await mesh.spawn(Account)
+        with pytest.raises(am.UnknownMethod, match="framework"):
+            await account.restore(999)
+        with pytest.raises(TypeError, match="snapshot"):
+            await mesh.spawn(NoSnapshot, checkpoint_every=1)
+        assert mesh.state_store is not None

@@ -397,3 +397,116 @@ def test_specs_refuse_invalid_values() -> None:
         am.Backoff(jitter=1.5)
     assert am.SupervisorSpec().intensity == 1  # OTP's defaults
     assert am.SupervisorSpec().period == 5.0
+
+
+async def test_a_notice_about_an_old_child_never_hits_a_new_one(mesh: am.Mesh) -> None:
+    recorder = await mesh.spawn(Recorder)
+    inner = am.SupervisorSpec(
+        intensity=0,
+        children=[
+            am.ChildSpec(Worker, "a", recorder, name="a"),
+            am.ChildSpec(Worker, "b", recorder, name="b"),
+        ],
+    )
+    top = await mesh.spawn(
+        am.Supervisor,
+        am.SupervisorSpec(intensity=5, children=[am.ChildSpec(am.Supervisor, inner, name="inner")]),
+    )
+    a, b = await mesh.get("a"), await mesh.get("b")
+    a.crash.tell_nowait()
+    b.crash.tell_nowait()  # its notice reaches the inner supervisor after it gave up
+    await wait_for(lambda: _has(top, [1]), what="inner restarted")
+    fresh_b = await mesh.get("b")
+    assert await fresh_b.bump() == 1
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert await _restarts(top) == [1]  # one failure, one escalation
+
+
+async def test_a_crash_while_stopping_is_not_restarted(mesh: am.Mesh) -> None:
+    recorder = await mesh.spawn(Recorder)
+    worker = await mesh.spawn(Worker, "w", recorder, restart="permanent")
+    await worker.crash.tell()  # still queued when the stop begins
+    await worker.stop()
+    info = await mesh.info(worker)
+    assert (info.state, info.restarts) == ("crashed", 0)
+    with pytest.raises(am.AgentUnavailable):
+        await worker.bump()
+
+
+async def test_spawn_under_a_local_supervisor_raises_plain_errors(mesh: am.Mesh) -> None:
+    recorder = await mesh.spawn(Recorder)
+    sup = await mesh.spawn(am.Supervisor, am.SupervisorSpec())
+    worker = await mesh.spawn(Worker, "w", recorder, supervisor=sup, name="w")
+    with pytest.raises(am.NameTaken):
+        await mesh.spawn(Worker, "w2", recorder, supervisor=sup, name="w")
+    assert [c.restart for c in await sup.children()] == ["permanent"]  # ChildSpec's default
+    assert (await sup.children())[0].ref == worker
+
+
+async def test_a_supervisor_stop_waits_for_each_child_in_turn() -> None:
+    class SlowStop(am.Agent):
+        def __init__(self, label: str, recorder: am.AgentRef) -> None:
+            self.label = label
+            self.recorder = recorder
+
+        async def on_stop(self) -> None:
+            await asyncio.sleep(0.15)
+            await self.recorder.log.tell(self.label)
+
+    async with am.Mesh(shutdown_timeout=0.25) as mesh:
+        recorder = await mesh.spawn(Recorder)
+        spec = am.SupervisorSpec(
+            children=[am.ChildSpec(SlowStop, label, recorder) for label in "abc"]
+        )
+        sup = await mesh.spawn(am.Supervisor, spec)
+        await sup.stop()  # 3 x 0.15 s: more than one shutdown timeout, each within its own
+        assert await recorder.all() == ["c", "b", "a"]
+
+
+async def test_stopping_a_supervisor_cancels_a_pending_backoff(mesh: am.Mesh) -> None:
+    recorder = await mesh.spawn(Recorder)
+    spec = am.SupervisorSpec(
+        backoff=am.Backoff(minimum=30.0, maximum=30.0, jitter=0.0),
+        children=[am.ChildSpec(Worker, "b", recorder, name="b")],
+    )
+    sup = await mesh.spawn(am.Supervisor, spec)
+    worker = await mesh.get("b")
+    await worker.crash.tell()
+    cell = mesh._node.cells[worker.id]
+    await wait_for(lambda: cell.state.value == "restarting", what="waiting out the backoff")
+    async with asyncio.timeout(5):
+        await sup.stop()
+    assert cell.state.value == "stopped"
+    with pytest.raises(am.AgentNotFound):
+        await mesh.get("b")
+
+
+async def test_closed_mesh_refuses_spawns_and_reports_no_failure() -> None:
+    async with am.Mesh() as mesh:
+        pass
+    assert await mesh.wait_failure() is None
+    with pytest.raises(RuntimeError, match="closed"):
+        await mesh.spawn(Recorder)
+
+
+async def test_restart_count_and_notice_error_of_a_normal_exit(mesh: am.Mesh) -> None:
+    recorder = await mesh.spawn(Recorder)
+    worker = await mesh.spawn(Worker, "w", recorder, restart="permanent")
+    seen: list[am.Terminated] = []
+    fut: asyncio.Future[am.Terminated] = asyncio.get_running_loop().create_future()
+    cell = mesh._node.cells[worker.id]
+    cell.watch(fut)
+    await worker.crash.tell()
+    seen.append(await asyncio.wait_for(fut, 5))
+    await wait_for(lambda: cell.state.value == "running", what="restarted")
+    fut = asyncio.get_running_loop().create_future()
+    cell.watch(fut)
+    await worker.quit.tell()  # a normal exit: a permanent child comes back
+    seen.append(await asyncio.wait_for(fut, 5))
+    assert [(n.reason, n.error, n.restarting) for n in seen] == [
+        ("crash", "RuntimeError: w crashed on purpose", True),
+        ("normal", None, True),
+    ]
+    await wait_for(lambda: cell.state.value == "running", what="restarted again")
+    assert (await mesh.info(worker)).restarts == 2

@@ -84,7 +84,7 @@ class Mesh:
         self._token: contextvars.Token[Node | None] | None = None
         self._root: Supervisor | None = None
         self._root_ref: AgentRef | None = None
-        self._failure: asyncio.Future[RestartIntensityExceeded] | None = None
+        self._failure: asyncio.Future[RestartIntensityExceeded | None] | None = None
         self._failure_seen = False
 
     @property
@@ -123,7 +123,9 @@ class Mesh:
         await self.aclose()
         failure = self._failure
         if exc is None and failure is not None and failure.done() and not self._failure_seen:
-            raise failure.result()
+            error = failure.result()
+            if error is not None:
+                raise error
 
     async def aclose(self) -> None:
         """Stop every agent, newest first; idempotent."""
@@ -135,6 +137,8 @@ class Mesh:
             await self._node.close()
             await self._node.state_store.aclose()
         finally:
+            if self._failure is not None and not self._failure.done():
+                self._failure.set_result(None)  # closed without the root giving up
             if self._token is not None:
                 # Closed from another task or context: nothing to restore there.
                 with contextlib.suppress(ValueError):
@@ -143,11 +147,19 @@ class Mesh:
 
     def _root_exited(self, cell: Cell, reason: ExitReason, error: str | None) -> bool:
         if reason == "crash" and self._failure is not None and not self._failure.done():
-            self._failure.set_result(RestartIntensityExceeded(f"the mesh's root {error}"))
+            detail = (error or "").removeprefix("RestartIntensityExceeded: ")
+            detail = detail.replace(f"supervisor {cell.label!r}", "the mesh's root supervisor")
+            self._failure.set_result(RestartIntensityExceeded(detail))
         return False
 
-    async def wait_failure(self) -> RestartIntensityExceeded:
-        """Wait until the root supervisor gives up, and return why.
+    @property
+    def state_store(self) -> StateStore:
+        """Where this mesh's agents' snapshots are kept."""
+        return self._node.state_store
+
+    async def wait_failure(self) -> RestartIntensityExceeded | None:
+        """Wait until the root supervisor gives up, and return why; None if the mesh
+        closed without that happening.
 
         Once retrieved here, the failure is no longer raised when the mesh closes.
         """
@@ -170,7 +182,7 @@ class Mesh:
         mailbox_size: int | None = None,
         concurrency: int | None = None,
         supervisor: AgentRef | None = None,
-        restart: Restart = "temporary",
+        restart: Restart | None = None,
         shutdown: float | None = None,
         checkpoint_every: int = 0,
     ) -> AgentRef:
@@ -180,13 +192,16 @@ class Mesh:
         ``functools.partial(AgentClass, key=value)``. Options are keyword-only:
         ``name`` (unique in the mesh; `NameTaken` otherwise), ``mailbox_size`` and
         ``concurrency`` (override the class attributes), ``supervisor`` (a
-        `Supervisor`'s ref; default: the mesh's root), ``restart`` (``temporary`` by
-        default: never restarted; ``transient`` or ``permanent`` to opt in),
+        `Supervisor`'s ref; default: the mesh's root), ``restart`` (under the root,
+        ``temporary`` by default: never restarted, ``transient`` or ``permanent`` to
+        opt in; under a given supervisor, ``permanent`` by default, as `ChildSpec`),
         ``shutdown`` (its stop timeout) and ``checkpoint_every`` (save ``snapshot()``
         after every that many handled messages; 0 = only on ``self.checkpoint()``).
         Raises `SpawnError` if the constructor or ``on_start`` raised.
         """
         self._check_open()
+        if restart is None:
+            restart = "temporary" if supervisor is None else "permanent"
         spec = ChildSpec(
             agent_class,
             *args,
@@ -198,12 +213,19 @@ class Mesh:
             checkpoint_every=checkpoint_every,
         )
         if supervisor is not None:
-            ref: AgentRef = await supervisor.start_child(spec)
-            return ref
+            local = supervisor._cell.instance if supervisor._cell is not None else None
+            if not isinstance(local, Supervisor):
+                ref: AgentRef = await supervisor.start_child(spec)
+                return ref
+            # A local supervisor starts the child directly rather than through its
+            # mailbox, so errors come as they are (NameTaken, SpawnError ...).
+            return await local._start_child(spec, dynamic=True)
+        if self._node.closed:
+            raise RuntimeError("the mesh is closed")
         if self._root is None or self._root_ref is None or self._root_ref._cell is None:
             raise RuntimeError("the mesh is not started")
         if self._root_ref._cell.instance is not self._root:
-            raise AgentUnavailable("the mesh's root supervisor is gone; see wait_failure()")
+            raise AgentUnavailable("the mesh's root supervisor gave up; see wait_failure()")
         # The root is local: start the child directly rather than through its mailbox.
         return await self._root._start_child(spec, dynamic=True)
 

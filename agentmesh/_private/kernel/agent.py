@@ -163,7 +163,11 @@ class Agent:
         return f"<{type(self).__qualname__} agent {label}>"
 
 
-_RESERVED = frozenset(name for name in dir(Agent) if not name.startswith("_"))
+# The framework's names, and the state hooks an agent may define, are never messages.
+_RESERVED = frozenset(name for name in dir(Agent) if not name.startswith("_")) | {
+    "snapshot",
+    "restore",
+}
 _TABLES: weakref.WeakKeyDictionary[type, MethodTable] = weakref.WeakKeyDictionary()
 
 

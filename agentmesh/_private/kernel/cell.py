@@ -92,6 +92,8 @@ class Cell(Lifecycle):
         self._spawning = True
         self._since_checkpoint = 0
         self._stop_reason: Any = "shutdown"
+        self._exit_error: str | None = None
+        self.stop_requested = False
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
         self._slot: asyncio.Future[None] | None = None

@@ -16,10 +16,11 @@ class AgentInfo:
     """What an agent is doing now and has done.
 
     ``state`` is one of ``starting``, ``running``, ``stopping``, ``crashing``,
-    ``stopped``, ``crashed``. ``handled`` counts messages whose handler ran,
-    ``rejected`` calls refused as unknown or ill-typed, ``crashes`` crashes so far,
-    ``last_error`` the latest crash as ``"Type: message"``, ``exit_reason`` why the
-    agent ended, if it did.
+    ``suspending``, ``restarting``, ``stopped``, ``crashed`` (see `State`).
+    ``handled`` counts messages whose handler ran, ``rejected`` calls refused as
+    unknown or ill-typed, ``crashes`` crashes so far, ``restarts`` restarts by its
+    supervisor, ``last_error`` the latest crash as ``"Type: message"``,
+    ``exit_reason`` why the agent ended, if it did.
     """
 
     id: str
@@ -34,6 +35,7 @@ class AgentInfo:
     handled: int
     rejected: int
     crashes: int
+    restarts: int
     last_error: str | None
     exit_reason: str | None
 
@@ -52,6 +54,7 @@ class AgentInfo:
             handled=cell.handled,
             rejected=cell.rejected,
             crashes=cell.crashes,
+            restarts=cell.restarts,
             last_error=cell.last_error,
             exit_reason=cell.exit_reason,
         )

@@ -58,7 +58,9 @@ def remote_error(agent: str, exc: BaseException, cls: type[RemoteError] = Remote
     """Wrap ``exc`` as a `RemoteError` (or subclass) carrying type, message, traceback."""
     kind = type(exc)
     name = kind.__qualname__
-    if kind.__module__ != "builtins":
+    if kind.__module__.startswith("agentmesh._private"):
+        name = f"agentmesh.{name}"  # every error of ours is public under that name
+    elif kind.__module__ != "builtins":
         name = f"{kind.__module__}.{name}"
     tb = "".join(traceback.format_exception(exc))
     return cls(agent, name, str(exc), tb)
@@ -74,6 +76,7 @@ class Lifecycle:
     # Every field of a cell; Cell.__init__ sets them.
     __slots__ = (
         "_done",
+        "_exit_error",
         "_halt",
         "_runner",
         "_since_checkpoint",
@@ -106,6 +109,7 @@ class Lifecycle:
         "rejected",
         "restarts",
         "state",
+        "stop_requested",
         "waiting_on",
         "watchers",
     )
@@ -134,6 +138,9 @@ class Lifecycle:
     _spawning: bool
     _since_checkpoint: int
     _stop_reason: ExitReason
+    _exit_error: str | None
+    #: Something other than the agent asked it to stop: no restart, whatever happens.
+    stop_requested: bool
     _runner: asyncio.Task[None] | None
     _tasks: set[asyncio.Task[None]] | None
     _slot: asyncio.Future[None] | None
@@ -191,8 +198,9 @@ class Lifecycle:
         if self.state is not State.RESTARTING:
             return False
         self.restarts += 1
-        self._notify(self._stop_reason, self.last_error, restarting=True)
+        self._notify(self._stop_reason, self._exit_error, restarting=True)
         self.state = State.STARTING
+        self.stop_requested = False
         self._halt = False
         self._start = asyncio.get_running_loop().create_future()
         self._ensure_runner()
@@ -205,13 +213,15 @@ class Lifecycle:
     async def _run_start(self) -> None:
         start = self._start
         assert start is not None
+        where = "construction"
         try:
             instance = self._build()
+            where = "restore"
             await self._restore(instance)
             self.instance = instance
+            where = "on_start"
             await self._hook(instance.on_start)
         except Exception as exc:
-            where = "on_start" if self.instance is not None else "construction"
             if self._spawning:  # a failed spawn: the spawner gets the error
                 start.set_exception(remote_error(self.label, exc, SpawnError))
                 self.instance = None
@@ -239,7 +249,9 @@ class Lifecycle:
 
     async def _restore(self, instance: Agent) -> None:
         restore = getattr(instance, "restore", None)
-        if restore is None:
+        if restore is None or (self._spawning and self.name is None):
+            # An unnamed agent's id means nothing to another run: restore it only
+            # after a restart, from what this run saved.
             return
         data = await self.node.state_store.get(self.store_key)
         if data is not None:
@@ -312,22 +324,28 @@ class Lifecycle:
 
     # -- stopping ---------------------------------------------------------------
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float | None) -> None:
         """Stop gracefully: refuse new messages, handle those already queued, run
-        ``on_stop``; past ``timeout`` seconds, cancel whatever still runs."""
+        ``on_stop``; past ``timeout`` seconds, cancel whatever still runs.
+
+        An agent class with ``_am_unbounded_stop`` (supervisors) gets no overall
+        timeout: its ``on_stop`` stops its children, each within its own.
+        """
+        if self._unbounded_stop():
+            timeout = None
         state = self.state
         if state in _ENDED:
             return
         self_stop = current_cell.get() is self
+        if not self_stop:
+            self.stop_requested = True  # from now on, no restart
         if state is State.RESTARTING:  # no instance to stop
             self._stop_reason = "shutdown"
             self._exited("shutdown", None)
             return
         if state is not State.STOPPING:
             self._stop_reason = "normal" if self_stop else "shutdown"
-            if state in (State.CRASHING, State.SUSPENDING):
-                self.exit_listener = None  # end there: no restart after a stop
-            else:
+            if state not in (State.CRASHING, State.SUSPENDING):
                 self.state = State.STOPPING
                 self.mailbox.fail_putters(f"agent {self.label!r} is stopping")
                 idle = self._runner is None and not self._tasks and not self.mailbox
@@ -345,7 +363,10 @@ class Lifecycle:
                 await asyncio.shield(done)
         except TimeoutError:
             if not done.done():
-                self.kill(f"did not stop within {timeout:g}s and was cancelled")
+                self.kill(f"did not stop within {timeout or 0:g}s and was cancelled")
+
+    def _unbounded_stop(self) -> bool:
+        return bool(getattr(self.cls, "_am_unbounded_stop", False))
 
     def _no_on_stop(self) -> bool:
         return self.instance is None or type(self.instance).on_stop is Agent.on_stop
@@ -359,7 +380,7 @@ class Lifecycle:
         instance = self.instance
         if instance is None or self._no_on_stop():
             return
-        timeout = self.node.shutdown_timeout
+        timeout = None if self._unbounded_stop() else self.node.shutdown_timeout
         try:
             async with asyncio.timeout(timeout):
                 await self._hook(instance.on_stop)
@@ -378,7 +399,7 @@ class Lifecycle:
         if runner is not None and runner is not asyncio.current_task():
             runner.cancel()
         self.exit_reason = reason
-        self.exit_listener = None  # a stop was asked for: no restart
+        self.stop_requested = True
         self._exited("killed", None)
 
     # -- suspending (a supervisor restarting a sibling group) ---------------------
@@ -421,6 +442,7 @@ class Lifecycle:
         """An instance ended: its listener takes charge (restart) or the agent ends."""
         self.instance = None
         self._stop_reason = reason
+        self._exit_error = error
         self.node.instance_ended(self)  # type: ignore[arg-type]
         listener = self.exit_listener
         if listener is not None and listener(self, reason, error):
@@ -455,6 +477,8 @@ class Lifecycle:
         self.mailbox.release()
         self.node.unregister(self)  # type: ignore[arg-type]
         self.node.agent_ended(self)  # type: ignore[arg-type]
+        if self.name is None and hasattr(self.cls, "snapshot"):
+            self.node.forget_snapshot(self)  # type: ignore[arg-type]
         self._notify(*self._final_exit(), restarting=False)
         self.watchers = None
         if self._start is not None and not self._start.done():
@@ -473,6 +497,10 @@ class Lifecycle:
         if self.watchers is None:
             self.watchers = []
         self.watchers.append(watcher)
+
+    def final_exit(self) -> tuple[ExitReason, str | None]:
+        """(reason, error) of an agent that ended for good."""
+        return self._final_exit()
 
     def _final_exit(self) -> tuple[ExitReason, str | None]:
         if self.state is State.CRASHED:

@@ -22,7 +22,7 @@ from .context import current_cell, current_chain, current_node, sender_id
 from .deadlines import Deadlines
 from .envelope import Envelope, new_chain
 from .errors import AgentNotFound, AgentUnavailable, AskTimeout, NameTaken
-from .exits import Terminated
+from .exits import ExitReason, Terminated
 from .info import AgentInfo
 from .mailbox import DEFAULT_MAILBOX_SIZE
 from .ref import AgentRef
@@ -98,7 +98,10 @@ class Node:
         self.state_store: StateStore = state_store or MemoryStateStore()
         self.cells: dict[str, Cell] = {}
         #: Why recently ended agents ended, by id, so late messages get a clear error.
-        self.exits: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self.exits: collections.OrderedDict[str, tuple[str, ExitReason, str | None]] = (
+            collections.OrderedDict()
+        )
+        self._background: set[asyncio.Task[None]] = set()
         self.names: dict[str, Cell] = {}
         #: The user-facing object agents see as ``self.mesh`` (set by the mesh layer).
         self.facade: Any = None
@@ -160,6 +163,8 @@ class Node:
         )
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be 0 or more, got {checkpoint_every}")
+        if checkpoint_every and not hasattr(cls, "snapshot"):
+            raise TypeError(f"checkpoint_every needs {cls.__qualname__}.snapshot() to save")
         cell.checkpoint_every = checkpoint_every
         cell.exit_listener = exit_listener
         ref._cell = cell
@@ -175,13 +180,25 @@ class Node:
         """Forget an ended agent (its name becomes free)."""
         if self.cells.get(cell.id) is cell:
             del self.cells[cell.id]
-            self.exits[cell.id] = f"agent {cell.label!r} {cell.state.value}" + (
+            text = f"agent {cell.label!r} {cell.state.value}" + (
                 f" ({cell.exit_reason})" if cell.exit_reason else ""
             )
+            self.exits[cell.id] = (text, *cell.final_exit())
             if len(self.exits) > _EXITS_KEPT:
                 self.exits.popitem(last=False)
         if cell.name is not None and self.names.get(cell.name) is cell:
             del self.names[cell.name]
+
+    def forget_snapshot(self, cell: Cell) -> None:
+        """Delete an ended unnamed agent's snapshot: no later run can claim it."""
+        task = asyncio.get_running_loop().create_task(self.state_store.delete(cell.store_key))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("state store failed", exc_info=task.exception())
 
     def instance_ended(self, cell: Cell) -> None:
         if self.bus is not None:
@@ -215,8 +232,7 @@ class Node:
         """Send `Terminated` to ``watcher`` (a cell, or a future) when ``ref`` ends."""
         cell = self._local_cell(ref, "monitor")
         if cell is None:
-            notice = Terminated(ref, "shutdown", self._gone(ref.id), False)
-            Cell._send_notice(watcher, notice)
+            Cell._send_notice(watcher, self._gone_notice(ref))
             return
         cell.watch(watcher)
 
@@ -230,7 +246,7 @@ class Node:
         fut: asyncio.Future[Terminated] = asyncio.get_running_loop().create_future()
         cell = self._local_cell(ref, "wait for")
         if cell is None:
-            return Terminated(ref, "shutdown", self._gone(ref.id), False)
+            return self._gone_notice(ref)
         while True:
             cell.watch(fut)
             notice = await fut
@@ -276,10 +292,16 @@ class Node:
         raise AgentUnavailable(self._gone(ref.id))
 
     def _gone(self, agent_id: str) -> str:
-        exit_reason = self.exits.get(agent_id)
-        if exit_reason is not None:
-            return exit_reason
+        ended = self.exits.get(agent_id)
+        if ended is not None:
+            return ended[0]
         return f"no live agent {agent_id} on node {self.id}"
+
+    def _gone_notice(self, ref: AgentRef) -> Terminated:
+        ended = self.exits.get(ref.id)
+        if ended is None:
+            return Terminated(ref, "shutdown", self._gone(ref.id), False)
+        return Terminated(ref, ended[1], ended[2], False)
 
     # -- sending ----------------------------------------------------------------
 

@@ -64,10 +64,16 @@ class _Child:
         # a restart, then let the supervisor act in a turn of its own.
         supervisor = self.supervisor
         open_ = supervisor.state in (State.RUNNING, State.STARTING)
-        takes = open_ and _takes_restart(self.spec.restart, reason)
+        wanted = not cell.stop_requested  # a stop asked for is never undone by a restart
+        takes = open_ and wanted and _takes_restart(self.spec.restart, reason)
         if open_:
             supervisor.deliver_notice("!child_exited", self.key, reason, error, takes)
         return takes
+
+
+# Child keys are unique in the process, so a notice about a child of an earlier
+# instance of a restarted supervisor never matches a child of the new one.
+_KEYS = itertools.count()
 
 
 def _takes_restart(restart: str, reason: ExitReason) -> bool:
@@ -95,12 +101,16 @@ class Supervisor(Agent):
         "!child_exited": "_child_exited",
     }
 
+    #: A supervisor's stop is bounded by its children's own stop timeouts, one after
+    #: the other, not by one timeout for the whole subtree (OTP's ``infinity``).
+    _am_unbounded_stop: ClassVar[bool] = True
+
     def __init__(self, spec: SupervisorSpec) -> None:
         if not isinstance(spec, SupervisorSpec):
             raise TypeError(f"Supervisor takes a SupervisorSpec, got {spec!r}")
         self.spec = spec
         self._children: list[_Child] = []
-        self._keys = itertools.count()
+        self._pending: set[asyncio.Task[None]] = set()  # restarts waiting out a backoff
         self._restart_times: collections.deque[float] = collections.deque()
         self._rng = random.Random()
 
@@ -113,6 +123,8 @@ class Supervisor(Agent):
                 raise
 
     async def on_stop(self) -> None:
+        for task in self._pending:
+            task.cancel()
         await self._stop_children(reversed(self._children))
 
     async def start_child(self, spec: ChildSpec) -> AgentRef:
@@ -131,7 +143,7 @@ class Supervisor(Agent):
         cell = self._am_cell
         if cell.state not in (State.RUNNING, State.STARTING):
             raise AgentUnavailable(f"supervisor {cell.label!r} is {cell.state.value}")
-        child = _Child(cell, next(self._keys), spec, dynamic)
+        child = _Child(cell, next(_KEYS), spec, dynamic)
         self._children.append(child)
         try:
             ref = await cell.node.spawn(
@@ -186,7 +198,9 @@ class Supervisor(Agent):
             await self._restart(group)
             return
         delay = backoff.delay(len(self._restart_times), self._rng)
-        self._am_cell.spawn_task(self._restart_later(delay, group))
+        task = asyncio.get_running_loop().create_task(self._restart_later(delay, group))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _restart_later(self, delay: float, group: list[_Child]) -> None:
         await asyncio.sleep(delay)
