@@ -71,6 +71,17 @@ async def mesh() -> AsyncIterator[am.Mesh]:
         yield m
 
 
+async def recorded(recorder: am.AgentRef, count: int) -> list[Any]:
+    """What a `Recorder` agent logged, once it holds at least ``count`` events."""
+
+    async def enough() -> bool:
+        return len(await recorder.all()) >= count
+
+    await wait_for(enough, what=f"{count} recorded events")
+    events: list[Any] = await recorder.all()
+    return events
+
+
 async def wait_for(
     condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = ""
 ) -> None:

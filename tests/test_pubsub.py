@@ -11,7 +11,7 @@ import pytest
 import agentmesh as am
 
 from .agents import Recorder
-from .conftest import wait_for
+from .conftest import recorded, wait_for
 
 
 class Tick(pydantic.BaseModel):
@@ -37,16 +37,6 @@ class Trader(am.Agent):
         raise RuntimeError("boom")
 
 
-async def _events(recorder: am.AgentRef, n: int) -> list[Any]:
-    await wait_for(lambda: _at_least(recorder, n), what=f"{n} events")
-    events: list[Any] = await recorder.all()
-    return events
-
-
-async def _at_least(recorder: am.AgentRef, n: int) -> bool:
-    return len(await recorder.all()) >= n
-
-
 async def test_subscriptions_are_live_when_spawn_returns(mesh: am.Mesh) -> None:
     recorder = await mesh.spawn(Recorder)
     await mesh.spawn(Trader, recorder)
@@ -55,7 +45,7 @@ async def test_subscriptions_are_live_when_spawn_returns(mesh: am.Mesh) -> None:
     assert await mesh.publish("news", "headline") == 1
     assert await mesh.publish("news.world.today", "more") == 1
     assert await mesh.publish("alerts", "alert") == 1
-    assert await _events(recorder, 4) == [
+    assert await recorded(recorder, 4) == [
         ("market.eu.ticks", 1, 9.5),
         ("text", "headline"),
         ("text", "more"),
@@ -68,7 +58,7 @@ async def test_dicts_and_json_are_validated_into_the_annotation(mesh: am.Mesh) -
     await mesh.spawn(Trader, recorder)
     await mesh.publish("market.us.ticks", {"step": 3, "price": "2.5"})
     await mesh.publish("market.us.ticks", '{"step": 4, "price": 7}')
-    assert await _events(recorder, 2) == [("market.us.ticks", 3, 2.5), ("market.us.ticks", 4, 7.0)]
+    assert await recorded(recorder, 2) == [("market.us.ticks", 3, 2.5), ("market.us.ticks", 4, 7.0)]
 
 
 async def test_invalid_payloads_become_dead_letters(mesh: am.Mesh) -> None:
@@ -191,7 +181,7 @@ async def test_decorated_subscriptions_survive_a_restart(mesh: am.Mesh) -> None:
     cell = mesh._node.cells[trader.id]
     await wait_for(lambda: cell.restarts == 1 and cell.state.value == "running")
     await mesh.publish("alerts", "after restart")
-    assert await _events(recorder, 1) == [("text", "after restart")]
+    assert await recorded(recorder, 1) == [("text", "after restart")]
 
 
 async def test_subscriptions_end_with_the_agent(mesh: am.Mesh) -> None:

@@ -11,7 +11,7 @@ import pytest
 import agentmesh as am
 
 from .agents import Recorder
-from .conftest import wait_for
+from .conftest import recorded, wait_for
 
 
 class Worker(am.Agent):
@@ -62,23 +62,13 @@ async def _tree(
     return sup, recorder, kids
 
 
-async def _events_after(recorder: am.AgentRef, count: int) -> list[Any]:
-    await wait_for(lambda: _len_at_least(recorder, count), what=f"{count} events")
-    events: list[Any] = await recorder.all()
-    return events
-
-
-async def _len_at_least(recorder: am.AgentRef, count: int) -> bool:
-    return len(await recorder.all()) >= count
-
-
 async def _restarts(sup: am.AgentRef) -> list[int]:
     return [c.restarts for c in await sup.children()]
 
 
 async def test_children_start_in_order(mesh: am.Mesh) -> None:
     _, recorder, _ = await _tree(mesh, "one_for_one")
-    assert await _events_after(recorder, 3) == [("start", "a"), ("start", "b"), ("start", "c")]
+    assert await recorded(recorder, 3) == [("start", "a"), ("start", "b"), ("start", "c")]
 
 
 async def test_one_for_one_restarts_only_the_crashed_child(mesh: am.Mesh) -> None:
@@ -90,7 +80,7 @@ async def test_one_for_one_restarts_only_the_crashed_child(mesh: am.Mesh) -> Non
     assert await a.bump() == 2  # a and c kept their instances
     assert await c.bump() == 2
     assert await b.bump() == 1
-    events = await _events_after(recorder, 5)
+    events = await recorded(recorder, 5)
     assert events[3:] == [("stop", "b"), ("start", "b")]
 
 
@@ -104,7 +94,7 @@ async def test_one_for_all_restarts_every_child(mesh: am.Mesh) -> None:
     await b.crash.tell()
     await wait_for(lambda: _has(sup, [1, 1, 1]), what="all restarted")
     assert await a.bump() == 1  # a fresh instance
-    events = await _events_after(recorder, 9)
+    events = await recorded(recorder, 9)
     # b stopped by its crash, the others in reverse order, then all in start order.
     assert events[3:] == [
         ("stop", "b"),
@@ -122,7 +112,7 @@ async def test_rest_for_one_restarts_the_crashed_child_and_later_ones(mesh: am.M
     await b.crash.tell()
     await wait_for(lambda: _has(sup, [0, 1, 1]), what="b and c restarted")
     assert await a.bump() == 2
-    events = await _events_after(recorder, 7)
+    events = await recorded(recorder, 7)
     assert events[3:] == [("stop", "b"), ("stop", "c"), ("start", "b"), ("start", "c")]
 
 
@@ -175,12 +165,12 @@ async def test_refs_names_and_queued_messages_survive_a_restart(mesh: am.Mesh) -
     recorder = await mesh.spawn(Recorder)
     ref = await mesh.spawn(Slow, recorder, name="slow", restart="permanent")
     await ref.block_then_crash.tell()
-    await _events_after(recorder, 1)
+    await recorded(recorder, 1)
     await ref.note.tell("queued-1")
     await ref.note.tell("queued-2")
     cell = mesh._node.cells[ref.id]
     cell.instance.gate.set()  # type: ignore[union-attr]
-    events = await _events_after(recorder, 3)
+    events = await recorded(recorder, 3)
     assert events == ["crashing", "queued-1", "queued-2"]  # the crashing message is gone
     assert cell.restarts == 1
     assert await mesh.get("slow") == ref

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from .cell import Cell
     from .node import Node
 
-__all__ = ["current_cell", "current_chain", "current_node", "sender_id"]
+__all__ = ["current_cell", "current_chain", "current_node"]
 
 #: The agent whose handler (or hook) the running task belongs to; None in a driver.
 current_cell: ContextVar[Cell | None] = ContextVar("agentmesh_cell", default=None)
@@ -18,8 +18,3 @@ current_chain: ContextVar[int] = ContextVar("agentmesh_chain", default=0)
 #: The node that refs unpickled in this context bind to.
 current_node: ContextVar[Node | None] = ContextVar("agentmesh_node", default=None)
 
-
-def sender_id() -> str | None:
-    """Id of the agent whose handler is running, or None in a driver."""
-    cell = current_cell.get()
-    return None if cell is None else cell.id

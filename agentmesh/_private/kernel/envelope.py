@@ -6,7 +6,9 @@ import itertools
 import random
 from typing import Any, Protocol
 
-__all__ = ["NO_KWARGS", "Envelope", "Reply", "chains", "new_chain"]
+from .context import current_cell
+
+__all__ = ["NO_KWARGS", "Envelope", "Reply", "chains", "new_chain", "tell_envelope"]
 
 # Call-chain ids are unique per process and, with a random base, across processes.
 chains = itertools.count(random.getrandbits(62) | 1)
@@ -67,3 +69,19 @@ class Envelope:
     def __repr__(self) -> str:
         kind = "tell" if self.reply is None else "ask"
         return f"<Envelope {kind} {self.target}.{self.method} chain={self.chain:x}>"
+
+
+def tell_envelope(
+    target: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Envelope:
+    """A tell from whoever is running (an agent's turn, or a driver): a new chain."""
+    sender = current_cell.get()
+    return Envelope(
+        target,
+        method,
+        args,
+        kwargs or NO_KWARGS,
+        None,
+        next(chains),
+        None if sender is None else sender.id,
+    )

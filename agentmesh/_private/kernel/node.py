@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from .agent import Agent, check_agent_class, method_table
 from .cell import Cell
-from .context import current_cell, current_chain, current_node, sender_id
+from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
-from .envelope import Envelope, new_chain
+from .envelope import Envelope, new_chain, tell_envelope
 from .errors import AgentNotFound, AgentUnavailable, AskTimeout, NameTaken
 from .exits import ExitReason, Terminated
 from .info import AgentInfo
@@ -398,7 +398,7 @@ class Node:
     def _tell_envelope(
         ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Envelope:
-        return Envelope(ref._id, method, args, kwargs, None, new_chain(), sender_id())
+        return tell_envelope(ref._id, method, args, kwargs)
 
     # -- the transport seam ------------------------------------------------------
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .context import current_cell, current_node
-from .envelope import NO_KWARGS, Envelope, chains
+from .context import current_node
+from .envelope import tell_envelope
 from .errors import AgentUnavailable, MailboxFull
 
 if TYPE_CHECKING:
@@ -161,16 +161,7 @@ class MethodRef:
         if cell is None:
             await ref._bind().tell(ref, self._method, args, kwargs)
             return
-        sender = current_cell.get()
-        env = Envelope(
-            ref._id,
-            self._method,
-            args,
-            kwargs or NO_KWARGS,
-            None,
-            next(chains),
-            None if sender is None else sender.id,
-        )
+        env = tell_envelope(ref._id, self._method, args, kwargs)
         if not cell.offer(env):
             await cell.post(env)
 
@@ -181,16 +172,7 @@ class MethodRef:
         if cell is None:
             ref._bind().tell_nowait(ref, self._method, args, kwargs)
             return
-        sender = current_cell.get()
-        env = Envelope(
-            ref._id,
-            self._method,
-            args,
-            kwargs or NO_KWARGS,
-            None,
-            next(chains),
-            None if sender is None else sender.id,
-        )
+        env = tell_envelope(ref._id, self._method, args, kwargs)
         if not cell.offer(env):
             raise MailboxFull(f"mailbox of {ref!r} is full ({cell.mailbox.capacity} messages)")
 
