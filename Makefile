@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint pytest
+
+# Regenerate the wire code from protos/ (checked in; tests/test_proto.py checks it).
+proto: $(STAMP)
+	$(BIN)/python -m agentmesh._private.protogen
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

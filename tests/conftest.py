@@ -11,8 +11,12 @@ import pytest
 
 import agentmesh as am
 from agentmesh._private.kernel.transport import MemoryNetwork
+from agentmesh._private.transport.grpc_transport import GrpcTransport
 
 T = TypeVar("T")
+
+#: A small stream window, so tests see cross-node flow control without filling 1,024.
+GRPC_WINDOW = 8
 
 
 class World:
@@ -38,6 +42,18 @@ class World:
             copy: am.AgentRef = cloudpickle.loads(cloudpickle.dumps(ref))
         return copy
 
+    @property
+    def in_flight(self) -> int:
+        """How many tells the way to the host can hold beyond the host's mailbox."""
+        return GRPC_WINDOW if self.kind == "grpc" else 0
+
+    def sender_blocked(self, ref: am.AgentRef) -> bool:
+        """Whether a sender waits for room on the way to ``ref``'s agent."""
+        if self.kind == "grpc":
+            link = self.driver._node.transport.links.get(self.host.node_id)  # type: ignore[union-attr]
+            return link is not None and bool(link._room)
+        return bool(self.host._node.cells[ref.id].mailbox.putters)
+
     def instance(self, ref: am.AgentRef) -> Any:
         """The live agent object behind ``ref`` (tests only: to open gates)."""
         return self.host._node.cells[ref.id].instance
@@ -50,12 +66,22 @@ class World:
         return await self.host.info(ref)
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "grpc"])
 async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     options = {"ask_timeout": 5.0, "shutdown_timeout": 2.0}
     if request.param == "local":
         async with am.Mesh(**options) as mesh:
             yield World("local", mesh, mesh)
+        return
+    if request.param == "grpc":
+        near, far = GrpcTransport(window=GRPC_WINDOW), GrpcTransport(window=GRPC_WINDOW)
+        async with (
+            am.Mesh(**options, _transport=near) as driver,
+            am.Mesh(**options, _transport=far) as host,
+        ):
+            near.add_peer(host.node_id, far.address)
+            far.add_peer(driver.node_id, near.address)
+            yield World("grpc", driver, host)
         return
     network = MemoryNetwork()
     async with (

@@ -105,6 +105,8 @@ class Mesh:
         self._entered = True
         self._token = current_node.set(self._node)
         self._failure = asyncio.get_running_loop().create_future()
+        if self._node.transport is not None:
+            await self._node.transport.start()
         self._root_ref = await self._node.spawn(
             Supervisor, (self._root_spec,), exit_listener=self._root_exited
         )

@@ -17,4 +17,3 @@ current_cell: ContextVar[Cell | None] = ContextVar("agentmesh_cell", default=Non
 current_chain: ContextVar[int] = ContextVar("agentmesh_chain", default=0)
 #: The node that refs unpickled in this context bind to.
 current_node: ContextVar[Node | None] = ContextVar("agentmesh_node", default=None)
-

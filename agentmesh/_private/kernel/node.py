@@ -191,9 +191,7 @@ class Node:
 
     def forget_snapshot(self, cell: Cell) -> None:
         """Delete an ended unnamed agent's snapshot: no later run can claim it."""
-        task = asyncio.get_running_loop().create_task(self.state_store.delete(cell.store_key))
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
+        self._spawn_background(self.state_store.delete(cell.store_key))
 
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
@@ -209,11 +207,15 @@ class Node:
             self.bus.agent_ended(cell)
 
     def dead_letter(self, cell: Cell, env: Envelope, reason: str) -> None:
-        """A tell that could not be handled: to the dead letters (or the log)."""
+        """A tell an agent could not handle: to the dead letters (or the log)."""
+        self.undeliverable(cell.label, env, reason)
+
+    def undeliverable(self, target: str, env: Envelope, reason: str) -> None:
+        """A tell that reached nobody: to the dead letters (or the log)."""
         if self.bus is not None:
-            self.bus.dead_letter(None, env.args, reason, cell.label, env.sender, env.method)
+            self.bus.dead_letter(None, env.args, reason, target, env.sender, env.method)
         else:
-            log.warning("dead letter for %s.%s: %s", cell.label, env.method, reason)
+            log.warning("dead letter for %s.%s: %s", target, env.method, reason)
 
     def lookup(self, name: str) -> AgentRef:
         """The ref of the live agent called ``name``; raises `AgentNotFound`."""
@@ -417,6 +419,33 @@ class Node:
     async def deliver(self, env: Envelope) -> None:
         """Deliver an envelope from a peer, waiting for room (flow control)."""
         await self._target(env).post(env)
+
+    async def deliver_from_peer(self, env: Envelope) -> None:
+        """Deliver an envelope a transport received, waiting for room; node-level
+        requests (``!node.*``) are served here rather than by an agent."""
+        if env.method == "!node.stop":
+            self._spawn_background(self._stop_for_peer(env))
+            return
+        try:
+            await self._target(env).post(env)
+        except AgentUnavailable as exc:
+            if env.reply is not None:
+                raise
+            # Nobody waits for a tell: its sender learns nothing, the dead letters do.
+            self.undeliverable(env.target, env, str(exc))
+
+    async def _stop_for_peer(self, env: Envelope) -> None:
+        cell = self.cells.get(env.target)
+        if cell is not None:
+            timeout = env.args[0] if env.args else None
+            await cell.stop(self.shutdown_timeout if timeout is None else timeout)
+        if env.reply is not None and not env.reply.done():
+            env.reply.set_result(None)
+
+    def _spawn_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
 
     def _target(self, env: Envelope) -> Cell:
         cell = self.cells.get(env.target)

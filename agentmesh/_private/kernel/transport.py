@@ -41,6 +41,9 @@ class Transport(abc.ABC):
         """Called once by the node that owns this transport."""
         self.node = node
 
+    async def start(self) -> None:  # noqa: B027 (most transports have nothing to start)
+        """Begin serving peers; called when the mesh starts."""
+
     @abc.abstractmethod
     async def send(self, peer: str, env: Envelope) -> None: ...
 

@@ -1,0 +1,238 @@
+"""`GrpcTransport`: the kernel's transport seam over gRPC streams between nodes.
+
+Each node runs a gRPC server (``Peer.Connect``) and dials the peers it sends to. A
+node sends to a peer over the first authenticated stream it has with it, dialed or
+accepted, so two nodes usually share one stream both ways. A broken stream fails the
+asks waiting on it at once (`AgentUnavailable`) and is redialed on the next send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+
+from ...v1 import wire_pb2, wire_pb2_grpc
+from ..kernel.envelope import Envelope
+from ..kernel.errors import AgentUnavailable, AuthError
+from ..kernel.transport import Transport
+from .auth import check_listen_address, new_nonce, prove, verify
+from .link import Link
+
+__all__ = ["DEFAULT_WINDOW", "GrpcTransport"]
+
+log = logging.getLogger("agentmesh.transport")
+
+#: Envelopes a node may have in flight to a peer before the peer grants more room.
+DEFAULT_WINDOW = 1024
+_MAX_FRAME = 64 * 1024 * 1024
+_OPTIONS = [
+    ("grpc.max_send_message_length", _MAX_FRAME),
+    ("grpc.max_receive_message_length", _MAX_FRAME),
+]
+_HANDSHAKE_TIMEOUT = 5.0
+
+
+class GrpcTransport(Transport):
+    """Streams to peer nodes over gRPC, authenticated with the cluster token.
+
+    ``listen`` is ``host:port`` (port 0: the OS chooses; see `address` after
+    `start`). Without a ``token`` it listens on loopback only. Peers are made known
+    with `add_peer` (the cluster layer does it from the head's membership).
+    """
+
+    def __init__(
+        self, listen: str = "127.0.0.1:0", *, token: str | None = None, window: int = DEFAULT_WINDOW
+    ) -> None:
+        check_listen_address(listen, token)
+        self.listen = listen
+        self.token = token or ""
+        self.window = window
+        self.address = ""
+        self.peers: dict[str, str] = {}
+        self.links: dict[str, Link] = {}
+        self.rejected = 0  # handshakes and frames refused
+        self._dials: dict[str, asyncio.Task[Link]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: grpc.aio.Server | None = None
+        self._channels: list[grpc.aio.Channel] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening; `address` then holds the address bound (``host:port``)."""
+        server = grpc.aio.server(options=_OPTIONS)
+        wire_pb2_grpc.add_PeerServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port(self.listen)
+        await server.start()
+        self._server = server
+        host = self.listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{port}"
+
+    def add_peer(self, node_id: str, address: str) -> None:
+        self.peers[node_id] = address
+
+    async def aclose(self) -> None:
+        for link in list(self.links.values()):
+            link.close(f"node {self.node.id} is closing")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self._channels:
+            await channel.close()
+        if self._server is not None:
+            await self._server.stop(grace=0.5)
+            self._server = None
+
+    # -- the seam -----------------------------------------------------------------
+
+    async def send(self, peer: str, env: Envelope) -> None:
+        await (await self._link(peer)).send(env)
+
+    def send_nowait(self, peer: str, env: Envelope) -> None:
+        link = self.links.get(peer)
+        if link is None or link.closed:
+            # Dialing would wait; a tell_nowait never does.
+            self._spawn(self._warm(peer))
+            raise AgentUnavailable(f"not connected to node {peer} yet; retry, or use tell()")
+        link.send_nowait(env)
+
+    async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        wait = (timeout or self.node.shutdown_timeout) + 5.0
+        env = Envelope(agent_id, "!node.stop", (timeout,), {}, fut, 0, None, loop.time() + wait)
+        await self.send(peer, env)
+        await fut
+
+    # -- links --------------------------------------------------------------------
+
+    async def _link(self, peer: str) -> Link:
+        link = self.links.get(peer)
+        if link is not None and not link.closed:
+            return link
+        dial = self._dials.get(peer)
+        if dial is None:
+            dial = self._dials[peer] = asyncio.ensure_future(self._dial(peer))
+            dial.add_done_callback(lambda _t: self._dials.pop(peer, None))
+        return await asyncio.shield(dial)
+
+    async def _warm(self, peer: str) -> None:
+        try:
+            await self._link(peer)
+        except Exception as exc:
+            log.info("could not connect to node %s: %s", peer, exc)
+
+    async def _dial(self, peer: str) -> Link:
+        address = self.peers.get(peer)
+        if address is None:
+            raise AgentUnavailable(f"node {peer} is unknown to node {self.node.id}")
+        channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
+        self._channels.append(channel)
+        stub = wire_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.Connect()
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                window = await self._dialer_handshake(call, peer)
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            call.cancel()
+            raise AgentUnavailable(f"cannot reach node {peer} at {address}: {exc}") from None
+        except AuthError:
+            call.cancel()
+            raise
+
+        async def read() -> wire_pb2.Frame | None:
+            frame = await call.read()
+            return None if frame is grpc.aio.EOF else frame
+
+        link = self._register(peer, read, call.write, window)
+        self._spawn(self._serve(link, call.cancel))
+        return link
+
+    async def _dialer_handshake(self, call: Any, peer: str) -> int:
+        nonce = new_nonce()
+        await call.write(wire_pb2.Frame(hello=wire_pb2.Hello(node_id=self.node.id, nonce=nonce)))
+        frame = await call.read()
+        if frame is grpc.aio.EOF or frame.WhichOneof("body") != "challenge":
+            reason = frame.refusal.reason if frame is not grpc.aio.EOF else "stream closed"
+            raise AuthError(f"node {peer} refused the connection: {reason}")
+        challenge = frame.challenge
+        if challenge.node_id != peer:
+            raise AuthError(f"dialed node {peer} but {challenge.node_id} answered")
+        verify(self.token, b"listener", nonce, challenge.mac)
+        mac = prove(self.token, b"dialer", challenge.nonce)
+        await call.write(wire_pb2.Frame(proof=wire_pb2.Proof(mac=mac, window=self.window)))
+        window: int = challenge.window
+        return window
+
+    def _register(self, peer: str, read: Any, write: Any, window: int) -> Link:
+        node = self.node
+        link = Link(peer, read, write, node.deliver_from_peer, window, node.bind_refs)
+        current = self.links.get(peer)
+        if current is None or current.closed:
+            self.links[peer] = link
+        return link
+
+    async def _serve(self, link: Link, cancel: Any) -> None:
+        try:
+            await link.run()
+        except Exception as exc:
+            log.warning("stream with node %s failed: %s", link.peer, exc)
+        finally:
+            cancel()
+            if self.links.get(link.peer) is link:
+                del self.links[link.peer]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def accept(self, context: Any) -> None:
+        """Serve one incoming stream: handshake, then the link, until it ends."""
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                peer, window = await self._listener_handshake(context)
+        except (AuthError, TimeoutError) as exc:
+            self.rejected += 1
+            log.warning("refused a connection: %s", exc)
+            await context.write(wire_pb2.Frame(refusal=wire_pb2.Refusal(reason=str(exc))))
+            return
+
+        async def read() -> wire_pb2.Frame | None:
+            frame = await context.read()
+            return None if frame is grpc.aio.EOF else frame
+
+        link = self._register(peer, read, context.write, window)
+        try:
+            await link.run()
+        finally:
+            if self.links.get(peer) is link:
+                del self.links[peer]
+
+    async def _listener_handshake(self, context: Any) -> tuple[str, int]:
+        frame = await context.read()
+        if frame is grpc.aio.EOF or frame.WhichOneof("body") != "hello":
+            raise AuthError("the stream did not open with a hello")
+        hello = frame.hello
+        nonce = new_nonce()
+        mac = prove(self.token, b"listener", hello.nonce)
+        challenge = wire_pb2.Challenge(
+            node_id=self.node.id, nonce=nonce, mac=mac, window=self.window
+        )
+        await context.write(wire_pb2.Frame(challenge=challenge))
+        frame = await context.read()
+        if frame is grpc.aio.EOF or frame.WhichOneof("body") != "proof":
+            raise AuthError(f"node {hello.node_id} did not send its proof")
+        verify(self.token, b"dialer", nonce, frame.proof.mac)
+        return hello.node_id, frame.proof.window
+
+
+class _Servicer(wire_pb2_grpc.PeerServicer):
+    def __init__(self, transport: GrpcTransport) -> None:
+        self.transport = transport
+
+    async def Connect(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+        await self.transport.accept(context)

@@ -1,0 +1,149 @@
+"""The gRPC transport on loopback: handshake, hostile input, batching, broken streams."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator
+
+import cloudpickle
+import grpc
+import pydantic
+import pytest
+
+import agentmesh as am
+from agentmesh._private.transport.codec import decode, encode
+from agentmesh._private.transport.grpc_transport import GrpcTransport
+from agentmesh.v1 import wire_pb2, wire_pb2_grpc
+
+from .agents import Counter, Forever
+from .conftest import wait_for
+
+
+class Quote(pydantic.BaseModel):
+    symbol: str
+    price: float
+
+
+Linked = tuple[am.Mesh, am.Mesh, GrpcTransport, GrpcTransport]
+
+
+@pytest.fixture
+async def linked() -> AsyncIterator[Linked]:
+    near, far = GrpcTransport(token="s3cret"), GrpcTransport(token="s3cret")
+    async with (
+        am.Mesh(_transport=near, ask_timeout=5, shutdown_timeout=1) as driver,
+        am.Mesh(_transport=far, ask_timeout=5, shutdown_timeout=1) as host,
+    ):
+        near.add_peer(host.node_id, far.address)
+        far.add_peer(driver.node_id, near.address)
+        yield driver, host, near, far
+
+
+def _seen_from(mesh: am.Mesh, ref: am.AgentRef) -> am.AgentRef:
+    with mesh._node.bind_refs():
+        copy: am.AgentRef = cloudpickle.loads(cloudpickle.dumps(ref))
+    return copy
+
+
+async def test_asks_and_tells_cross_with_typed_values(linked: Linked) -> None:
+    driver, host, _, _ = linked
+    counter = _seen_from(driver, await host.spawn(Counter))
+    await counter.record(Quote(symbol="X", price=1.5))
+    await counter.record.tell({"plain": [1, 2]})
+    assert await counter.items() == [Quote(symbol="X", price=1.5), {"plain": [1, 2]}]
+
+
+def test_codecs_pick_json_protobuf_or_pickle() -> None:
+    assert encode(Quote(symbol="X", price=1.0)).codec == f"json:{__name__}:Quote"
+    hello = wire_pb2.Hello(node_id="n", nonce=b"x")
+    assert encode(hello).codec == "proto:agentmesh.v1.Hello"
+    assert encode((1, "a")).codec == "pickle"
+    for value in (Quote(symbol="X", price=1.0), hello, (1, "a")):
+        assert decode(encode(value)) == value
+    with pytest.raises(am.SerializationError, match="lock"):
+        encode(threading.Lock())
+    with pytest.raises(am.SerializationError, match="unknown codec"):
+        decode(wire_pb2.Value(codec="nope", data=b""))
+    with pytest.raises(am.SerializationError):
+        decode(wire_pb2.Value(codec="pickle", data=b"garbage"))
+
+
+async def test_unpicklable_arguments_fail_at_the_sender(linked: Linked) -> None:
+    driver, host, _, _ = linked
+    counter = _seen_from(driver, await host.spawn(Counter))
+    with pytest.raises(am.SerializationError, match="lock"):
+        await counter.record(threading.Lock())
+    assert await counter.get() == 0  # nothing lost, nobody crashed
+
+
+async def test_a_wrong_token_is_refused_and_counted() -> None:
+    right, wrong = GrpcTransport(token="right"), GrpcTransport(token="wrong")
+    async with (
+        am.Mesh(_transport=right) as a,
+        am.Mesh(_transport=wrong) as b,
+    ):
+        b._node.transport.add_peer(a.node_id, right.address)  # type: ignore[union-attr]
+        counter = _seen_from(b, await a.spawn(Counter))
+        with pytest.raises(am.AuthError, match="token"):
+            await counter.get()
+        await wait_for(lambda: right.rejected == 1, what="the listener counted it")
+        assert await _seen_from(a, counter).get() == 0  # the node lives on
+
+
+async def test_hostile_input_never_crashes_a_node(linked: Linked) -> None:
+    driver, host, _, far = linked
+    # Raw garbage on the port.
+    hostname, port = far.address.rsplit(":", 1)
+    with socket.create_connection((hostname, int(port))) as raw:
+        raw.sendall(b"\x00\xff garbage, not HTTP/2 \x13\x37" * 100)
+    # A well-formed stream that skips the handshake.
+    async with grpc.aio.insecure_channel(far.address) as channel:
+        call = wire_pb2_grpc.PeerStub(channel).Connect()
+        await call.write(wire_pb2.Frame(batch=wire_pb2.Batch(credit=5)))
+        answer = await call.read()
+        assert answer.WhichOneof("body") == "refusal"
+        assert "hello" in answer.refusal.reason
+    assert far.rejected >= 1
+    counter = _seen_from(driver, await host.spawn(Counter))
+    assert await counter.add(2) == 2  # still serving
+
+
+async def test_natural_batching(linked: Linked) -> None:
+    driver, host, near, _ = linked
+    counter = _seen_from(driver, await host.spawn(Counter))
+    await counter.get()  # connect
+    link = near.links[host.node_id]
+    before = link.frames_sent
+    await counter.add(1)  # low load: one message, one frame, at once
+    assert link.frames_sent == before + 1
+    before = link.frames_sent
+    for _ in range(2000):
+        await counter.add.tell(1)
+    assert await counter.get() == 2001
+    assert link.frames_sent - before < 200  # high load: many envelopes per write
+
+
+async def test_a_broken_stream_fails_pending_asks_at_once_and_reconnects(
+    linked: Linked,
+) -> None:
+    driver, host, near, _ = linked
+    forever = _seen_from(driver, await host.spawn(Forever))
+    assert await forever.ping() == "pong"
+    hanging = asyncio.create_task(forever.hang())
+    await wait_for(lambda: bool(near.links[host.node_id].pending), what="ask in flight")
+    near.links[host.node_id].close("test: stream cut")
+    with pytest.raises(am.AgentUnavailable, match="stream cut"):
+        await asyncio.wait_for(hanging, 2)  # at once, not after the ask timeout
+    await wait_for(lambda: host.node_id not in near.links, what="link forgotten")
+    counter = _seen_from(driver, await host.spawn(Counter))
+    assert await counter.add(1) == 1  # the next send dialed again
+    assert near.links[host.node_id].closed is False
+
+
+def test_no_token_means_loopback_only() -> None:
+    with pytest.raises(am.AuthError, match="token"):
+        GrpcTransport("0.0.0.0:0")
+    GrpcTransport("127.0.0.1:0")
+    GrpcTransport("0.0.0.0:0", token="t")
