@@ -4,6 +4,7 @@ Agents are plain async classes; a `Mesh` hosts them and hands out `AgentRef`s th
 which they ask, tell and stop each other. See README.md and docs/ for the concepts.
 """
 
+from ._private.cluster.directory import NodeInfo
 from ._private.kernel.agent import Agent
 from ._private.kernel.errors import (
     AgentmeshError,
@@ -62,6 +63,7 @@ __all__ = [
     "Mesh",
     "MethodRef",
     "NameTaken",
+    "NodeInfo",
     "PlacementError",
     "RemoteError",
     "RestartIntensityExceeded",

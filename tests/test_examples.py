@@ -43,9 +43,21 @@ def test_supervision_restarts_workers_and_keeps_their_work() -> None:
     assert rows["w3"][:4] == ["Worker", "permanent", "running", "restarts=1"]
 
 
+def test_pubsub_types_ticks_and_dead_letters_the_bad_one() -> None:
+    out = _run(str(EXAMPLES / "pubsub.py"), "--steps", "10")
+    assert "trader: 29 ticks, each venue in order: True" in out  # lse's step 7 is invalid
+    assert "tape: 30 messages on 3 topics, by type: {'Tick': 29, 'str': 1}" in out
+    assert "dead letters: 1" in out
+    assert "market.lse.ticks from lse to trader: payload failed validation as" in out
+    assert "bus: published=30 deliveries=60 dead_letters=1 subscriptions=3" in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:4]}
+    assert rows == {"nyse": "10", "lse": "9", "tse": "10"}
+
+
 def test_every_example_is_covered() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
         "quickstart.py",
         "demo.py",
         "supervision.py",
+        "pubsub.py",
     }

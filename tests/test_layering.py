@@ -54,7 +54,10 @@ def test_only_the_transport_imports_grpc_and_the_wire_code() -> None:
         if module.parent == PACKAGE / "v1" or module.name == "protogen.py":
             continue  # the generated code itself, and its generator
         names = _runtime_imports(module)
-        if any("grpc" in n or n.endswith("v1") or ".v1" in n for n in names):
+        if any(
+            n == "grpc" or n.startswith(("grpc.", "agentmesh.v1")) or n.endswith(".v1")
+            for n in names
+        ):
             importers.add(module)
     assert importers
     assert all(m.parent == transport for m in importers), sorted(map(str, importers))

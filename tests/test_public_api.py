@@ -35,6 +35,7 @@ EXPECTED = {
     "MailboxFull",
     "Mesh",
     "MethodRef",
+    "NodeInfo",
     "NameTaken",
     "PlacementError",
     "RemoteError",

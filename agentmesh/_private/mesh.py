@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .cluster.directory import NodeInfo
+from .cluster.member import Membership
 from .kernel.agent import Agent
 from .kernel.cell import Cell
 from .kernel.context import current_node
-from .kernel.errors import AgentUnavailable, RestartIntensityExceeded
+from .kernel.errors import (
+    AgentmeshError,
+    AgentNotFound,
+    AgentUnavailable,
+    NameTaken,
+    RestartIntensityExceeded,
+)
 from .kernel.exits import ExitReason, Terminated
 from .kernel.info import AgentInfo
 from .kernel.mailbox import DEFAULT_MAILBOX_SIZE
@@ -24,6 +33,7 @@ from .pubsub.bus import Bus, BusStatistics
 from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
 from .supervision.supervisor import Supervisor
+from .transport.grpc_transport import GrpcTransport
 
 __all__ = ["Mesh"]
 
@@ -63,12 +73,23 @@ class Mesh:
         state_store: StateStore | None = None,
         restart_intensity: int = 3,
         restart_period: float = 5.0,
+        listen: str | None = None,
+        join: str | None = None,
+        token: str | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
         node_id: str | None = None,
         _transport: Transport | None = None,
+        _role: str | None = None,
     ) -> None:
         if mailbox_size < 1:
             raise ValueError(f"mailbox_size must be at least 1, got {mailbox_size}")
         self._root_spec = SupervisorSpec(intensity=restart_intensity, period=restart_period)
+        grpc_transport: GrpcTransport | None = None
+        if listen is not None or join is not None:
+            token = token if token is not None else os.environ.get("AGENTMESH_TOKEN")
+            grpc_transport = GrpcTransport(listen or "127.0.0.1:0", token=token)
+            _transport = grpc_transport
         self._node = Node(
             node_id=node_id,
             ask_timeout=ask_timeout,
@@ -86,6 +107,19 @@ class Mesh:
         self._root_ref: AgentRef | None = None
         self._failure: asyncio.Future[RestartIntensityExceeded | None] | None = None
         self._failure_seen = False
+        self._membership: Membership | None = None
+        self._remote: list[AgentRef] = []  # agents a driver spawned on other nodes
+        if grpc_transport is not None:
+            role = _role or ("head" if join is None else "driver")
+            self._membership = Membership(
+                self._node,
+                grpc_transport,
+                role=role,
+                head=join,
+                resources=dict(resources or {}),
+                labels=dict(labels or {}),
+            )
+            self._node.ended_hooks.append(self._membership.release_name)
 
     @property
     def node_id(self) -> str:
@@ -108,13 +142,32 @@ class Mesh:
         if self._node.transport is not None:
             await self._node.transport.start()
         self._root_ref = await self._node.spawn(
-            Supervisor, (self._root_spec,), exit_listener=self._root_exited
+            Supervisor,
+            (self._root_spec,),
+            exit_listener=self._root_exited,
+            agent_id=f"sys.root.{self.node_id}",
         )
         assert self._root_ref._cell is not None
         root = self._root_ref._cell.instance
         assert isinstance(root, Supervisor)
         self._root = root
+        if self._membership is not None:
+            await self._membership.start(self._spawn_named)
         return self
+
+    @property
+    def address(self) -> str | None:
+        """The address this node listens on (``host:port``), or None if embedded."""
+        membership = self._membership
+        return None if membership is None else membership.transport.address
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The cluster's nodes as the head sees them; just this one if embedded."""
+        if self._membership is None:
+            cells = [c for c in self._node.cells.values() if not c.id.startswith("sys.")]
+            depth = sum(len(c.mailbox) for c in cells)
+            return [NodeInfo(self.node_id, "", "embedded", {}, {}, len(cells), depth)]
+        return await self._membership.nodes()
 
     async def __aexit__(
         self,
@@ -134,6 +187,11 @@ class Mesh:
         if self._node.closed:
             return
         try:
+            for ref in reversed(self._remote):  # what this driver started elsewhere
+                with contextlib.suppress(AgentmeshError):
+                    await ref.stop()
+            if self._membership is not None:
+                await self._membership.stop()
             if self._root_ref is not None:
                 await self._root_ref.stop()
             await self._node.close()
@@ -187,6 +245,8 @@ class Mesh:
         restart: Restart | None = None,
         shutdown: float | None = None,
         checkpoint_every: int = 0,
+        node: str | None = None,
+        detached: bool = False,
     ) -> AgentRef:
         """Start an agent and return its ref once ``on_start`` has run.
 
@@ -199,9 +259,68 @@ class Mesh:
         opt in; under a given supervisor, ``permanent`` by default, as `ChildSpec`),
         ``shutdown`` (its stop timeout) and ``checkpoint_every`` (save ``snapshot()``
         after every that many handled messages; 0 = only on ``self.checkpoint()``).
-        Raises `SpawnError` if the constructor or ``on_start`` raised.
+        In a cluster, ``node`` names the node to start it on (default: this node; for
+        a driver, a worker the head picks). An agent a driver starts elsewhere is
+        stopped when the driver leaves, unless ``detached``. Names are unique across
+        the cluster. Raises `SpawnError` if the constructor or ``on_start`` raised.
         """
         self._check_open()
+        membership = self._membership
+        if membership is not None and supervisor is None:
+            target = node
+            if target is None and membership.role == "driver":
+                target = await membership.pick_node()
+            if target is not None and target != self.node_id:
+                options = {
+                    "name": name,
+                    "mailbox_size": mailbox_size,
+                    "concurrency": concurrency,
+                    "restart": restart,
+                    "shutdown": shutdown,
+                    "checkpoint_every": checkpoint_every,
+                }
+                ref = await membership.spawn_on(target, agent_class, args, options)
+                if membership.role == "driver" and not detached:
+                    self._remote.append(ref)
+                return ref
+        return await self._spawn_named(
+            agent_class,
+            *args,
+            name=name,
+            mailbox_size=mailbox_size,
+            concurrency=concurrency,
+            supervisor=supervisor,
+            restart=restart,
+            shutdown=shutdown,
+            checkpoint_every=checkpoint_every,
+        )
+
+    async def _spawn_named(self, agent_class: Any, /, *args: Any, **options: Any) -> AgentRef:
+        """Spawn on this node, then claim its name across the cluster."""
+        ref = await self._spawn_here(agent_class, *args, **options)
+        name = options.get("name")
+        if name is not None and self._membership is not None:
+            try:
+                await self._membership.register_name(name, ref)
+            except NameTaken:
+                await ref.stop()
+                raise
+        return ref
+
+    async def _spawn_here(
+        self,
+        agent_class: type[A] | Callable[..., A],
+        /,
+        *args: Any,
+        name: str | None = None,
+        mailbox_size: int | None = None,
+        concurrency: int | None = None,
+        supervisor: AgentRef | None = None,
+        restart: Restart | None = None,
+        shutdown: float | None = None,
+        checkpoint_every: int = 0,
+    ) -> AgentRef:
+        """Spawn on this node (under ``supervisor``, else the root)."""
         if restart is None:
             restart = "temporary" if supervisor is None else "permanent"
         spec = ChildSpec(
@@ -232,18 +351,24 @@ class Mesh:
         return await self._root._start_child(spec, dynamic=True)
 
     async def get(self, name: str) -> AgentRef:
-        """The ref of the agent registered as ``name``; raises `AgentNotFound`."""
-        return self._node.lookup(name)
+        """The ref of the agent registered as ``name``, on any node of the cluster;
+        raises `AgentNotFound`."""
+        try:
+            return self._node.lookup(name)
+        except AgentNotFound:
+            if self._membership is None:
+                raise
+        return await self._membership.lookup(name)
 
     async def info(self, ref: AgentRef) -> AgentInfo:
         """A frozen snapshot of an agent's state and counters (also after it ended)."""
         return self._node.info(ref)
 
     async def agents(self) -> list[AgentInfo]:
-        """Snapshots of every live agent on this mesh's node, oldest first (the root
-        supervisor excluded)."""
-        root = self._root_ref.id if self._root_ref is not None else None
-        return [AgentInfo.of(c) for c in self._node.cells.values() if c.id != root]
+        """Snapshots of every live agent on this mesh's node, oldest first (the
+        framework's own agents, with ids ``sys.*``, excluded)."""
+        cells = self._node.cells.values()
+        return [AgentInfo.of(c) for c in cells if not c.id.startswith("sys.")]
 
     async def publish(self, topic: str, payload: Any) -> int:
         """Publish ``payload`` on ``topic`` to every matching subscription.

@@ -107,6 +107,8 @@ class Node:
         self.facade: Any = None
         #: The node's pub/sub bus (set by the mesh layer; the kernel only calls it).
         self.bus: Any = None
+        #: Called with each cell that ends for good (the cluster releases its name).
+        self.ended_hooks: list[Callable[[Cell], None]] = []
         self.transport = transport
         self.closed = False
         self._deadlines = Deadlines(ask_timeout)
@@ -126,8 +128,11 @@ class Node:
         concurrency: int | None = None,
         checkpoint_every: int = 0,
         exit_listener: ExitListener | None = None,
+        agent_id: str | None = None,
     ) -> AgentRef:
         """Create an agent here, run its ``on_start`` and return its ref.
+
+        ``agent_id`` gives a framework agent a well-known id (``sys.<what>.<node>``).
 
         ``exit_listener`` (its supervisor) learns of every exit of an instance and may
         restart it. ``checkpoint_every`` > 0 saves a snapshot every that many handled
@@ -146,7 +151,10 @@ class Node:
                 raise ValueError(f"an agent name must be a non-empty string, got {name!r}")
             if name in self.names:
                 raise NameTaken(f"an agent named {name!r} already exists")
-        agent_id = f"{next(self._ids):x}.{self.id}"
+        if agent_id is None:
+            agent_id = f"{next(self._ids):x}.{self.id}"
+        elif agent_id in self.cells:
+            raise NameTaken(f"agent id {agent_id!r} is taken")
         ref = AgentRef._create(agent_id, name, self.id, self)
 
         cell = Cell(
@@ -205,6 +213,8 @@ class Node:
     def agent_ended(self, cell: Cell) -> None:
         if self.bus is not None:
             self.bus.agent_ended(cell)
+        for hook in self.ended_hooks:
+            hook(cell)
 
     def dead_letter(self, cell: Cell, env: Envelope, reason: str) -> None:
         """A tell an agent could not handle: to the dead letters (or the log)."""

@@ -53,6 +53,7 @@ class GrpcTransport(Transport):
         self.address = ""
         self.peers: dict[str, str] = {}
         self.links: dict[str, Link] = {}
+        self.down: dict[str, str] = {}  # peers declared dead, and why
         self.rejected = 0  # handshakes and frames refused
         self._dials: dict[str, asyncio.Task[Link]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,6 +74,15 @@ class GrpcTransport(Transport):
 
     def add_peer(self, node_id: str, address: str) -> None:
         self.peers[node_id] = address
+        self.down.pop(node_id, None)
+
+    def peer_down(self, node_id: str, reason: str) -> None:
+        """A peer is dead: fail what waits on it now, and refuse sends to it."""
+        self.down[node_id] = reason
+        self.peers.pop(node_id, None)
+        link = self.links.pop(node_id, None)
+        if link is not None:
+            link.close(reason)
 
     async def aclose(self) -> None:
         for link in list(self.links.values()):
@@ -92,6 +102,8 @@ class GrpcTransport(Transport):
         await (await self._link(peer)).send(env)
 
     def send_nowait(self, peer: str, env: Envelope) -> None:
+        if peer in self.down:
+            raise AgentUnavailable(self.down[peer])
         link = self.links.get(peer)
         if link is None or link.closed:
             # Dialing would wait; a tell_nowait never does.
@@ -110,6 +122,8 @@ class GrpcTransport(Transport):
     # -- links --------------------------------------------------------------------
 
     async def _link(self, peer: str) -> Link:
+        if peer in self.down:
+            raise AgentUnavailable(self.down[peer])
         link = self.links.get(peer)
         if link is not None and not link.closed:
             return link
@@ -125,8 +139,15 @@ class GrpcTransport(Transport):
         except Exception as exc:
             log.info("could not connect to node %s: %s", peer, exc)
 
-    async def _dial(self, peer: str) -> Link:
-        address = self.peers.get(peer)
+    async def dial_address(self, address: str) -> str:
+        """Connect to the node listening at ``address``; returns its node id."""
+        link = await self._dial(None, address)
+        return link.peer
+
+    async def _dial(self, peer: str | None, address: str | None = None) -> Link:
+        if address is None:
+            assert peer is not None
+            address = self.peers.get(peer)
         if address is None:
             raise AgentUnavailable(f"node {peer} is unknown to node {self.node.id}")
         channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
@@ -135,10 +156,11 @@ class GrpcTransport(Transport):
         call = stub.Connect()
         try:
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                window = await self._dialer_handshake(call, peer)
+                peer, window = await self._dialer_handshake(call, peer)
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             call.cancel()
-            raise AgentUnavailable(f"cannot reach node {peer} at {address}: {exc}") from None
+            who = f"node {peer} at {address}" if peer else address
+            raise AgentUnavailable(f"cannot reach {who}: {exc}") from None
         except AuthError:
             call.cancel()
             raise
@@ -147,25 +169,25 @@ class GrpcTransport(Transport):
             frame = await call.read()
             return None if frame is grpc.aio.EOF else frame
 
+        self.peers.setdefault(peer, address)
         link = self._register(peer, read, call.write, window)
         self._spawn(self._serve(link, call.cancel))
         return link
 
-    async def _dialer_handshake(self, call: Any, peer: str) -> int:
+    async def _dialer_handshake(self, call: Any, peer: str | None) -> tuple[str, int]:
         nonce = new_nonce()
         await call.write(wire_pb2.Frame(hello=wire_pb2.Hello(node_id=self.node.id, nonce=nonce)))
         frame = await call.read()
         if frame is grpc.aio.EOF or frame.WhichOneof("body") != "challenge":
             reason = frame.refusal.reason if frame is not grpc.aio.EOF else "stream closed"
-            raise AuthError(f"node {peer} refused the connection: {reason}")
+            raise AuthError(f"node {peer or 'at the address'} refused the connection: {reason}")
         challenge = frame.challenge
-        if challenge.node_id != peer:
+        if peer is not None and challenge.node_id != peer:
             raise AuthError(f"dialed node {peer} but {challenge.node_id} answered")
         verify(self.token, b"listener", nonce, challenge.mac)
         mac = prove(self.token, b"dialer", challenge.nonce)
         await call.write(wire_pb2.Frame(proof=wire_pb2.Proof(mac=mac, window=self.window)))
-        window: int = challenge.window
-        return window
+        return str(challenge.node_id), int(challenge.window)
 
     def _register(self, peer: str, read: Any, write: Any, window: int) -> Link:
         node = self.node

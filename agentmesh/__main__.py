@@ -1,0 +1,5 @@
+"""``python -m agentmesh``: the same as the ``agentmesh`` command."""
+
+from ._private.cli import main
+
+main()

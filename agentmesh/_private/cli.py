@@ -1,0 +1,123 @@
+"""The ``agentmesh`` command: ``head``, ``node`` and ``status``.
+
+Daemons print the address they bound as their first line of output (so ``--listen
+127.0.0.1:0`` works for scripts), then serve until SIGTERM or SIGINT, when they
+stop their agents and leave the cluster cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from .kernel.errors import AgentmeshError
+from .mesh import Mesh
+from .running import run
+
+__all__ = ["main"]
+
+
+def _pairs(text: str, convert: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+        out[key] = convert(value)
+    return out
+
+
+def _resources(text: str) -> dict[str, float]:
+    return _pairs(text, float)
+
+
+def _labels(text: str) -> dict[str, str]:
+    return _pairs(text, str)
+
+
+def _machine_resources() -> dict[str, float]:
+    resources = {"cpu": float(os.cpu_count() or 1)}
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        resources["memory"] = float(pages * size)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return resources
+
+
+async def _serve(mesh: Mesh) -> None:
+    async with mesh:
+        print(mesh.address, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+
+async def _status(address: str, token: str | None, as_json: bool) -> None:
+    async with Mesh(join=address, token=token) as mesh:
+        nodes = [n for n in await mesh.nodes() if n.id != mesh.node_id]
+    if as_json:
+        print(json.dumps([asdict(n) for n in nodes], indent=2))
+        return
+    print(
+        f"{'node':10} {'role':7} {'state':5} {'address':22} {'agents':>6} {'queued':>6}  "
+        "resources / labels"
+    )
+    for n in nodes:
+        state = "up" if n.alive else "down"
+        extra = ", ".join(f"{k}={v:g}" for k, v in n.resources.items())
+        if n.labels:
+            extra += "  " + ", ".join(f"{k}={v}" for k, v in n.labels.items())
+        print(
+            f"{n.id:10} {n.role:7} {state:5} {n.address:22} {n.agents:>6} "
+            f"{n.mailbox_depth:>6}  {extra}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="agentmesh", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    token_help = "cluster token (default: $AGENTMESH_TOKEN); needed beyond loopback"
+    head = commands.add_parser("head", help="run a head node (control plane and agents)")
+    head.add_argument("--listen", default="127.0.0.1:7470", help="HOST:PORT (port 0: any)")
+    head.add_argument("--token", help=token_help)
+    node = commands.add_parser("node", help="run a worker node that joins a head")
+    node.add_argument("--join", required=True, help="the head's HOST:PORT")
+    node.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT this node serves")
+    node.add_argument(
+        "--resources", type=_resources, help="e.g. cpu=8,gpu=1 (default: this machine)"
+    )
+    node.add_argument("--labels", type=_labels, default={}, help="e.g. zone=eu,tier=gpu")
+    node.add_argument("--token", help=token_help)
+    status = commands.add_parser("status", help="show nodes, resources, labels and load")
+    status.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--token", help=token_help)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "head":
+            run(_serve(Mesh(listen=args.listen, token=args.token)))
+        elif args.command == "node":
+            resources = args.resources if args.resources is not None else _machine_resources()
+            mesh = Mesh(
+                join=args.join,
+                listen=args.listen,
+                token=args.token,
+                resources=resources,
+                labels=args.labels,
+                _role="worker",
+            )
+            run(_serve(mesh))
+        else:
+            run(_status(args.address, args.token, args.json))
+    except AgentmeshError as exc:
+        print(f"agentmesh {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,139 @@
+"""`Directory`: the head's control plane — membership, failure detection, names.
+
+It is an agent like any other, reached by asks over the same streams as user
+traffic. Nodes register, then heartbeat; a node silent for ``dead_after`` seconds is
+declared dead and dropped, with its names. Every heartbeat answer carries the live
+membership, so nodes learn of joins and deaths within one heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field, replace
+
+from ..kernel.agent import Agent
+from ..kernel.errors import AgentNotFound
+from ..kernel.ref import AgentRef
+
+__all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_HEARTBEAT", "Directory", "NodeInfo"]
+
+log = logging.getLogger("agentmesh.cluster")
+
+#: Seconds between heartbeats of a node.
+DEFAULT_HEARTBEAT = 0.5
+#: Seconds of silence after which the head declares a node dead.
+DEFAULT_DEAD_AFTER = 2.5
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node as the head sees it (``agentmesh status`` prints these)."""
+
+    id: str
+    address: str
+    role: str  # "head", "worker" or "driver"
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    agents: int = 0
+    mailbox_depth: int = 0
+    alive: bool = True
+    last_seen: float = 0.0
+
+
+class Directory(Agent):
+    """Membership, failure detection and the cluster-wide name registry."""
+
+    def __init__(self, dead_after: float = DEFAULT_DEAD_AFTER) -> None:
+        self.dead_after = dead_after
+        self.nodes: dict[str, NodeInfo] = {}
+        self.names: dict[str, AgentRef] = {}
+        self._turn = itertools.count()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def on_stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # -- membership -----------------------------------------------------------------
+
+    async def register(self, node: NodeInfo, names: dict[str, AgentRef]) -> dict[str, str]:
+        """A node joins (or rejoins after a head restart, with the names it holds).
+        Returns the live members: node id -> address."""
+        self.nodes[node.id] = replace(node, alive=True, last_seen=self._now())
+        for name, ref in names.items():
+            self.names.setdefault(name, ref)
+        log.info("node %s (%s) joined from %s", node.id, node.role, node.address)
+        return self._members()
+
+    async def heartbeat(self, node_id: str, agents: int, mailbox_depth: int) -> dict[str, str]:
+        """A node is alive; returns the live members. Unknown nodes must register."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive:
+            raise AgentNotFound(f"node {node_id} is not registered: register again")
+        self.nodes[node_id] = replace(
+            node, agents=agents, mailbox_depth=mailbox_depth, last_seen=self._now()
+        )
+        return self._members()
+
+    async def leave(self, node_id: str) -> None:
+        """A node leaves cleanly: it is forgotten (a dead one stays listed, down)."""
+        self._drop(node_id, "left")
+        self.nodes.pop(node_id, None)
+
+    async def members(self) -> list[NodeInfo]:
+        """Every node known, live or dead, with its last reported load."""
+        now = self._now()
+        return [replace(n, last_seen=now - n.last_seen) for n in self.nodes.values()]
+
+    async def pick_node(self) -> str:
+        """A live node to host a new agent: workers in turn, else the head."""
+        live = [n for n in self.nodes.values() if n.alive and n.role == "worker"]
+        if not live:
+            live = [n for n in self.nodes.values() if n.alive and n.role == "head"]
+        if not live:
+            raise AgentNotFound("no live node can host agents")
+        return live[next(self._turn) % len(live)].id
+
+    def _members(self) -> dict[str, str]:
+        return {n.id: n.address for n in self.nodes.values() if n.alive}
+
+    def _drop(self, node_id: str, why: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive:
+            return
+        self.nodes[node_id] = replace(node, alive=False)
+        for name, ref in list(self.names.items()):
+            if ref.node == node_id:
+                del self.names[name]
+        log.warning("node %s %s", node_id, why)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.dead_after / 5)
+            deadline = self._now() - self.dead_after
+            for node in list(self.nodes.values()):
+                if node.alive and node.role != "head" and node.last_seen < deadline:
+                    self._drop(node.id, f"missed heartbeats for {self.dead_after:g}s: dead")
+
+    # -- names ----------------------------------------------------------------------
+
+    async def register_name(self, name: str, ref: AgentRef) -> AgentRef:
+        """Claim ``name`` for ``ref`` cluster-wide; returns who holds it now (``ref``
+        itself unless another agent had it)."""
+        return self.names.setdefault(name, ref)
+
+    async def release_name(self, name: str, ref: AgentRef) -> None:
+        if self.names.get(name) == ref:
+            del self.names[name]
+
+    async def lookup(self, name: str) -> AgentRef | None:
+        """The agent registered as ``name`` anywhere in the cluster, or None."""
+        return self.names.get(name)

@@ -1,0 +1,219 @@
+"""`Membership`: how one node takes part in a cluster, and `NodeService`, the agent
+through which other nodes act on it (remote spawn, status).
+
+A head hosts the `Directory`; every other node dials the head, registers, and
+heartbeats. Heartbeat answers carry the membership: a node learns the addresses of
+new peers from them, and, when a peer drops out, fails at once every ask waiting on
+it. If the head goes away, nodes keep serving each other and register again when a
+head answers at the same address (the head rebuilds its registry from them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..kernel.agent import Agent
+from ..kernel.cell import Cell
+from ..kernel.errors import AgentmeshError, AgentNotFound, AgentUnavailable, NameTaken
+from ..kernel.ref import AgentRef
+from ..transport.grpc_transport import GrpcTransport
+from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Directory, NodeInfo
+
+if TYPE_CHECKING:
+    from ..kernel.node import Node
+
+__all__ = ["Membership", "NodeService"]
+
+log = logging.getLogger("agentmesh.cluster")
+
+
+class NodeService(Agent):
+    """Acts on its node for others: spawn here, report load."""
+
+    def __init__(self, spawn: Callable[..., Any]) -> None:
+        self._spawn = spawn
+
+    async def spawn(
+        self, agent_class: Any, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> AgentRef | AgentmeshError:
+        """Spawn an agent on this node (the class may come pickled by value).
+
+        A typed failure (NameTaken, SpawnError ...) is returned, not raised, so the
+        spawner can raise it as it is rather than wrapped in a RemoteError.
+        """
+        try:
+            ref: AgentRef = await self._spawn(agent_class, *args, **options)
+        except AgentmeshError as exc:
+            return exc
+        return ref
+
+    async def load(self) -> tuple[int, int]:
+        """(agents, messages queued) on this node."""
+        cells = self._am_cell.node.cells.values()
+        return len(cells), sum(len(c.mailbox) for c in cells)
+
+
+def service_id(node_id: str) -> str:
+    return f"sys.node.{node_id}"
+
+
+def directory_id(node_id: str) -> str:
+    return f"sys.directory.{node_id}"
+
+
+class Membership:
+    """One node's part in a cluster: its role, its head, its heartbeat."""
+
+    def __init__(
+        self,
+        node: Node,
+        transport: GrpcTransport,
+        *,
+        role: str,
+        head: str | None,
+        resources: dict[str, float],
+        labels: dict[str, str],
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        dead_after: float = DEFAULT_DEAD_AFTER,
+    ) -> None:
+        self.node = node
+        self.transport = transport
+        self.role = role
+        self.head_address = head
+        self.resources = resources
+        self.labels = labels
+        self.heartbeat = heartbeat
+        self.dead_after = dead_after
+        self.directory: AgentRef | None = None
+        self.members: dict[str, str] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- joining ---------------------------------------------------------------------
+
+    async def start(self, spawn: Callable[..., Any]) -> None:
+        node = self.node
+        await node.spawn(NodeService, (spawn,), agent_id=service_id(node.id))
+        if self.head_address is None:
+            self.directory = await node.spawn(
+                Directory, (self.dead_after,), agent_id=directory_id(node.id)
+            )
+        else:
+            await self._join()
+        await self._register()
+        self._loop_task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _join(self) -> None:
+        assert self.head_address is not None
+        head = await self.transport.dial_address(self.head_address)
+        self.directory = AgentRef._create(directory_id(head), None, head, self.node)
+
+    def _me(self) -> NodeInfo:
+        return NodeInfo(
+            self.node.id, self.transport.address, self.role, self.resources, self.labels
+        )
+
+    async def _register(self) -> None:
+        assert self.directory is not None
+        names = {name: cell.ref for name, cell in self.node.names.items()}
+        members = await self.directory.register.ask(self._me(), names, timeout=5.0)
+        self._update(members)
+
+    def _update(self, members: dict[str, str]) -> None:
+        for peer, address in members.items():
+            if peer != self.node.id:
+                self.transport.add_peer(peer, address)
+        for gone in set(self.members) - set(members):
+            self.node_down(gone)
+        self.members = dict(members)
+
+    def node_down(self, peer: str) -> None:
+        """A peer is dead: fail at once every ask waiting on it."""
+        log.warning("node %s is down", peer)
+        self.transport.peer_down(peer, f"node {peer} is down")
+
+    # -- heartbeats --------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self._beat_once()
+            except AgentmeshError as exc:
+                log.info("heartbeat to the head failed: %s", exc)
+
+    async def _beat_once(self) -> None:
+        assert self.directory is not None
+        cells = [c for c in self.node.cells.values() if not c.id.startswith("sys.")]
+        depth = sum(len(c.mailbox) for c in cells)
+        try:
+            members = await self.directory.heartbeat.ask(
+                self.node.id, len(cells), depth, timeout=self.dead_after
+            )
+        except AgentNotFound:
+            await self._register()  # the head restarted, or declared us dead
+            return
+        except AgentUnavailable:
+            if self.head_address is None:
+                raise
+            await self._join()  # the head is gone: wait for one at the same address
+            await self._register()
+            return
+        self._update(members)
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self.directory is not None and self.head_address is not None:
+            with contextlib.suppress(AgentmeshError):  # the head may be gone already
+                await self.directory.leave.ask(self.node.id, timeout=1.0)
+
+    # -- the cluster seen from this node ---------------------------------------------
+
+    def service(self, node_id: str) -> AgentRef:
+        return AgentRef._create(service_id(node_id), None, node_id, self.node)
+
+    async def spawn_on(
+        self, node_id: str, agent_class: Any, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> AgentRef:
+        outcome = await self.service(node_id).spawn(agent_class, args, options)
+        if isinstance(outcome, AgentmeshError):
+            raise outcome
+        ref: AgentRef = outcome
+        return ref
+
+    async def pick_node(self) -> str:
+        assert self.directory is not None
+        node: str = await self.directory.pick_node()
+        return node
+
+    async def register_name(self, name: str, ref: AgentRef) -> None:
+        """Claim ``name`` cluster-wide for ``ref``; `NameTaken` if another holds it."""
+        assert self.directory is not None
+        holder = await self.directory.register_name(name, ref)
+        if holder != ref:
+            raise NameTaken(f"an agent named {name!r} already exists (on node {holder.node})")
+
+    def release_name(self, cell: Cell) -> None:
+        if cell.name is None or self.directory is None:
+            return
+        try:
+            self.directory.release_name.tell_nowait(cell.name, cell.ref)
+        except AgentmeshError as exc:
+            log.info("could not release name %r: %s", cell.name, exc)
+
+    async def lookup(self, name: str) -> AgentRef:
+        assert self.directory is not None
+        ref: AgentRef | None = await self.directory.lookup(name)
+        if ref is None:
+            raise AgentNotFound(f"no agent named {name!r} in the cluster")
+        return ref
+
+    async def nodes(self) -> list[NodeInfo]:
+        assert self.directory is not None
+        nodes: list[NodeInfo] = await self.directory.members()
+        return nodes

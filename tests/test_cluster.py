@@ -1,0 +1,234 @@
+"""A real cluster on loopback: a head and a worker as separate processes.
+
+Ports are chosen by the OS; every process started here is stopped, also on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import agentmesh as am
+
+from .agents import Counter, Forever
+from .conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    """An ``agentmesh`` daemon process and the address it printed first."""
+
+    def __init__(self, process: asyncio.subprocess.Process, address: str) -> None:
+        self.process = process
+        self.address = address
+
+    @classmethod
+    async def start(cls, *args: str) -> Daemon:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agentmesh",
+            *args,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), 20)
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
+        if not line:
+            assert process.stderr is not None
+            err = await process.stderr.read()
+            await process.wait()
+            raise AssertionError(f"agentmesh {args[0]} failed: {err.decode()}")
+        return cls(process, line.decode().strip())
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        return self.process.returncode or 0
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[tuple[Daemon, Daemon]]:
+    head = await Daemon.start("head", "--listen", "127.0.0.1:0")
+    worker = None
+    try:
+        worker = await Daemon.start(
+            "node", "--join", head.address, "--resources", "cpu=4,gpu=1", "--labels", "zone=eu"
+        )
+        yield head, worker
+    finally:
+        if worker is not None:
+            await worker.stop()
+        await head.stop()
+
+
+async def _workers(mesh: am.Mesh) -> list[am.NodeInfo]:
+    return [n for n in await mesh.nodes() if n.role == "worker" and n.alive]
+
+
+async def test_a_driver_spawns_on_the_worker_and_talks_to_it(
+    cluster: tuple[Daemon, Daemon],
+) -> None:
+    head, _ = cluster
+    async with am.Mesh(join=head.address, ask_timeout=10) as mesh:
+        workers = await _workers(mesh)
+        assert [(w.resources, w.labels) for w in workers] == [
+            ({"cpu": 4.0, "gpu": 1.0}, {"zone": "eu"})
+        ]
+        counter = await mesh.spawn(Counter, 5, name="shared")
+        assert counter.node == workers[0].id
+        assert await counter.add(2) == 7
+        for _ in range(500):
+            await counter.add.tell(1)
+        assert await counter.get() == 507
+        with pytest.raises(am.RemoteError) as caught:
+            await counter.fail("over the wire")
+        assert caught.value.remote_type == "ValueError"
+        assert "in fail" in caught.value.remote_traceback
+        assert await mesh.get("shared") == counter  # the cluster-wide registry
+        with pytest.raises(am.NameTaken):
+            await mesh.spawn(Counter, name="shared", node=head_id(await mesh.nodes()))
+
+
+def head_id(nodes: list[am.NodeInfo]) -> str:
+    return next(n.id for n in nodes if n.role == "head")
+
+
+async def test_a_class_defined_in_a_script_runs_remotely(
+    cluster: tuple[Daemon, Daemon], tmp_path: Path
+) -> None:
+    head, _ = cluster
+    script = tmp_path / "driver.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import agentmesh as am
+
+            class Greeter(am.Agent):          # defined in __main__: shipped by value
+                def __init__(self, greeting):
+                    self.greeting = greeting
+
+                async def greet(self, who):
+                    return f"{self.greeting}, {who}, from {self.node}"
+
+            async def main(address):
+                async with am.Mesh(join=address) as mesh:
+                    greeter = await mesh.spawn(Greeter, "hello")
+                    print(greeter.node != mesh.node_id)
+                    print(await greeter.greet("world"))
+
+            am.run(main(sys.argv[1]))
+            """
+        )
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        head.address,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0] == "True"
+    assert lines[1].startswith("hello, world, from ")
+
+
+async def test_status_shows_nodes_resources_and_labels(cluster: tuple[Daemon, Daemon]) -> None:
+    head, worker = cluster
+    for as_json in (True, False):
+        args = ["status", "--address", head.address] + (["--json"] if as_json else [])
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentmesh", *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0
+        text = out.decode()
+        if as_json:
+            nodes = {n["role"]: n for n in json.loads(text)}
+            assert nodes["worker"]["address"] == worker.address
+            assert nodes["worker"]["labels"] == {"zone": "eu"}
+            assert nodes["head"]["address"] == head.address
+        else:
+            assert worker.address in text
+            assert "zone=eu" in text
+
+
+async def test_a_killed_worker_fails_pending_asks_at_once(cluster: tuple[Daemon, Daemon]) -> None:
+    head, worker = cluster
+    async with am.Mesh(join=head.address, ask_timeout=60) as mesh:
+        forever = await mesh.spawn(Forever)
+        assert await forever.ping() == "pong"
+        hanging = [asyncio.create_task(forever.hang()) for _ in range(3)]
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        worker.process.send_signal(signal.SIGKILL)
+        await worker.process.wait()
+        for task in hanging:
+            with pytest.raises(am.AgentUnavailable):
+                await asyncio.wait_for(task, 10)
+        assert loop.time() - killed_at < 5  # not the 60 s ask timeout
+        await wait_for(lambda: _no_workers(mesh), timeout=10, what="the head saw it die")
+        with pytest.raises(am.AgentUnavailable):
+            await forever.ping()
+
+
+async def _no_workers(mesh: am.Mesh) -> bool:
+    return not await _workers(mesh)
+
+
+async def test_a_wrong_token_is_refused_with_a_clear_error(cluster: tuple[Daemon, Daemon]) -> None:
+    head, _ = cluster
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentmesh",
+        "node",
+        "--join",
+        head.address,
+        "--token",
+        "not-the-token",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "AuthError" in err.decode()
+    assert not out
+
+
+async def test_daemons_stop_cleanly_on_sigterm(cluster: tuple[Daemon, Daemon]) -> None:
+    head, worker = cluster
+    async with am.Mesh(join=head.address) as mesh:
+        await wait_for(lambda: _has_worker(mesh), what="worker registered")
+        assert await worker.stop() == 0
+        await wait_for(lambda: _no_workers(mesh), what="worker left")
+    assert await head.stop() == 0
+
+
+async def _has_worker(mesh: am.Mesh) -> bool:
+    return bool(await _workers(mesh))
