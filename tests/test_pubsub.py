@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import pytest
@@ -223,3 +223,116 @@ async def test_bad_topics_and_options_are_refused(mesh: am.Mesh) -> None:
         am.subscribe("a..b")
     with pytest.raises(TypeError, match="async def"):
         am.subscribe("a")(lambda self, x: None)
+
+
+class Texts(am.Agent):
+    def __init__(self, recorder: am.AgentRef) -> None:
+        self.recorder = recorder
+
+    @am.subscribe("text.optional")
+    async def optional(self, text: str | None) -> None:
+        await self.recorder.log.tell(("optional", text))
+
+    @am.subscribe("text.choice")
+    async def choice(self, topic: str, pick: Literal["a", "b"]) -> None:  # topic first
+        await self.recorder.log.tell((topic, pick))
+
+
+async def test_text_payloads_and_parameter_order(mesh: am.Mesh) -> None:
+    recorder = await mesh.spawn(Recorder)
+    await mesh.spawn(Texts, recorder)
+    await mesh.publish("text.optional", "hello")  # plain text, not JSON
+    await mesh.publish("text.choice", "b")
+    await mesh.publish("text.choice", "c")  # refused by the Literal
+    assert await recorded(recorder, 2) == [("optional", "hello"), ("text.choice", "b")]
+    assert mesh.bus_statistics().dead_letters == 1
+
+
+async def test_a_handler_the_bus_cannot_serve_fails_the_spawn_cleanly(mesh: am.Mesh) -> None:
+    class NoPayload(am.Agent):
+        @am.subscribe("x")
+        async def on_x(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="payload"):
+        await mesh.spawn(NoPayload, name="np")
+    with pytest.raises(am.AgentNotFound):
+        await mesh.get("np")
+    assert await mesh.agents() == []
+
+
+async def test_a_bad_runtime_pattern_leaves_nothing_behind(mesh: am.Mesh) -> None:
+    class Sloppy(am.Agent):
+        async def listen(self) -> None:
+            await self.subscribe("a..b", self.on)
+
+        async def on(self, item: Any) -> None:
+            pass
+
+    sloppy = await mesh.spawn(Sloppy)
+    with pytest.raises(am.RemoteError, match="ValueError"):
+        await sloppy.listen()
+    await sloppy.stop()
+    assert mesh.bus_statistics().subscriptions == 0
+
+
+async def test_a_suspended_instance_takes_its_runtime_subscriptions_along(mesh: am.Mesh) -> None:
+    class Listener(am.Agent):
+        async def on_start(self) -> None:
+            await self.subscribe("news", self.on_news)
+
+        async def on_news(self, item: Any) -> None:
+            pass
+
+    recorder = await mesh.spawn(Recorder)
+    from .test_supervisor import Worker
+
+    spec = am.SupervisorSpec(
+        strategy="one_for_all",
+        children=[am.ChildSpec(Listener, name="listener"), am.ChildSpec(Worker, "w", recorder)],
+    )
+    sup = await mesh.spawn(am.Supervisor, spec)
+    assert await mesh.publish("news", 1) == 1
+    worker = (await sup.children())[1].ref
+    await worker.crash.tell()  # one_for_all: the listener is restarted too
+    await wait_for(lambda: _restarted(sup), what="both restarted")
+    assert await mesh.publish("news", 2) == 1  # the new instance's, not two
+
+
+async def _restarted(sup: am.AgentRef) -> bool:
+    return [c.restarts for c in await sup.children()] == [1, 1]
+
+
+async def test_streams_end_when_the_mesh_closes() -> None:
+    async with am.Mesh() as mesh:
+        stream = mesh.subscribe("x")
+    assert [item async for item in stream] == []
+
+
+async def test_publishing_through_self_mesh_names_the_agent_as_sender(mesh: am.Mesh) -> None:
+    class Speaker(am.Agent):
+        async def speak(self) -> None:
+            await self.mesh.publish("bad.topic", "x")
+
+    speaker = await mesh.spawn(Speaker)
+
+    class Picky(am.Agent):
+        @am.subscribe("bad.topic")
+        async def on(self, n: int) -> None:
+            pass
+
+    await mesh.spawn(Picky)
+    async with mesh.subscribe(am.DEAD_LETTERS) as dead:
+        await speaker.speak()
+        _, letter = await asyncio.wait_for(anext(dead), 5)
+    assert letter.sender == speaker.id
+
+
+async def test_framework_handlers_are_not_callable(mesh: am.Mesh) -> None:
+    recorder = await mesh.spawn(Recorder)
+    trader = await mesh.spawn(Trader, recorder)
+    with pytest.raises(am.UnknownMethod, match="framework"):
+        await trader["!_on_text"]("x")
+    with pytest.raises(am.UnknownMethod) as caught:
+        await trader.nope()
+    assert "!" not in str(caught.value)

@@ -14,7 +14,7 @@ from .cluster.directory import NodeInfo
 from .cluster.member import Membership
 from .kernel.agent import Agent
 from .kernel.cell import Cell
-from .kernel.context import current_node
+from .kernel.context import current_cell, current_node
 from .kernel.errors import (
     AgentmeshError,
     AgentNotFound,
@@ -195,6 +195,7 @@ class Mesh:
             if self._root_ref is not None:
                 await self._root_ref.stop()
             await self._node.close()
+            await self._bus.aclose()
             await self._node.state_store.aclose()
         finally:
             if self._failure is not None and not self._failure.done():
@@ -265,6 +266,8 @@ class Mesh:
         the cluster. Raises `SpawnError` if the constructor or ``on_start`` raised.
         """
         self._check_open()
+        if self._node.closed:
+            raise RuntimeError("the mesh is closed")
         membership = self._membership
         if membership is not None and supervisor is None:
             target = node
@@ -381,7 +384,8 @@ class Mesh:
         publisher on one topic arrive in the order published. Returns the number of
         matching subscriptions.
         """
-        return await self._bus.publish(topic, payload)
+        sender = current_cell.get()  # from inside an agent, that agent is the sender
+        return await self._bus.publish(topic, payload, None if sender is None else sender.id)
 
     def subscribe(
         self, pattern: str, *, maxsize: int = 1000, overflow: Overflow = "backpressure"

@@ -124,9 +124,14 @@ class Agent:
         return bus
 
     async def _am_deliver(
-        self, handler: Callable[..., Awaitable[Any]], payload: Any, kwargs: dict[str, Any]
+        self,
+        handler: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> None:
-        await handler(payload, **kwargs)
+        if getattr(handler, "__self__", self) is not self:
+            return  # subscribed by an earlier instance of this agent: that one is gone
+        await handler(*args, **kwargs)
 
     async def checkpoint(self) -> None:
         """Save ``self.snapshot()`` now, so a restarted instance is restored from it.

@@ -431,6 +431,7 @@ class Lifecycle:
 
     def _suspend_done(self) -> None:
         self.instance = None
+        self.node.instance_ended(self)  # type: ignore[arg-type]
         self._stop_reason = "shutdown"
         self.state = State.RESTARTING
         if self._suspended is not None and not self._suspended.done():

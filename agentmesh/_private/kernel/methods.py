@@ -60,6 +60,7 @@ class MethodTable:
             why = f"{where} belongs to the framework and cannot be called as a message"
         else:
             why = f"{self.cls_name} has no public async method {name!r}"
-            if self.handlers:
-                why += f" (it has: {', '.join(sorted(self.handlers))})"
+            public = sorted(n for n in self.handlers if not n.startswith("!"))
+            if public:
+                why += f" (it has: {', '.join(public)})"
         return UnknownMethod(why)

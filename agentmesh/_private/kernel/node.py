@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .agent import Agent, check_agent_class, method_table
-from .cell import Cell
+from .cell import Cell, State
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
 from .envelope import Envelope, new_chain, tell_envelope
@@ -180,7 +180,11 @@ class Node:
         if name is not None:
             self.names[name] = cell
         if self.bus is not None:
-            self.bus.register_agent(cell)  # live before spawn returns
+            try:
+                self.bus.register_agent(cell)  # live before spawn returns
+            except BaseException:
+                cell.end(State.CRASHED, "its topic subscriptions were refused")
+                raise
         await cell.start()
         return ref
 
@@ -287,6 +291,8 @@ class Node:
         self.closed = True
         for cell in reversed(list(self.cells.values())):
             await cell.stop(self.shutdown_timeout)
+        if self._background:  # e.g. snapshots being deleted: before the store closes
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self.transport is not None:
             await self.transport.aclose()
         self._deadlines.close()

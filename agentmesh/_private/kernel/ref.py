@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .context import current_node
 from .envelope import tell_envelope
-from .errors import AgentUnavailable, MailboxFull
+from .errors import AgentUnavailable, MailboxFull, UnknownMethod
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -95,6 +95,8 @@ class AgentRef:
         mref = cached.get(method)
         if mref is None:
             cell = self._cell
+            if method.startswith("!"):
+                raise UnknownMethod(f"{method!r} is the framework's, not a method to call")
             if cell is not None and method not in cell.methods.handlers:
                 raise cell.methods.unknown(method)
             mref = MethodRef(self, method)

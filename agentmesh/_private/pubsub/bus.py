@@ -80,8 +80,8 @@ class Bus:
         for method, pattern, overflow in decorated_handlers(cell.cls):
             name = method if not method.startswith("_") else "!" + method
             sub = AgentSubscription(next(self._keys), pattern, cell, name, None, overflow)
-            self._by_cell.setdefault(cell.id, []).append(sub)
             self._add(sub)
+            self._by_cell.setdefault(cell.id, []).append(sub)
 
     def subscribe_handler(
         self, cell: Cell, pattern: str, handler: Callable[..., Any], overflow: Overflow
@@ -89,8 +89,8 @@ class Bus:
         """A runtime subscription of one agent instance (ends with that instance)."""
         check_overflow(overflow)
         sub = AgentSubscription(next(self._keys), pattern, cell, None, handler, overflow)
+        self._add(sub)  # validates the pattern first
         self._by_cell.setdefault(cell.id, []).append(sub)
-        self._add(sub)
 
     def unsubscribe_handler(
         self, cell: Cell, pattern: str, handler: Callable[..., Any] | None
@@ -122,6 +122,12 @@ class Bus:
         """An agent ended for good: all its subscriptions end."""
         for sub in self._by_cell.pop(cell.id, ()):
             self.remove(sub)
+
+    async def aclose(self) -> None:
+        """End every driver stream (their iterations stop)."""
+        streams = [s for s in self._trie.all() if isinstance(s, TopicStream)]
+        for stream in streams:
+            await stream.aclose()
 
     def stream(self, pattern: str, maxsize: int, overflow: Overflow) -> TopicStream:
         """A driver's subscription, live from this call on."""

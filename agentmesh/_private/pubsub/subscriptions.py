@@ -60,27 +60,41 @@ class DeadLetter:
 
 
 class PayloadAdapter:
-    """Validates a payload into a handler's annotated type (pydantic)."""
+    """Validates a payload into a handler's annotated type (pydantic).
 
-    __slots__ = ("adapter", "annotation", "wants_json")
+    Text that does not validate as it is (``str | None`` takes ``"hello"``) is tried
+    once more as JSON (a model takes ``'{"step": 1}'``). A plain class pydantic has
+    no schema for is checked with ``isinstance``.
+    """
+
+    __slots__ = ("adapter", "annotation")
 
     def __init__(self, annotation: Any) -> None:
         self.annotation = annotation
-        self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(annotation)
-        self.wants_json = annotation not in (str, bytes)
+        try:
+            self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(annotation)
+        except pydantic.PydanticSchemaGenerationError:
+            if not isinstance(annotation, type):
+                raise
+            config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+            self.adapter = pydantic.TypeAdapter(annotation, config=config)
 
     def validate(self, payload: Any) -> Any:
-        if self.wants_json and isinstance(payload, str | bytes):
+        try:
+            return self.adapter.validate_python(payload)
+        except pydantic.ValidationError:
+            if not isinstance(payload, str | bytes):
+                raise
             return self.adapter.validate_json(payload)
-        return self.adapter.validate_python(payload)
 
 
 _ADAPTERS: dict[Any, PayloadAdapter] = {}
 
 
-def payload_adapter(handler: Callable[..., Any]) -> tuple[PayloadAdapter | None, bool]:
-    """The adapter for a handler's payload parameter (None: untyped), and whether the
-    handler takes the topic (a parameter named ``topic``)."""
+def payload_adapter(handler: Callable[..., Any]) -> tuple[PayloadAdapter | None, str, bool]:
+    """The adapter for a handler's payload parameter (None: untyped), that
+    parameter's name, and whether the handler takes the topic (a parameter named
+    ``topic``, before or after the payload)."""
     signature = inspect.signature(handler)
     params = [p for p in signature.parameters.values() if p.name not in ("self", "topic")]
     if not params:
@@ -88,15 +102,19 @@ def payload_adapter(handler: Callable[..., Any]) -> tuple[PayloadAdapter | None,
     wants_topic = "topic" in signature.parameters
     try:
         hints = typing.get_type_hints(handler)
-    except Exception:  # unresolvable annotations: deliver untyped
-        hints = {}
-    annotation = hints.get(params[0].name, Any)
+    except Exception as exc:  # e.g. a class local to a function, as a string
+        raise TypeError(
+            f"cannot resolve the annotations of {handler!r} ({exc}); define the payload "
+            "type at module level, or drop the annotation to take payloads as they are"
+        ) from exc
+    name = params[0].name
+    annotation = hints.get(name, Any)
     if annotation is Any:
-        return None, wants_topic
+        return None, name, wants_topic
     adapter = _ADAPTERS.get(annotation)
     if adapter is None:
         adapter = _ADAPTERS[annotation] = PayloadAdapter(annotation)
-    return adapter, wants_topic
+    return adapter, name, wants_topic
 
 
 class Subscription:
@@ -176,7 +194,7 @@ class AgentSubscription(Subscription):
     ``handler`` (a runtime ``self.subscribe``) is called through ``!deliver``.
     """
 
-    __slots__ = ("cell", "handler", "method")
+    __slots__ = ("cell", "handler", "method", "payload_name")
 
     def __init__(
         self,
@@ -188,7 +206,7 @@ class AgentSubscription(Subscription):
         overflow: Overflow,
     ) -> None:
         target = handler if handler is not None else cell.methods.handlers[method or ""]
-        adapter, wants_topic = payload_adapter(target)
+        adapter, self.payload_name, wants_topic = payload_adapter(target)
         super().__init__(key, pattern, adapter, wants_topic, overflow)
         self.cell = cell
         self.method = method
@@ -199,11 +217,15 @@ class AgentSubscription(Subscription):
         return self.cell.label
 
     def _envelope(self, topic: str, value: Any, sender: str | None) -> Envelope:
-        kwargs = {"topic": topic} if self.wants_topic else NO_KWARGS
+        # By keyword when the topic comes too, so the parameters' order is free.
+        args: tuple[Any, ...] = (value,)
+        kwargs = NO_KWARGS
+        if self.wants_topic:
+            args, kwargs = (), {self.payload_name: value, "topic": topic}
         if self.method is not None:
-            return Envelope(self.cell.id, self.method, (value,), kwargs, None, next(chains), sender)
-        args = (self.handler, value, kwargs)
-        return Envelope(self.cell.id, "!deliver", args, NO_KWARGS, None, next(chains), sender)
+            return Envelope(self.cell.id, self.method, args, kwargs, None, next(chains), sender)
+        call = (self.handler, args, kwargs)
+        return Envelope(self.cell.id, "!deliver", call, NO_KWARGS, None, next(chains), sender)
 
     def deliver_nowait(self, topic: str, payload: Any, sender: str | None) -> bool:
         value = payload

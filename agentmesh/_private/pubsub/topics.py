@@ -142,6 +142,17 @@ class TopicTrie(Generic[T]):
         if node.star is not None:
             self._walk(node.star, segments, i + 1, found)
 
+    def all(self) -> list[T]:
+        """Every value stored."""
+        found: list[T] = []
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            found.extend(node.values.values())
+            stack.extend(node.children.values())
+            stack.extend(n for n in (node.star, node.globstar) if n is not None)
+        return found
+
     def patterns(self) -> Iterator[str]:
         """Every pattern that holds at least one value."""
         yield from self._patterns(self._root, [])
