@@ -49,6 +49,8 @@ class Directory(Agent):
         self.dead_after = dead_after
         self.nodes: dict[str, NodeInfo] = {}
         self.names: dict[str, AgentRef] = {}
+        #: Each node's pub/sub interest: the patterns its subscribers hold.
+        self.interests: dict[str, frozenset[str]] = {}
         self._turn = itertools.count()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -64,14 +66,32 @@ class Directory(Agent):
 
     # -- membership -----------------------------------------------------------------
 
-    async def register(self, node: NodeInfo, names: dict[str, AgentRef]) -> dict[str, str]:
+    async def register(
+        self, node: NodeInfo, names: dict[str, AgentRef]
+    ) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
         """A node joins (or rejoins after a head restart, with the names it holds).
-        Returns the live members: node id -> address."""
+        Returns the live members (node id -> address) and their pub/sub interest."""
         self.nodes[node.id] = replace(node, alive=True, last_seen=self._now())
         for name, ref in names.items():
             self.names.setdefault(name, ref)
         log.info("node %s (%s) joined from %s", node.id, node.role, node.address)
-        return self._members()
+        return self._members(), dict(self.interests)
+
+    async def set_interest(self, node_id: str, patterns: frozenset[str]) -> None:
+        """A node's subscribers changed: tell every other live node, and return once
+        each knows (so a new subscription is live cluster-wide when this returns)."""
+        self.interests[node_id] = patterns
+        others = [n.id for n in self.nodes.values() if n.alive and n.id != node_id]
+        results = await asyncio.gather(
+            *(self._service(peer).interest.ask(node_id, patterns, timeout=5.0) for peer in others),
+            return_exceptions=True,
+        )
+        for peer, result in zip(others, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("node %s did not take %s's interest: %s", peer, node_id, result)
+
+    def _service(self, node_id: str) -> AgentRef:
+        return AgentRef._create(f"sys.node.{node_id}", None, node_id, self._am_cell.node)
 
     async def heartbeat(self, node_id: str, agents: int, mailbox_depth: int) -> dict[str, str]:
         """A node is alive; returns the live members. Unknown nodes must register."""
@@ -110,6 +130,7 @@ class Directory(Agent):
         if node is None or not node.alive:
             return
         self.nodes[node_id] = replace(node, alive=False)
+        self.interests.pop(node_id, None)
         for name, ref in list(self.names.items()):
             if ref.node == node_id:
                 del self.names[name]

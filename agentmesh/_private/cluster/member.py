@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..kernel.agent import Agent
 from ..kernel.cell import Cell
+from ..kernel.envelope import NO_KWARGS, Envelope, new_chain
 from ..kernel.errors import AgentmeshError, AgentNotFound, AgentUnavailable, NameTaken
 from ..kernel.ref import AgentRef
+from ..pubsub.topics import TopicTrie
 from ..transport.grpc_transport import GrpcTransport
 from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Directory, NodeInfo
 
@@ -34,8 +37,13 @@ log = logging.getLogger("agentmesh.cluster")
 class NodeService(Agent):
     """Acts on its node for others: spawn here, report load."""
 
-    def __init__(self, spawn: Callable[..., Any]) -> None:
+    def __init__(self, spawn: Callable[..., Any], membership: Membership) -> None:
         self._spawn = spawn
+        self._membership = membership
+
+    async def interest(self, node_id: str, patterns: frozenset[str]) -> None:
+        """Node ``node_id``'s subscribers now hold ``patterns``."""
+        self._membership.apply_interest(node_id, patterns)
 
     async def spawn(
         self, agent_class: Any, args: tuple[Any, ...], options: dict[str, Any]
@@ -90,13 +98,16 @@ class Membership:
         self.dead_after = dead_after
         self.directory: AgentRef | None = None
         self.members: dict[str, str] = {}
+        self.remote_interest: TopicTrie[str] = TopicTrie()  # pattern -> node, for others
+        self._interest_keys: dict[str, dict[str, int]] = {}
+        self._keys = itertools.count()
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- joining ---------------------------------------------------------------------
 
     async def start(self, spawn: Callable[..., Any]) -> None:
         node = self.node
-        await node.spawn(NodeService, (spawn,), agent_id=service_id(node.id))
+        await node.spawn(NodeService, (spawn, self), agent_id=service_id(node.id))
         if self.head_address is None:
             self.directory = await node.spawn(
                 Directory, (self.dead_after,), agent_id=directory_id(node.id)
@@ -104,6 +115,12 @@ class Membership:
         else:
             await self._join()
         await self._register()
+        bus = node.bus
+        if bus is not None:
+            bus.remote_publish = self.remote_publish
+            bus.share_interest = self.share_interest
+            if bus.interest():
+                await self.share_interest(bus.interest())
         self._loop_task = asyncio.get_running_loop().create_task(self._beat())
 
     async def _join(self) -> None:
@@ -119,8 +136,11 @@ class Membership:
     async def _register(self) -> None:
         assert self.directory is not None
         names = {name: cell.ref for name, cell in self.node.names.items()}
-        members = await self.directory.register.ask(self._me(), names, timeout=5.0)
+        members, interests = await self.directory.register.ask(self._me(), names, timeout=5.0)
         self._update(members)
+        for peer, patterns in interests.items():
+            if peer != self.node.id:
+                self.apply_interest(peer, patterns)
 
     def _update(self, members: dict[str, str]) -> None:
         for peer, address in members.items():
@@ -128,12 +148,50 @@ class Membership:
                 self.transport.add_peer(peer, address)
         for gone in set(self.members) - set(members):
             self.node_down(gone)
+            self.apply_interest(gone, frozenset())
         self.members = dict(members)
 
     def node_down(self, peer: str) -> None:
         """A peer is dead: fail at once every ask waiting on it."""
         log.warning("node %s is down", peer)
         self.transport.peer_down(peer, f"node {peer} is down")
+
+    # -- pub/sub across nodes -------------------------------------------------------
+
+    def apply_interest(self, node_id: str, patterns: frozenset[str]) -> None:
+        """Record which patterns node ``node_id``'s subscribers hold."""
+        keys = self._interest_keys.setdefault(node_id, {})
+        for pattern in list(keys):
+            if pattern not in patterns:
+                self.remote_interest.remove(pattern, keys.pop(pattern))
+        for pattern in patterns:
+            if pattern not in keys:
+                keys[pattern] = next(self._keys)
+                self.remote_interest.add(pattern, keys[pattern], node_id)
+
+    async def share_interest(self, patterns: frozenset[str]) -> None:
+        if self.directory is not None:
+            await self.directory.set_interest.ask(self.node.id, patterns, timeout=10.0)
+
+    async def remote_publish(self, topic: str, payload: Any, sender: str | None) -> None:
+        """Send a publication once to each other node with matching subscribers."""
+        nodes = dict.fromkeys(self.remote_interest.match(topic))
+        for node_id in nodes:
+            env = Envelope(
+                service_id(node_id),
+                "!node.publish",
+                (topic, payload),
+                NO_KWARGS,
+                None,
+                new_chain(),
+                sender,
+            )
+            try:
+                await self.transport.send(node_id, env)
+            except AgentmeshError as exc:
+                bus = self.node.bus
+                if bus is not None:
+                    bus.dead_letter(topic, payload, f"node unreachable: {exc}", node_id, sender)
 
     # -- heartbeats --------------------------------------------------------------------
 

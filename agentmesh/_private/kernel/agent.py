@@ -108,7 +108,9 @@ class Agent:
         message on topics matching ``pattern``, until `unsubscribe` or until this
         instance ends (a restarted instance subscribes again in ``on_start``; use
         ``@am.subscribe`` for subscriptions that outlive restarts)."""
-        self._bus().subscribe_handler(self._am_cell, pattern, handler, overflow)
+        bus = self._bus()
+        bus.subscribe_handler(self._am_cell, pattern, handler, overflow)
+        await bus.sync_interest()
 
     async def unsubscribe(
         self, pattern: str, handler: Callable[..., Awaitable[Any]] | None = None

@@ -182,6 +182,7 @@ class Node:
         if self.bus is not None:
             try:
                 self.bus.register_agent(cell)  # live before spawn returns
+                await self.bus.sync_interest()
             except BaseException:
                 cell.end(State.CRASHED, "its topic subscriptions were refused")
                 raise
@@ -441,6 +442,10 @@ class Node:
         requests (``!node.*``) are served here rather than by an agent."""
         if env.method == "!node.stop":
             self._spawn_background(self._stop_for_peer(env))
+            return
+        if env.method == "!node.publish" and self.bus is not None:
+            topic, payload = env.args
+            await self.bus.publish(topic, payload, env.sender, local_only=True)
             return
         try:
             await self._target(env).post(env)

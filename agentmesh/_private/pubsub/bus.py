@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,12 +60,19 @@ class Bus:
         self.published = 0
         self.deliveries = 0
         self.dead_letters = 0
+        #: Set by the cluster layer: sends a publication to the other interested
+        #: nodes (once per node), and shares this node's interest when it changes.
+        self.remote_publish: Callable[[str, Any, str | None], Awaitable[None]] | None = None
+        self.share_interest: Callable[[frozenset[str]], Awaitable[None]] | None = None
+        self._interest_dirty = False
 
     # -- subscribing ------------------------------------------------------------------
 
     def _add(self, sub: Subscription) -> None:
         self._trie.add(sub.pattern, sub.key, sub)
         self._interest[sub.pattern] += 1
+        if self._interest[sub.pattern] == 1:
+            self._interest_dirty = True
         self._cache.clear()
 
     def remove(self, sub: Subscription) -> None:
@@ -73,6 +80,7 @@ class Bus:
             self._interest[sub.pattern] -= 1
             if self._interest[sub.pattern] <= 0:
                 del self._interest[sub.pattern]
+                self._interest_dirty = True
             self._cache.clear()
 
     def register_agent(self, cell: Cell) -> None:
@@ -146,9 +154,19 @@ class Bus:
             self._cache[topic] = subs
         return subs
 
-    async def publish(self, topic: str, payload: Any, sender: str | None = None) -> int:
-        """Deliver ``payload`` to every subscription matching ``topic``; returns how
-        many subscriptions it was delivered (or dead-lettered) to."""
+    async def sync_interest(self) -> None:
+        """Share a changed interest summary with the cluster, and wait until every
+        node knows it (so a new subscription is live everywhere when this returns)."""
+        if self._interest_dirty and self.share_interest is not None:
+            self._interest_dirty = False
+            await self.share_interest(self.interest())
+
+    async def publish(
+        self, topic: str, payload: Any, sender: str | None = None, *, local_only: bool = False
+    ) -> int:
+        """Deliver ``payload`` to every subscription matching ``topic`` here, then
+        (unless ``local_only``) once to every other node with matching subscribers.
+        Returns how many subscriptions here it was delivered (or dead-lettered) to."""
         subs = self._cache.get(topic)
         if subs is None:
             check_topic(topic)
@@ -160,6 +178,8 @@ class Bus:
             if pending is not None:  # a full buffer with backpressure: wait for room
                 await sub.wait_deliver(self, topic, payload, sender, pending)
         self.deliveries += len(subs)
+        if self.remote_publish is not None and not local_only:
+            await self.remote_publish(topic, payload, sender)
         return len(subs)
 
     def dead_letter(

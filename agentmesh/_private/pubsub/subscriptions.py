@@ -351,6 +351,7 @@ class TopicStream(Subscription):
         return item
 
     async def __aenter__(self) -> TopicStream:
+        await self._bus.sync_interest()  # live on every node of the cluster from here
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -85,6 +85,7 @@ class Link:
         self._corr = itertools.count(1)
         self.closed = False
         self.frames_sent = 0
+        self.envelopes_sent = 0
 
     # -- sending ------------------------------------------------------------------
 
@@ -118,6 +119,7 @@ class Link:
             raise MailboxFull(f"no room on the stream to node {self.peer} (flow control)")
         wire = self._encode(env)
         self.window -= 1
+        self.envelopes_sent += 1
         self._envelopes.append(wire)
         self._wake.set()
 

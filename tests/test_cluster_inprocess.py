@@ -1,0 +1,75 @@
+"""A head and a driver in one process, over real gRPC on loopback: quick checks of
+the cluster layer (the multi-process ones are in test_cluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+import agentmesh as am
+
+from .agents import Recorder
+from .conftest import recorded
+
+
+class Listener(am.Agent):
+    def __init__(self, recorder: am.AgentRef, label: str) -> None:
+        self.recorder = recorder
+        self.label = label
+
+    @am.subscribe("news.*")
+    async def on_news(self, item: int, topic: str) -> None:
+        await self.recorder.log.tell((self.label, topic, item))
+
+
+class Announcer(am.Agent):
+    async def announce(self, n: int) -> None:
+        for i in range(n):
+            await self.publish("from.head.items", i)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[am.Mesh, am.Mesh]]:
+    async with am.Mesh(listen="127.0.0.1:0", ask_timeout=10) as head:
+        assert head.address is not None
+        async with am.Mesh(join=head.address, ask_timeout=10) as driver:
+            yield head, driver
+
+
+async def test_publications_cross_once_per_interested_node(pair: tuple[am.Mesh, am.Mesh]) -> None:
+    head, driver = pair
+    recorder = await head.spawn(Recorder)
+    for label in "abc":  # three subscribers, all on the head
+        await head.spawn(Listener, recorder, label)
+    link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
+    before = link.envelopes_sent
+    for i in range(10):
+        await driver.publish("news.today", i)
+    events = await recorded(recorder, 30)
+    for label in "abc":
+        assert [e[2] for e in events if e[0] == label] == list(range(10))  # in order
+    assert link.envelopes_sent - before == 10  # once per node, not per subscriber
+    assert await driver.publish("elsewhere", 0) == 0
+    assert link.envelopes_sent - before == 10  # nobody is interested: nothing sent
+
+
+async def test_a_driver_stream_hears_agents_on_other_nodes(pair: tuple[am.Mesh, am.Mesh]) -> None:
+    head, driver = pair
+    announcer = await head.spawn(Announcer)
+    async with driver.subscribe("from.head.**") as stream:
+        with head._node.bind_refs():
+            await announcer.announce(5)
+        got = [(await asyncio.wait_for(anext(stream), 5))[1] for _ in range(5)]
+    assert got == [0, 1, 2, 3, 4]
+
+
+async def test_subscriptions_made_after_joining_are_live_when_spawn_returns(
+    pair: tuple[am.Mesh, am.Mesh],
+) -> None:
+    head, driver = pair
+    recorder = await driver.spawn(Recorder, node=driver.node_id)
+    await driver.spawn(Listener, recorder, "late", node=driver.node_id)
+    assert await head.publish("news.now", 7) == 0  # no subscriber on the head itself
+    assert await recorded(recorder, 1) == [("late", "news.now", 7)]
