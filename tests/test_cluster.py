@@ -31,6 +31,13 @@ class Daemon:
     def __init__(self, process: asyncio.subprocess.Process, address: str) -> None:
         self.process = process
         self.address = address
+        self.log = bytearray()  # its stderr, drained so the pipe never fills
+        self._drain = asyncio.ensure_future(self._read_stderr())
+
+    async def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        while chunk := await self.process.stderr.read(65536):
+            self.log.extend(chunk)
 
     @classmethod
     async def start(cls, *args: str) -> Daemon:
@@ -65,6 +72,7 @@ class Daemon:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        self._drain.cancel()
         return self.process.returncode or 0
 
 
@@ -232,3 +240,38 @@ async def test_daemons_stop_cleanly_on_sigterm(cluster: tuple[Daemon, Daemon]) -
 
 async def _has_worker(mesh: am.Mesh) -> bool:
     return bool(await _workers(mesh))
+
+
+async def test_a_restarted_head_rebuilds_the_registry_and_the_data_plane_carries_on(
+    cluster: tuple[Daemon, Daemon],
+) -> None:
+    head, _ = cluster
+    async with am.Mesh(join=head.address, ask_timeout=10) as mesh:
+        counter = await mesh.spawn(Counter, 1, name="survivor", detached=True)
+        for _ in range(100):
+            await counter.add.tell(1)
+        head.process.send_signal(signal.SIGKILL)
+        await head.process.wait()
+        # Without a head, agents on other nodes keep serving their callers.
+        for _ in range(100):
+            await counter.add.tell(1)
+        assert await counter.get() == 201
+        replacement = await Daemon.start("head", "--listen", head.address)
+        head.process, head.log = replacement.process, replacement.log  # the fixture stops it
+        assert replacement.address == head.address
+    # A new driver finds the name: the nodes registered again with the new head.
+    async with am.Mesh(join=head.address, ask_timeout=10) as fresh:
+        await wait_for(
+            lambda: _finds(fresh, "survivor"), timeout=15, what=f"registry rebuilt: {head.log!r}"
+        )
+        again = await fresh.get("survivor")
+        assert again == counter
+        assert await again.add(1) == 202
+
+
+async def _finds(mesh: am.Mesh, name: str) -> bool:
+    try:
+        await mesh.get(name)
+    except am.AgentNotFound:
+        return False
+    return True

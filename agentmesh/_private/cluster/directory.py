@@ -103,6 +103,11 @@ class Directory(Agent):
         )
         return self._members()
 
+    async def address(self, node_id: str) -> str | None:
+        """Where a live node listens, or None."""
+        node = self.nodes.get(node_id)
+        return node.address if node is not None and node.alive else None
+
     async def leave(self, node_id: str) -> None:
         """A node leaves cleanly: it is forgotten (a dead one stays listed, down)."""
         self._drop(node_id, "left")

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 from ..kernel.agent import Agent
 from ..kernel.cell import Cell
 from ..kernel.envelope import NO_KWARGS, Envelope, new_chain
-from ..kernel.errors import AgentmeshError, AgentNotFound, AgentUnavailable, NameTaken
+from ..kernel.errors import (
+    AgentmeshError,
+    AgentNotFound,
+    AgentUnavailable,
+    AuthError,
+    NameTaken,
+)
 from ..kernel.ref import AgentRef
 from ..pubsub.topics import TopicTrie
 from ..transport.grpc_transport import GrpcTransport
@@ -115,6 +121,7 @@ class Membership:
         else:
             await self._join()
         await self._register()
+        self.transport.resolve = self._resolve
         bus = node.bus
         if bus is not None:
             bus.remote_publish = self.remote_publish
@@ -150,6 +157,18 @@ class Membership:
             self.node_down(gone)
             self.apply_interest(gone, frozenset())
         self.members = dict(members)
+
+    async def _resolve(self, peer: str) -> str | None:
+        """Ask the head where a node we have not heard of yet listens."""
+        if self.directory is None or peer == self.directory.node:
+            return None
+        try:
+            address: str | None = await self.directory.address.ask(peer, timeout=5.0)
+        except AgentmeshError:
+            return None
+        if address is not None:
+            self.transport.add_peer(peer, address)
+        return address
 
     def node_down(self, peer: str) -> None:
         """A peer is dead: fail at once every ask waiting on it."""
@@ -214,10 +233,12 @@ class Membership:
         except AgentNotFound:
             await self._register()  # the head restarted, or declared us dead
             return
-        except AgentUnavailable:
+        except (AgentUnavailable, AuthError):
+            # The head is gone, or another process answers at its address (a new
+            # head, with a new id): join whoever serves there now, and register.
             if self.head_address is None:
                 raise
-            await self._join()  # the head is gone: wait for one at the same address
+            await self._join()
             await self._register()
             return
         self._update(members)

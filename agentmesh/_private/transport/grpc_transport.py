@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -54,6 +55,8 @@ class GrpcTransport(Transport):
         self.peers: dict[str, str] = {}
         self.links: dict[str, Link] = {}
         self.down: dict[str, str] = {}  # peers declared dead, and why
+        #: Finds the address of a peer not known yet (set by the cluster layer).
+        self.resolve: Callable[[str], Awaitable[str | None]] | None = None
         self.rejected = 0  # handshakes and frames refused
         self._dials: dict[str, asyncio.Task[Link]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,6 +151,8 @@ class GrpcTransport(Transport):
         if address is None:
             assert peer is not None
             address = self.peers.get(peer)
+            if address is None and self.resolve is not None:
+                address = await self.resolve(peer)
         if address is None:
             raise AgentUnavailable(f"node {peer} is unknown to node {self.node.id}")
         channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
