@@ -23,7 +23,7 @@ from typing import Any
 
 import agentmesh as am
 
-from . import local, raw, savina
+from . import local, raw, remote, savina
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -92,36 +92,44 @@ def throughput(
     ]
 
 
-def ask_latency(size: int, repeat: int) -> list[Figure]:
-    mine, limit = _alternate(
-        repeat, lambda: local.ask_latencies(size), lambda: raw.queue_round_trips(size)
-    )
+def ask_latency(
+    size: int,
+    repeat: int,
+    mine: Callable[[], Awaitable[list[float]]],
+    limit: Callable[[], Awaitable[list[float]]],
+    workload: str,
+    limit_name: str,
+    target: str,
+) -> list[Figure]:
+    """Sequential round trips beside their raw limit; the ratio compares the p50s."""
+    mine_runs, limit_runs = _alternate(repeat, mine, limit)
     # Medians over repeats of each run's p50 / p99.
-    p50 = statistics.median(_percentile(s, 0.50) for s in mine)
-    p99 = statistics.median(_percentile(s, 0.99) for s in mine)
-    raw50 = statistics.median(_percentile(s, 0.50) for s in limit)
-    raw99 = statistics.median(_percentile(s, 0.99) for s in limit)
+    p50 = statistics.median(_percentile(s, 0.50) for s in mine_runs)
+    p99 = statistics.median(_percentile(s, 0.99) for s in mine_runs)
+    raw50 = statistics.median(_percentile(s, 0.50) for s in limit_runs)
+    raw99 = statistics.median(_percentile(s, 0.99) for s in limit_runs)
+    mine_s = statistics.median(sum(s) for s in mine_runs)
     return [
         Figure(
             "raw",
-            "asyncio.Queue round trip",
+            limit_name,
             size,
-            statistics.median(sum(s) for s in limit),
+            statistics.median(sum(s) for s in limit_runs),
             p50_us=raw50 * 1e6,
             p99_us=raw99 * 1e6,
         ),
         Figure(
             "agentmesh",
-            "ask latency (sequential)",
+            workload,
             size,
-            statistics.median(sum(s) for s in mine),
-            size / statistics.median(sum(s) for s in mine),
+            mine_s,
+            size / mine_s,
             p50_us=p50 * 1e6,
             p99_us=p99 * 1e6,
             peak_rss_mb=_peak_mb(),
-            limit="asyncio.Queue round trip",
+            limit=limit_name,
             ratio=p50 / raw50,
-            target="p50 <= 3x the raw round trip",
+            target=target,
         ),
     ]
 
@@ -182,7 +190,15 @@ def main() -> None:
             r,
             ">= 0.50 of the raw rate",
         ),
-        "ask": lambda: ask_latency(n(5_000), r),
+        "ask": lambda: ask_latency(
+            n(5_000),
+            r,
+            lambda: local.ask_latencies(n(5_000)),
+            lambda: raw.queue_round_trips(n(5_000)),
+            "ask latency (sequential)",
+            "asyncio.Queue round trip",
+            "p50 <= 3x the raw round trip",
+        ),
         "pingpong": lambda: throughput(
             "ping-pong round trips (Savina PingPong)",
             "two tasks, two asyncio.Queues",
@@ -225,6 +241,40 @@ def main() -> None:
             ">= 0.40 of the raw rate",
         ),
         "memory": lambda: idle_memory(n(100_000)),
+        "remote-ask": lambda: ask_latency(
+            n(2_000),
+            r,
+            lambda: remote.ask_latencies(n(2_000)),
+            lambda: remote.raw_unary_latencies(n(2_000)),
+            "ask latency, two node processes",
+            "grpc.aio unary round trip",
+            "p50 <= 1x a raw unary round trip",
+        ),
+        "remote-tell": lambda: throughput(
+            "tell throughput, two node processes",
+            "grpc.aio bidi stream, 100 per write",
+            n(50_000),
+            lambda: remote.tell_throughput(n(50_000)),
+            lambda: remote.raw_stream_seconds(n(50_000), 100),
+            r,
+            ">= 0.50 of the raw batched stream",
+        ),
+        "remote-stream1": lambda: throughput(
+            "tell throughput, two node processes",
+            "grpc.aio bidi stream, 1 per write",
+            n(20_000),
+            lambda: remote.tell_throughput(n(20_000)),
+            lambda: remote.raw_stream_seconds(n(20_000), 1),
+            r,
+        ),
+        "remote-askmany": lambda: throughput(
+            "asks with 1,000 outstanding, two nodes",
+            "grpc.aio unary, 1,000 outstanding",
+            n(20_000),
+            lambda: remote.ask_throughput(n(20_000), 1000),
+            lambda: remote.raw_unary_throughput(n(20_000), 1000),
+            r,
+        ),
     }
     loop = "uvloop" if "uvloop" in sys.modules or _has_uvloop() else "asyncio"
     print(f"agentmesh {am.__version__} on {platform.node()}: Python {platform.python_version()}, ")

@@ -260,6 +260,7 @@ async def test_a_restarted_head_rebuilds_the_registry_and_the_data_plane_carries
         head.process, head.log = replacement.process, replacement.log  # the fixture stops it
         assert replacement.address == head.address
     # A new driver finds the name: the nodes registered again with the new head.
+    assert head.process.returncode is None, head.log.decode()
     async with am.Mesh(join=head.address, ask_timeout=10) as fresh:
         await wait_for(
             lambda: _finds(fresh, "survivor"), timeout=15, what=f"registry rebuilt: {head.log!r}"

@@ -455,6 +455,19 @@ class Node:
             # Nobody waits for a tell: its sender learns nothing, the dead letters do.
             self.undeliverable(env.target, env, str(exc))
 
+    def offer_from_peer(self, env: Envelope) -> bool:
+        """Deliver a peer's tell if that needs no waiting; False otherwise (then
+        `deliver_from_peer` does it). Node-level requests are never taken here."""
+        if env.method.startswith("!node."):
+            return False
+        cell = self.cells.get(env.target)
+        if cell is None:
+            return False
+        try:
+            return cell.offer(env)
+        except AgentUnavailable:
+            return False
+
     async def _stop_for_peer(self, env: Envelope) -> None:
         cell = self.cells.get(env.target)
         if cell is not None:

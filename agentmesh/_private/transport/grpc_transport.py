@@ -155,7 +155,10 @@ class GrpcTransport(Transport):
                 address = await self.resolve(peer)
         if address is None:
             raise AgentUnavailable(f"node {peer} is unknown to node {self.node.id}")
-        channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
+        # A channel of its own (no shared subchannel): one sharing a subchannel that
+        # failed a moment ago would fail at once, even once a new peer listens there.
+        options = [*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        channel = grpc.aio.insecure_channel(address, options=options)
         self._channels.append(channel)
         stub = wire_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
         call = stub.Connect()
@@ -196,7 +199,15 @@ class GrpcTransport(Transport):
 
     def _register(self, peer: str, read: Any, write: Any, window: int) -> Link:
         node = self.node
-        link = Link(peer, read, write, node.deliver_from_peer, window, node.bind_refs)
+        link = Link(
+            peer,
+            read,
+            write,
+            node.deliver_from_peer,
+            window,
+            node.bind_refs,
+            node.offer_from_peer,
+        )
         current = self.links.get(peer)
         if current is None or current.closed:
             self.links[peer] = link

@@ -14,14 +14,19 @@ import collections
 import functools
 import itertools
 import logging
+import pickle
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+import cloudpickle
+import pydantic
+from google.protobuf.message import Message
+
 from ...v1 import wire_pb2
 from ..kernel.envelope import NO_KWARGS, Envelope
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
-from .codec import decode, encode
+from .codec import MAX_VALUE_BYTES, decode, encode
 
 __all__ = ["Link"]
 
@@ -56,6 +61,45 @@ class _WireReply:
         self._link.reply(self._corr, False, exception)
 
 
+#: Values that travel with a codec of their own (JSON, protobuf), not pickled.
+TYPED = (pydantic.BaseModel, Message)
+
+
+def pack(entry: tuple[Any, ...]) -> bytes:
+    """One envelope as bytes: its correlation id (8 bytes, so a callee that cannot
+    unpickle the rest can still answer the asker), then the envelope pickled.
+
+    Plain pickle when it can, cloudpickle for what it cannot take or would name by
+    reference where the peer cannot find it (classes and functions of ``__main__``).
+    """
+    try:
+        data = pickle.dumps(entry, protocol=5)
+        if b"__main__" in data:
+            raise pickle.PicklingError("refers to __main__")
+    except Exception:
+        try:
+            data = cloudpickle.dumps(entry, protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"arguments of {entry[1]}() cannot be encoded: {type(exc).__name__}: {exc}"
+            ) from exc
+    if len(data) > MAX_VALUE_BYTES:
+        raise SerializationError(f"arguments of {entry[1]}() encode to {len(data):,} bytes")
+    corr: int = entry[4]
+    return corr.to_bytes(8, "little") + data
+
+
+_NO_CORR = (0).to_bytes(8, "little")
+
+
+def _merge(batch: wire_pb2.Batch) -> list[wire_pb2.Envelope | bytes]:
+    """The batch's envelopes in the order they were sent."""
+    if not batch.order:
+        return [*batch.envelopes, *batch.packed]
+    typed, packed = iter(batch.envelopes), iter(batch.packed)
+    return [next(packed) if is_packed else next(typed) for is_packed in batch.order]
+
+
 class Link:
     """A stream to ``peer`` after the handshake; `run` serves it until it breaks."""
 
@@ -67,44 +111,69 @@ class Link:
         deliver: Deliver,
         window: int,
         bind_refs: Callable[[], AbstractContextManager[None]],
+        deliver_nowait: Callable[[Envelope], bool] = lambda _env: False,
     ) -> None:
         self.peer = peer
         self._bind_refs = bind_refs  # refs decoded here belong to this node
+        self._deliver_nowait = deliver_nowait
         self._read = read
         self._write = write
         self._deliver = deliver
         self.window = window  # envelopes we may still send before credit comes back
-        self._envelopes: collections.deque[wire_pb2.Envelope] = collections.deque()
+        self._envelopes: collections.deque[wire_pb2.Envelope | bytes] = collections.deque()
         self._replies: collections.deque[wire_pb2.Reply] = collections.deque()
         self._credit_owed = 0
-        self._inbound: collections.deque[wire_pb2.Envelope] = collections.deque()
+        self._inbound: collections.deque[wire_pb2.Envelope | bytes] = collections.deque()
         self._inbound_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._corr = itertools.count(1)
         self.closed = False
+        self._credit_batch = max(1, window // 4)
         self.frames_sent = 0
         self.envelopes_sent = 0
 
     # -- sending ------------------------------------------------------------------
 
-    def _encode(self, env: Envelope) -> wire_pb2.Envelope:
-        wire = wire_pb2.Envelope(
-            target=env.target,
-            method=env.method,
-            args=[encode(a) for a in env.args],
-            chain=env.chain,
-            sender=env.sender or "",
-        )
-        for key, value in env.kwargs.items():
-            wire.kwargs[key].CopyFrom(encode(value))
+    def _encode(self, env: Envelope) -> wire_pb2.Envelope | bytes:
+        """The envelope for the wire: pickled whole (the common case), or as a proto
+        Envelope when a value has a codec of its own (a pydantic model, a protobuf
+        message). Raises `SerializationError` before anything is registered."""
+        corr = next(self._corr) if env.reply is not None else 0
+        time_left = 0.0
+        if corr:
+            time_left = max(0.0, env.deadline - asyncio.get_running_loop().time())
+        values = [*env.args, *env.kwargs.values()]
+        wire: wire_pb2.Envelope | bytes
+        if any(isinstance(v, TYPED) for v in values):
+            wire = wire_pb2.Envelope(
+                target=env.target,
+                method=env.method,
+                args=[encode(a) for a in env.args],
+                chain=env.chain,
+                sender=env.sender or "",
+                corr=corr,
+                time_left=time_left,
+            )
+            for key, value in env.kwargs.items():
+                wire.kwargs[key].CopyFrom(encode(value))
+        else:
+            wire = pack(
+                (
+                    env.target,
+                    env.method,
+                    env.args,
+                    env.kwargs or None,
+                    corr,
+                    env.chain,
+                    env.sender,
+                    time_left,
+                )
+            )
         reply = env.reply
         if reply is not None:
             assert isinstance(reply, asyncio.Future)
-            corr = next(self._corr)
-            wire.corr = corr
-            wire.time_left = max(0.0, env.deadline - asyncio.get_running_loop().time())
             self.pending[corr] = reply
             reply.add_done_callback(functools.partial(self._forget, corr))
         return wire
@@ -187,8 +256,13 @@ class Link:
             self._wake.clear()
             if not (self._envelopes or self._replies or self._credit_owed):
                 continue
+            outgoing = list(self._envelopes)
+            packed = [e for e in outgoing if isinstance(e, bytes)]
+            mixed = 0 < len(packed) < len(outgoing)  # then say how they interleave
             batch = wire_pb2.Batch(
-                envelopes=list(self._envelopes),
+                envelopes=[e for e in outgoing if not isinstance(e, bytes)],
+                packed=packed,
+                order=[isinstance(e, bytes) for e in outgoing] if mixed else [],
                 replies=list(self._replies),
                 credit=self._credit_owed,
             )
@@ -214,8 +288,11 @@ class Link:
                         fut.set_result(None)
             for reply in batch.replies:
                 self._resolve(reply)
-            if batch.envelopes:
-                self._inbound.extend(batch.envelopes)
+            if batch.packed and not batch.envelopes:
+                self._inbound.extend(batch.packed)
+                self._inbound_ready.set()
+            elif batch.envelopes:
+                self._inbound.extend(_merge(batch))
                 self._inbound_ready.set()
 
     def _resolve(self, reply: wire_pb2.Reply) -> None:
@@ -244,11 +321,20 @@ class Link:
                 self._inbound_ready.clear()
                 await self._inbound_ready.wait()
             wire = self._inbound.popleft()
-            await self._deliver_one(wire, loop)
+            if not (isinstance(wire, bytes) and self._deliver_packed_nowait(wire, loop)):
+                await self._deliver_one(wire, loop)
             self._credit_owed += 1
-            self._wake.set()
+            # Credit goes back in bulk: when a quarter of the window is owed, or when
+            # nothing more is waiting (a frame per envelope would cost a write each).
+            if self._credit_owed >= self._credit_batch or not self._inbound:
+                self._wake.set()
 
-    async def _deliver_one(self, wire: wire_pb2.Envelope, loop: asyncio.AbstractEventLoop) -> None:
+    async def _deliver_one(
+        self, wire: wire_pb2.Envelope | bytes, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        if isinstance(wire, bytes):
+            await self._deliver_packed(wire, loop)
+            return
         reply = None
         deadline = 0.0
         if wire.corr:
@@ -276,3 +362,45 @@ class Link:
                 log.warning(
                     "tell %s.%s from node %s dropped: %s", wire.target, wire.method, self.peer, exc
                 )
+
+    def _deliver_packed_nowait(self, data: bytes, loop: asyncio.AbstractEventLoop) -> bool:
+        """The fast path for a tell to an agent with room: True if delivered (or
+        dropped with a log); False to take the waiting path."""
+        if data[:8] != _NO_CORR:
+            return False  # an ask: the full path
+        try:
+            with self._bind_refs():
+                entry = pickle.loads(data[8:])
+            target, method, args, kwargs, _, chain, sender, _ = entry
+        except Exception as exc:
+            log.warning("undecodable tell from node %s dropped: %s", self.peer, exc)
+            return True
+        env = Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender)
+        return bool(self._deliver_nowait(env))
+
+    async def _deliver_packed(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            with self._bind_refs():
+                entry = pickle.loads(data[8:])
+            target, method, args, kwargs, corr, chain, sender, time_left = entry
+        except Exception as exc:
+            corr = int.from_bytes(data[:8], "little")
+            reason = f"node {self.peer} sent what this node cannot decode: {exc}"
+            if corr:
+                self.reply(corr, False, SerializationError(reason))
+            else:
+                log.warning("%s (a tell, dropped)", reason)
+            return
+        reply = None
+        deadline = 0.0
+        if corr:
+            deadline = loop.time() + time_left
+            reply = _WireReply(self, corr, deadline)
+        env = Envelope(target, method, args, kwargs or NO_KWARGS, reply, chain, sender, deadline)
+        try:
+            await self._deliver(env)
+        except AgentmeshError as exc:
+            if reply is not None:
+                reply.set_exception(exc)
+            else:
+                log.warning("tell %s.%s from node %s dropped: %s", target, method, self.peer, exc)

@@ -1,0 +1,181 @@
+"""Cross-node workloads: this process is a driver, the agents live in another node
+process on loopback; and the raw gRPC limits between the same two kinds of process.
+
+``python -m benchmarks.remote serve`` runs the raw grpc.aio server (unary echo, and a
+bidi stream that acknowledges what it received).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+import agentmesh as am
+
+from .local import Counting, Echo
+
+ROOT = Path(__file__).resolve().parent.parent
+_IDENTITY = (lambda b: b, lambda b: b)
+
+
+# -- the raw limit: grpc.aio with no framework ------------------------------------------
+
+
+async def _serve_raw() -> None:
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def sink(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        count = 0
+        async for batch in requests:
+            count += batch.count(b"\n") or 1
+            if batch.endswith(b"!"):
+                yield str(count).encode()
+
+    handler = grpc.method_handlers_generic_handler(
+        "raw.Raw",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo, *_IDENTITY),
+            "Sink": grpc.stream_stream_rpc_method_handler(sink, *_IDENTITY),
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+@asynccontextmanager
+async def _process(*args: str) -> AsyncIterator[str]:
+    """Run a server process; yield the address it prints first; always stop it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 20)
+        yield line.decode().strip()
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def raw_unary_latencies(n: int) -> list[float]:
+    async with (
+        _process("-m", "benchmarks.remote", "serve") as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        echo = channel.unary_unary("/raw.Raw/Echo", *_IDENTITY)
+        await echo(b"warm")
+        samples = []
+        for i in range(n):
+            start = time.perf_counter()
+            await echo(str(i).encode())
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+async def raw_unary_throughput(n: int, outstanding: int) -> float:
+    """Seconds for ``n`` unary calls with at most ``outstanding`` in flight."""
+    async with (
+        _process("-m", "benchmarks.remote", "serve") as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        echo = channel.unary_unary("/raw.Raw/Echo", *_IDENTITY)
+        await echo(b"warm")
+        room = asyncio.Semaphore(outstanding)
+
+        async def one(i: int) -> None:
+            async with room:
+                await echo(str(i).encode())
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return time.perf_counter() - start
+
+
+async def raw_stream_seconds(n: int, per_write: int) -> float:
+    """Seconds to stream ``n`` small messages, ``per_write`` to a write."""
+    async with (
+        _process("-m", "benchmarks.remote", "serve") as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        sink = channel.stream_stream("/raw.Raw/Sink", *_IDENTITY)
+        call = sink()
+        item = b"x" * 40 + b"\n"
+        start = time.perf_counter()
+        for i in range(0, n, per_write):
+            chunk = item * min(per_write, n - i)
+            await call.write(chunk + (b"!" if i + per_write >= n else b""))
+        count = int(await call.read())
+        elapsed = time.perf_counter() - start
+        await call.done_writing()
+    assert count >= n, (count, n)
+    return elapsed
+
+
+# -- agentmesh between two node processes -----------------------------------------------
+
+
+@asynccontextmanager
+async def _far_node() -> AsyncIterator[tuple[am.Mesh, str]]:
+    """A driver mesh joined to a head in another process; yields (driver, head id)."""
+    async with (
+        _process("-m", "agentmesh", "head", "--listen", "127.0.0.1:0") as address,
+        am.Mesh(join=address, ask_timeout=60) as mesh,
+    ):
+        head = next(n.id for n in await mesh.nodes() if n.role == "head")
+        yield mesh, head
+
+
+async def ask_latencies(n: int) -> list[float]:
+    async with _far_node() as (mesh, head):
+        echo = await mesh.spawn(Echo, node=head)
+        await echo.echo(0)
+        samples = []
+        for i in range(n):
+            start = time.perf_counter()
+            await echo.echo(i)
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+async def tell_throughput(n: int) -> float:
+    async with _far_node() as (mesh, head):
+        counter = await mesh.spawn(Counting, node=head)
+        await counter.value()
+        start = time.perf_counter()
+        for _ in range(n):
+            await counter.increment.tell(1)
+        total = await counter.value()
+        elapsed = time.perf_counter() - start
+    assert total == n, (total, n)
+    return elapsed
+
+
+async def ask_throughput(n: int, outstanding: int) -> float:
+    async with _far_node() as (mesh, head):
+        echo = await mesh.spawn(Echo, node=head, concurrency=outstanding)
+        await echo.echo(0)
+        room = asyncio.Semaphore(outstanding)
+
+        async def one(i: int) -> None:
+            async with room:
+                await echo.echo(i)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return time.perf_counter() - start
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
+    am.run(_serve_raw())
