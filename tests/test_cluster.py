@@ -276,3 +276,15 @@ async def _finds(mesh: am.Mesh, name: str) -> bool:
     except am.AgentNotFound:
         return False
     return True
+
+
+async def test_watchers_hear_of_agents_on_a_node_that_died(cluster: tuple[Daemon, Daemon]) -> None:
+    head, worker = cluster
+    async with am.Mesh(join=head.address, ask_timeout=10) as mesh:
+        counter = await mesh.spawn(Counter)
+        assert counter.node != mesh.node_id
+        ended = asyncio.create_task(mesh.wait_terminated(counter))
+        await counter.get()
+        worker.process.send_signal(signal.SIGKILL)
+        notice = await asyncio.wait_for(ended, 10)
+        assert (notice.ref, notice.reason, notice.restarting) == (counter, "node_down", False)

@@ -73,3 +73,33 @@ async def test_subscriptions_made_after_joining_are_live_when_spawn_returns(
     await driver.spawn(Listener, recorder, "late", node=driver.node_id)
     assert await head.publish("news.now", 7) == 0  # no subscriber on the head itself
     assert await recorded(recorder, 1) == [("late", "news.now", 7)]
+
+
+class Watcher(am.Agent):
+    def __init__(self, recorder: am.AgentRef) -> None:
+        self.recorder = recorder
+
+    async def watch(self, ref: am.AgentRef) -> None:
+        await self.monitor(ref)
+
+    async def on_terminated(self, notice: am.Terminated) -> None:
+        await self.recorder.log.tell((notice.ref, notice.reason, notice.restarting))
+
+
+async def test_monitors_across_nodes(pair: tuple[am.Mesh, am.Mesh]) -> None:
+    head, driver = pair
+    from .agents import Counter
+
+    recorder = await driver.spawn(Recorder, node=driver.node_id)
+    watcher = await driver.spawn(Watcher, recorder, node=driver.node_id)
+    flaky = await driver.spawn(Counter, node=head.node_id, restart="permanent")
+    plain = await driver.spawn(Counter, node=head.node_id)
+    await watcher.watch(flaky)
+    await watcher.watch(plain)
+    ended = asyncio.create_task(driver.wait_terminated(plain))
+    await flaky.divide.tell(0)  # crashes, and is restarted
+    await plain.stop()
+    notice = await asyncio.wait_for(ended, 5)
+    assert (notice.ref, notice.reason) == (plain, "shutdown")
+    events = await recorded(recorder, 2)
+    assert set(events) == {(flaky, "crash", True), (plain, "shutdown", False)}

@@ -174,6 +174,7 @@ class Membership:
         """A peer is dead: fail at once every ask waiting on it."""
         log.warning("node %s is down", peer)
         self.transport.peer_down(peer, f"node {peer} is down")
+        self.node.peer_down(peer, f"node {peer} is down")
 
     # -- pub/sub across nodes -------------------------------------------------------
 

@@ -13,8 +13,9 @@ __all__ = ["ABNORMAL", "ExitReason", "Terminated"]
 #: ``normal``: the agent stopped itself. ``shutdown``: something else stopped it (a
 #: driver, another agent, its supervisor, the mesh closing). ``killed``: it was
 #: cancelled because it did not stop within its shutdown timeout. ``crash``: a tell
-#: handler, a hook or a checkpoint raised.
-ExitReason = Literal["normal", "shutdown", "killed", "crash"]
+#: handler, a hook or a checkpoint raised. ``node_down``: its node died or became
+#: unreachable (only a watcher on another node can see this one).
+ExitReason = Literal["normal", "shutdown", "killed", "crash", "node_down"]
 
 #: Exits that restart a ``transient`` child (as in OTP, anything but normal/shutdown;
 #: ``killed`` only happens while something is stopping the agent, so it never

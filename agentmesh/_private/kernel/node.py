@@ -21,10 +21,11 @@ from .cell import Cell, State
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
 from .envelope import Envelope, new_chain, tell_envelope
-from .errors import AgentNotFound, AgentUnavailable, AskTimeout, NameTaken
+from .errors import AgentmeshError, AgentNotFound, AgentUnavailable, AskTimeout, NameTaken
 from .exits import ExitReason, Terminated
 from .info import AgentInfo
 from .mailbox import DEFAULT_MAILBOX_SIZE
+from .monitors import RemoteMonitors, RemoteWatcher
 from .ref import AgentRef
 from .state import MemoryStateStore, StateStore
 from .waits import describe_wait
@@ -102,6 +103,7 @@ class Node:
             collections.OrderedDict()
         )
         self._background: set[asyncio.Task[None]] = set()
+        self.remote_monitors = RemoteMonitors(self)
         self.names: dict[str, Cell] = {}
         #: The user-facing object agents see as ``self.mesh`` (set by the mesh layer).
         self.facade: Any = None
@@ -246,38 +248,57 @@ class Node:
         return AgentInfo.of(cell)
 
     def monitor(self, ref: AgentRef, watcher: Any) -> None:
-        """Send `Terminated` to ``watcher`` (a cell, or a future) when ``ref`` ends."""
-        cell = self._local_cell(ref, "monitor")
+        """Send `Terminated` to ``watcher`` (a cell, or a future) when ``ref`` ends,
+        wherever it lives."""
+        if self._remote(ref):
+            self.remote_monitors.watch(ref, watcher)
+            return
+        cell = self._cell_of(ref, missing_ok=True)
         if cell is None:
             Cell._send_notice(watcher, self._gone_notice(ref))
             return
         cell.watch(watcher)
 
     def demonitor(self, ref: AgentRef, watcher: Any) -> None:
-        cell = self._local_cell(ref, "demonitor")
+        if self._remote(ref):
+            self.remote_monitors.unwatch(ref, watcher)
+            return
+        cell = self._cell_of(ref, missing_ok=True)
         if cell is not None:
             cell.unwatch(watcher)
 
     async def wait_terminated(self, ref: AgentRef) -> Terminated:
         """Wait until ``ref``'s agent ends for good; returns why."""
-        fut: asyncio.Future[Terminated] = asyncio.get_running_loop().create_future()
-        cell = self._local_cell(ref, "wait for")
-        if cell is None:
-            return self._gone_notice(ref)
         while True:
-            cell.watch(fut)
+            fut: asyncio.Future[Terminated] = asyncio.get_running_loop().create_future()
+            self.monitor(ref, fut)
             notice = await fut
             if not notice.restarting:
                 return notice
-            fut = asyncio.get_running_loop().create_future()
 
-    def _local_cell(self, ref: AgentRef, what: str) -> Cell | None:
-        if ref._cell is None and ref._node_id != self.id:
-            raise AgentUnavailable(
-                f"cannot {what} {ref!r} on node {ref.node}: monitors across nodes come "
-                "with the cluster transport"
-            )
-        return self._cell_of(ref, missing_ok=True)
+    def _remote(self, ref: AgentRef) -> bool:
+        return ref._cell is None and ref._node_id != self.id
+
+    def send_to_peer(self, peer: str, env: Envelope) -> None:
+        """Send a node-level message, in the background (flow control may wait)."""
+        self._spawn_background(self._send_quietly(peer, env))
+
+    async def _send_quietly(self, peer: str, env: Envelope) -> None:
+        try:
+            await self._transport_to(peer).send(peer, env)
+        except AgentmeshError as exc:
+            log.info("%s to node %s not sent: %s", env.method, peer, exc)
+            if env.method == "!node.monitor":
+                self.remote_monitors.node_down(peer, str(exc))
+
+    def _transport_to(self, peer: str) -> Transport:
+        if self.transport is None:
+            raise AgentUnavailable(f"node {peer} is not reachable")
+        return self.transport
+
+    def peer_down(self, peer: str, reason: str) -> None:
+        """A peer died: its agents' watchers here learn it (``node_down``)."""
+        self.remote_monitors.node_down(peer, reason)
 
     async def stop_agent(self, ref: AgentRef, timeout: float | None) -> None:
         if ref._cell is None and ref._node_id != self.id:
@@ -442,6 +463,19 @@ class Node:
         requests (``!node.*``) are served here rather than by an agent."""
         if env.method == "!node.stop":
             self._spawn_background(self._stop_for_peer(env))
+            return
+        if env.method == "!node.monitor":
+            agent_id, watcher_node = env.args
+            cell = self.cells.get(agent_id)
+            watcher = RemoteWatcher(self, watcher_node)
+            if cell is None:
+                ref = AgentRef._create(agent_id, None, self.id, self)
+                watcher.deliver_notice("!terminated", self._gone_notice(ref))
+            else:
+                cell.watch(watcher)
+            return
+        if env.method == "!node.terminated":
+            self.remote_monitors.notice(env.args[0])
             return
         if env.method == "!node.publish" and self.bus is not None:
             topic, payload = env.args
