@@ -36,6 +36,7 @@ from ._private.running import run
 from ._private.sqlite_store import SqliteStateStore
 from ._private.supervision.spec import Backoff, ChildSpec, SupervisorSpec
 from ._private.supervision.supervisor import ChildInfo, Supervisor
+from ._private.transport.grpc_transport import TLS
 
 __version__ = "0.1.0"
 
@@ -73,6 +74,7 @@ __all__ = [
     "StateStore",
     "Supervisor",
     "SupervisorSpec",
+    "TLS",
     "Terminated",
     "TopicStream",
     "UnknownMethod",

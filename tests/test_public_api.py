@@ -21,6 +21,7 @@ EXPECTED = {
     "StateStore",
     "Supervisor",
     "SupervisorSpec",
+    "TLS",
     "Terminated",
     "AgentNotFound",
     "AgentRef",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import cloudpickle
 import grpc
@@ -147,3 +150,77 @@ def test_no_token_means_loopback_only() -> None:
         GrpcTransport("0.0.0.0:0")
     GrpcTransport("127.0.0.1:0")
     GrpcTransport("0.0.0.0:0", token="t")
+
+
+def _make_certificates(folder: Path) -> am.TLS:
+    """A CA and one node certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=node",
+        "-keyout",
+        "node.key",
+        "-out",
+        "node.csr",
+    )
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "node.pem",
+    )
+    return am.TLS(str(folder / "node.pem"), str(folder / "node.key"), str(folder / "ca.pem"))
+
+
+async def test_tls_between_nodes(tmp_path: Path) -> None:
+    tls = _make_certificates(tmp_path)
+    async with am.Mesh(listen="127.0.0.1:0", token="t", tls=tls) as head:
+        assert head.address is not None
+        async with am.Mesh(join=head.address, token="t", tls=tls) as driver:
+            counter = await driver.spawn(Counter, 3)
+            assert counter.node == head.node_id
+            assert await counter.add(1) == 4
+        # A peer without TLS cannot even begin the handshake.
+        with pytest.raises(am.AgentUnavailable):
+            await _join_plain(head.address)
+
+
+async def _join_plain(address: str) -> None:
+    async with am.Mesh(join=address, token="t"):
+        pass

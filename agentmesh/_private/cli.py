@@ -19,6 +19,7 @@ from typing import Any
 from .kernel.errors import AgentmeshError
 from .mesh import Mesh
 from .running import run
+from .transport.grpc_transport import TLS
 
 __all__ = ["main"]
 
@@ -61,8 +62,8 @@ async def _serve(mesh: Mesh) -> None:
         await stop.wait()
 
 
-async def _status(address: str, token: str | None, as_json: bool) -> None:
-    async with Mesh(join=address, token=token) as mesh:
+async def _status(address: str, token: str | None, as_json: bool, tls: TLS | None) -> None:
+    async with Mesh(join=address, token=token, tls=tls) as mesh:
         nodes = [n for n in await mesh.nodes() if n.id != mesh.node_id]
     if as_json:
         print(json.dumps([asdict(n) for n in nodes], indent=2))
@@ -82,6 +83,20 @@ async def _status(address: str, token: str | None, as_json: bool) -> None:
         )
 
 
+def _tls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-cert", help="this node's certificate (PEM): TLS between nodes")
+    parser.add_argument("--tls-key", help="its private key (PEM)")
+    parser.add_argument("--tls-ca", help="the CA that signs peers' certificates (PEM)")
+
+
+def _tls(args: argparse.Namespace) -> TLS | None:
+    if not args.tls_cert:
+        return None
+    if not args.tls_key:
+        raise SystemExit("agentmesh: --tls-cert needs --tls-key")
+    return TLS(args.tls_cert, args.tls_key, args.tls_ca)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="agentmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     head = commands.add_parser("head", help="run a head node (control plane and agents)")
     head.add_argument("--listen", default="127.0.0.1:7470", help="HOST:PORT (port 0: any)")
     head.add_argument("--token", help=token_help)
+    _tls_arguments(head)
     node = commands.add_parser("node", help="run a worker node that joins a head")
     node.add_argument("--join", required=True, help="the head's HOST:PORT")
     node.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT this node serves")
@@ -97,14 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     node.add_argument("--labels", type=_labels, default={}, help="e.g. zone=eu,tier=gpu")
     node.add_argument("--token", help=token_help)
+    _tls_arguments(node)
     status = commands.add_parser("status", help="show nodes, resources, labels and load")
     status.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--token", help=token_help)
+    _tls_arguments(status)
     args = parser.parse_args(argv)
     try:
         if args.command == "head":
-            run(_serve(Mesh(listen=args.listen, token=args.token)))
+            run(_serve(Mesh(listen=args.listen, token=args.token, tls=_tls(args))))
         elif args.command == "node":
             resources = args.resources if args.resources is not None else _machine_resources()
             mesh = Mesh(
@@ -113,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
                 token=args.token,
                 resources=resources,
                 labels=args.labels,
+                tls=_tls(args),
                 _role="worker",
             )
             run(_serve(mesh))
         else:
-            run(_status(args.address, args.token, args.json))
+            run(_status(args.address, args.token, args.json, _tls(args)))
     except AgentmeshError as exc:
         print(f"agentmesh {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(2)

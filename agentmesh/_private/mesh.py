@@ -33,7 +33,7 @@ from .pubsub.bus import Bus, BusStatistics
 from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
 from .supervision.supervisor import Supervisor
-from .transport.grpc_transport import GrpcTransport
+from .transport.grpc_transport import TLS, GrpcTransport
 
 __all__ = ["Mesh"]
 
@@ -78,6 +78,7 @@ class Mesh:
         token: str | None = None,
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
+        tls: TLS | None = None,
         node_id: str | None = None,
         _transport: Transport | None = None,
         _role: str | None = None,
@@ -88,7 +89,7 @@ class Mesh:
         grpc_transport: GrpcTransport | None = None
         if listen is not None or join is not None:
             token = token if token is not None else os.environ.get("AGENTMESH_TOKEN")
-            grpc_transport = GrpcTransport(listen or "127.0.0.1:0", token=token)
+            grpc_transport = GrpcTransport(listen or "127.0.0.1:0", token=token, tls=tls)
             _transport = grpc_transport
         self._node = Node(
             node_id=node_id,
@@ -139,6 +140,14 @@ class Mesh:
         self._entered = True
         self._token = current_node.set(self._node)
         self._failure = asyncio.get_running_loop().create_future()
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()  # a failed join leaves no server or task behind
+            raise
+        return self
+
+    async def _start(self) -> None:
         if self._node.transport is not None:
             await self._node.transport.start()
         self._root_ref = await self._node.spawn(
@@ -153,7 +162,6 @@ class Mesh:
         self._root = root
         if self._membership is not None:
             await self._membership.start(self._spawn_named)
-        return self
 
     @property
     def address(self) -> str | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +24,7 @@ from ..kernel.transport import Transport
 from .auth import check_listen_address, new_nonce, prove, verify
 from .link import Link
 
-__all__ = ["DEFAULT_WINDOW", "GrpcTransport"]
+__all__ = ["DEFAULT_WINDOW", "TLS", "GrpcTransport"]
 
 log = logging.getLogger("agentmesh.transport")
 
@@ -36,6 +38,34 @@ _OPTIONS = [
 _HANDSHAKE_TIMEOUT = 5.0
 
 
+@dataclass(frozen=True)
+class TLS:
+    """Certificate files for TLS between nodes: this node's certificate and key, and
+    the CA that signed its peers' (then peers must present a certificate too)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+
+    def _read(self) -> tuple[bytes, bytes, bytes | None]:
+        cert = Path(self.cert_file).read_bytes()
+        key = Path(self.key_file).read_bytes()
+        ca = Path(self.ca_file).read_bytes() if self.ca_file else None
+        return cert, key, ca
+
+    def server_credentials(self) -> Any:
+        cert, key, ca = self._read()
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+    def channel_credentials(self) -> Any:
+        cert, key, ca = self._read()
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+
+
 class GrpcTransport(Transport):
     """Streams to peer nodes over gRPC, authenticated with the cluster token.
 
@@ -45,10 +75,16 @@ class GrpcTransport(Transport):
     """
 
     def __init__(
-        self, listen: str = "127.0.0.1:0", *, token: str | None = None, window: int = DEFAULT_WINDOW
+        self,
+        listen: str = "127.0.0.1:0",
+        *,
+        token: str | None = None,
+        window: int = DEFAULT_WINDOW,
+        tls: TLS | None = None,
     ) -> None:
         check_listen_address(listen, token)
         self.listen = listen
+        self.tls = tls
         self.token = token or ""
         self.window = window
         self.address = ""
@@ -69,7 +105,10 @@ class GrpcTransport(Transport):
         """Start listening; `address` then holds the address bound (``host:port``)."""
         server = grpc.aio.server(options=_OPTIONS)
         wire_pb2_grpc.add_PeerServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
-        port = server.add_insecure_port(self.listen)
+        if self.tls is None:
+            port = server.add_insecure_port(self.listen)
+        else:
+            port = server.add_secure_port(self.listen, self.tls.server_credentials())
         await server.start()
         self._server = server
         host = self.listen.rsplit(":", 1)[0]
@@ -158,7 +197,10 @@ class GrpcTransport(Transport):
         # A channel of its own (no shared subchannel): one sharing a subchannel that
         # failed a moment ago would fail at once, even once a new peer listens there.
         options = [*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-        channel = grpc.aio.insecure_channel(address, options=options)
+        if self.tls is None:
+            channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            channel = grpc.aio.secure_channel(address, self.tls.channel_credentials(), options)
         self._channels.append(channel)
         stub = wire_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
         call = stub.Connect()
