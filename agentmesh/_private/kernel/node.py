@@ -21,7 +21,14 @@ from .cell import Cell, State
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
 from .envelope import Envelope, new_chain, tell_envelope
-from .errors import AgentmeshError, AgentNotFound, AgentUnavailable, AskTimeout, NameTaken
+from .errors import (
+    AgentmeshError,
+    AgentNotFound,
+    AgentUnavailable,
+    AskTimeout,
+    MailboxFull,
+    NameTaken,
+)
 from .exits import ExitReason, Terminated
 from .info import AgentInfo
 from .mailbox import DEFAULT_MAILBOX_SIZE
@@ -419,10 +426,16 @@ class Node:
         """Send a tell to a ref with no cached cell (remote, or not yet bound)."""
         env = self._tell_envelope(ref, method, args, kwargs)
         cell = self._cell_of(ref) if ref._node_id == self.id else None
-        if cell is None:
-            await self._send_remote(ref, env)
-        else:
+        if cell is not None:
             await cell.post(env)
+            return
+        transport = self._transport(ref)
+        try:  # the common case: the stream is open and has room; no waiting
+            transport.send_nowait(ref._node_id, env)
+            return
+        except (MailboxFull, AgentUnavailable):
+            pass  # connect, or wait for room, on the waiting path
+        await transport.send(ref._node_id, env)
 
     def tell_nowait(
         self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
