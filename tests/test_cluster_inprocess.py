@@ -11,7 +11,7 @@ import pytest
 import agentmesh as am
 
 from .agents import Recorder
-from .conftest import recorded
+from .conftest import recorded, wait_for
 
 
 class Listener(am.Agent):
@@ -103,3 +103,66 @@ async def test_monitors_across_nodes(pair: tuple[am.Mesh, am.Mesh]) -> None:
     assert (notice.ref, notice.reason) == (plain, "shutdown")
     events = await recorded(recorder, 2)
     assert set(events) == {(flaky, "crash", True), (plain, "shutdown", False)}
+
+
+class Slow(am.Agent):
+    mailbox_size = 2
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.handled = 0
+
+    async def work(self) -> None:
+        await self.gate.wait()
+        self.handled += 1
+
+    async def count(self) -> int:
+        return self.handled
+
+
+async def test_the_control_plane_is_never_stuck_behind_user_traffic(
+    pair: tuple[am.Mesh, am.Mesh],
+) -> None:
+    head, driver = pair
+    slow = await driver.spawn(Slow, node=head.node_id)
+    gate = head._node.cells[slow.id].instance.gate  # type: ignore[union-attr]
+    # More tells than the mailbox (2) and the stream's window (1,024) hold: it stalls.
+    flood = asyncio.create_task(_tell_many(slow, 1100))
+    try:
+        link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
+        await wait_for(lambda: bool(link._room), what="the stream to the head is full")
+        async with asyncio.timeout(2):  # membership still answers at once
+            roles = {n.role for n in await driver.nodes()}
+        assert roles == {"head", "driver"}
+    finally:
+        gate.set()
+    await asyncio.wait_for(flood, 20)
+    assert await slow.count() == 1100
+
+
+async def _tell_many(ref: am.AgentRef, n: int) -> None:
+    for _ in range(n):
+        await ref.work.tell()
+
+
+async def test_names_of_supervised_children_are_cluster_wide(pair: tuple[am.Mesh, am.Mesh]) -> None:
+    head, driver = pair
+    recorder = await head.spawn(Recorder)
+    spec = am.SupervisorSpec(children=[am.ChildSpec(Listener, recorder, "w", name="w1")])
+    await head.spawn(am.Supervisor, spec)
+    found = await driver.get("w1")
+    assert found.node == head.node_id
+    with pytest.raises(am.NameTaken):
+        await driver.spawn(Recorder, name="w1", node=driver.node_id)
+
+
+async def test_a_taken_port_is_refused() -> None:
+    async with am.Mesh(listen="127.0.0.1:0") as first:
+        assert first.address is not None
+        with pytest.raises(RuntimeError, match="bind"):
+            await _listen(first.address)
+
+
+async def _listen(address: str) -> None:
+    async with am.Mesh(listen=address):
+        pass

@@ -62,6 +62,12 @@ async def _serve(mesh: Mesh) -> None:
         await stop.wait()
 
 
+def _amount(name: str, value: float) -> str:
+    if name == "memory" and value >= 2**30:
+        return f"{value / 2**30:.1f}GiB"
+    return f"{value:g}"
+
+
 async def _status(address: str, token: str | None, as_json: bool, tls: TLS | None) -> None:
     async with Mesh(join=address, token=token, tls=tls) as mesh:
         nodes = [n for n in await mesh.nodes() if n.id != mesh.node_id]
@@ -74,7 +80,7 @@ async def _status(address: str, token: str | None, as_json: bool, tls: TLS | Non
     )
     for n in nodes:
         state = "up" if n.alive else "down"
-        extra = ", ".join(f"{k}={v:g}" for k, v in n.resources.items())
+        extra = ", ".join(f"{k}={_amount(k, v)}" for k, v in n.resources.items())
         if n.labels:
             extra += "  " + ", ".join(f"{k}={v}" for k, v in n.labels.items())
         print(
@@ -90,10 +96,11 @@ def _tls_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _tls(args: argparse.Namespace) -> TLS | None:
-    if not args.tls_cert:
+    if not (args.tls_cert or args.tls_key or args.tls_ca):
         return None
-    if not args.tls_key:
-        raise SystemExit("agentmesh: --tls-cert needs --tls-key")
+    if not (args.tls_cert and args.tls_key):
+        print("agentmesh: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
+        sys.exit(2)
     return TLS(args.tls_cert, args.tls_key, args.tls_ca)
 
 
@@ -137,6 +144,6 @@ def main(argv: list[str] | None = None) -> None:
             run(_serve(mesh))
         else:
             run(_status(args.address, args.token, args.json, _tls(args)))
-    except AgentmeshError as exc:
+    except (AgentmeshError, OSError, RuntimeError) as exc:  # RuntimeError: a bind failure
         print(f"agentmesh {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(2)

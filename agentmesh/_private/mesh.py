@@ -19,7 +19,6 @@ from .kernel.errors import (
     AgentmeshError,
     AgentNotFound,
     AgentUnavailable,
-    NameTaken,
     RestartIntensityExceeded,
 )
 from .kernel.exits import ExitReason, Terminated
@@ -121,6 +120,7 @@ class Mesh:
                 labels=dict(labels or {}),
             )
             self._node.ended_hooks.append(self._membership.release_name)
+            self._node.name_claims.append(self._membership.claim_name)
 
     @property
     def node_id(self) -> str:
@@ -161,7 +161,7 @@ class Mesh:
         assert isinstance(root, Supervisor)
         self._root = root
         if self._membership is not None:
-            await self._membership.start(self._spawn_named)
+            await self._membership.start(self._spawn_here)
 
     @property
     def address(self) -> str | None:
@@ -277,6 +277,11 @@ class Mesh:
         if self._node.closed:
             raise RuntimeError("the mesh is closed")
         membership = self._membership
+        if supervisor is not None and node is not None:
+            raise ValueError(
+                "node= with supervisor= is not supported yet: the child starts "
+                "on its supervisor's node"
+            )
         if membership is not None and supervisor is None:
             target = node
             if target is None and membership.role == "driver":
@@ -294,7 +299,7 @@ class Mesh:
                 if membership.role == "driver" and not detached:
                     self._remote.append(ref)
                 return ref
-        return await self._spawn_named(
+        return await self._spawn_here(
             agent_class,
             *args,
             name=name,
@@ -305,18 +310,6 @@ class Mesh:
             shutdown=shutdown,
             checkpoint_every=checkpoint_every,
         )
-
-    async def _spawn_named(self, agent_class: Any, /, *args: Any, **options: Any) -> AgentRef:
-        """Spawn on this node, then claim its name across the cluster."""
-        ref = await self._spawn_here(agent_class, *args, **options)
-        name = options.get("name")
-        if name is not None and self._membership is not None:
-            try:
-                await self._membership.register_name(name, ref)
-            except NameTaken:
-                await ref.stop()
-                raise
-        return ref
 
     async def _spawn_here(
         self,

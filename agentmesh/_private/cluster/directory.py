@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from ..kernel.agent import Agent
-from ..kernel.errors import AgentNotFound
 from ..kernel.ref import AgentRef
 
 __all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_HEARTBEAT", "Directory", "NodeInfo"]
@@ -93,11 +92,14 @@ class Directory(Agent):
     def _service(self, node_id: str) -> AgentRef:
         return AgentRef._create(f"sys.node.{node_id}", None, node_id, self._am_cell.node)
 
-    async def heartbeat(self, node_id: str, agents: int, mailbox_depth: int) -> dict[str, str]:
-        """A node is alive; returns the live members. Unknown nodes must register."""
+    async def heartbeat(
+        self, node_id: str, agents: int, mailbox_depth: int
+    ) -> dict[str, str] | None:
+        """A node is alive; returns the live members, or None if it is not registered
+        (a new head, or it was declared dead): it must register again."""
         node = self.nodes.get(node_id)
         if node is None or not node.alive:
-            raise AgentNotFound(f"node {node_id} is not registered: register again")
+            return None
         self.nodes[node_id] = replace(
             node, agents=agents, mailbox_depth=mailbox_depth, last_seen=self._now()
         )
@@ -118,13 +120,14 @@ class Directory(Agent):
         now = self._now()
         return [replace(n, last_seen=now - n.last_seen) for n in self.nodes.values()]
 
-    async def pick_node(self) -> str:
-        """A live node to host a new agent: workers in turn, else the head."""
+    async def pick_node(self) -> str | None:
+        """A live node to host a new agent: workers in turn, else the head (None if
+        there is none)."""
         live = [n for n in self.nodes.values() if n.alive and n.role == "worker"]
         if not live:
             live = [n for n in self.nodes.values() if n.alive and n.role == "head"]
         if not live:
-            raise AgentNotFound("no live node can host agents")
+            return None
         return live[next(self._turn) % len(live)].id
 
     def _members(self) -> dict[str, str]:

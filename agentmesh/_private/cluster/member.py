@@ -148,6 +148,9 @@ class Membership:
         for peer, patterns in interests.items():
             if peer != self.node.id:
                 self.apply_interest(peer, patterns)
+        bus = self.node.bus
+        if bus is not None and bus.interest() and bus.share_interest is not None:
+            await self.share_interest(bus.interest())  # a new head learns it again
 
     def _update(self, members: dict[str, str]) -> None:
         for peer, address in members.items():
@@ -190,8 +193,14 @@ class Membership:
                 self.remote_interest.add(pattern, keys[pattern], node_id)
 
     async def share_interest(self, patterns: frozenset[str]) -> None:
-        if self.directory is not None:
+        """Tell the cluster this node's interest; without a head, keep going (it is
+        shared again when this node registers with one)."""
+        if self.directory is None:
+            return
+        try:
             await self.directory.set_interest.ask(self.node.id, patterns, timeout=10.0)
+        except AgentmeshError as exc:
+            log.warning("could not share pub/sub interest with the head: %s", exc)
 
     async def remote_publish(self, topic: str, payload: Any, sender: str | None) -> None:
         """Send a publication once to each other node with matching subscribers."""
@@ -232,8 +241,7 @@ class Membership:
                 self.node.id, len(cells), depth, timeout=self.dead_after
             )
         except AgentNotFound:
-            await self._register()  # the head restarted, or declared us dead
-            return
+            members = None
         except (AgentUnavailable, AuthError):
             # The head is gone, or another process answers at its address (a new
             # head, with a new id): join whoever serves there now, and register.
@@ -241,6 +249,9 @@ class Membership:
                 raise
             await self._join()
             await self._register()
+            return
+        if members is None:
+            await self._register()  # the head restarted, or declared us dead
             return
         self._update(members)
 
@@ -268,8 +279,15 @@ class Membership:
 
     async def pick_node(self) -> str:
         assert self.directory is not None
-        node: str = await self.directory.pick_node()
+        node: str | None = await self.directory.pick_node()
+        if node is None:
+            raise AgentUnavailable("no live node can host agents")
         return node
+
+    async def claim_name(self, ref: AgentRef) -> None:
+        """Claim ``ref``'s name cluster-wide; `NameTaken` if another agent holds it."""
+        if ref.name is not None:
+            await self.register_name(ref.name, ref)
 
     async def register_name(self, name: str, ref: AgentRef) -> None:
         """Claim ``name`` cluster-wide for ``ref``; `NameTaken` if another holds it."""

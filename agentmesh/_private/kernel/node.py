@@ -13,7 +13,7 @@ import functools
 import itertools
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .agent import Agent, check_agent_class, method_table
@@ -118,6 +118,9 @@ class Node:
         self.bus: Any = None
         #: Called with each cell that ends for good (the cluster releases its name).
         self.ended_hooks: list[Callable[[Cell], None]] = []
+        #: Called with each named agent once started (the cluster claims its name
+        #: everywhere; NameTaken stops the agent and fails the spawn).
+        self.name_claims: list[Callable[[AgentRef], Awaitable[None]]] = []
         self.transport = transport
         self.closed = False
         self._deadlines = Deadlines(ask_timeout)
@@ -196,6 +199,13 @@ class Node:
                 cell.end(State.CRASHED, "its topic subscriptions were refused")
                 raise
         await cell.start()
+        if name is not None:
+            for claim in self.name_claims:
+                try:
+                    await claim(ref)
+                except BaseException:
+                    await cell.stop(self.shutdown_timeout)
+                    raise
         return ref
 
     def unregister(self, cell: Cell) -> None:

@@ -19,7 +19,7 @@ import grpc
 
 from ...v1 import wire_pb2, wire_pb2_grpc
 from ..kernel.envelope import Envelope
-from ..kernel.errors import AgentUnavailable, AuthError
+from ..kernel.errors import AgentUnavailable, AuthError, MailboxFull
 from ..kernel.transport import Transport
 from .auth import check_listen_address, new_nonce, prove, verify
 from .link import Link
@@ -103,7 +103,8 @@ class GrpcTransport(Transport):
 
     async def start(self) -> None:
         """Start listening; `address` then holds the address bound (``host:port``)."""
-        server = grpc.aio.server(options=_OPTIONS)
+        # No SO_REUSEPORT: a second node on a taken port must fail, not share it.
+        server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", 0)])
         wire_pb2_grpc.add_PeerServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
         if self.tls is None:
             port = server.add_insecure_port(self.listen)
@@ -148,9 +149,9 @@ class GrpcTransport(Transport):
             raise AgentUnavailable(self.down[peer])
         link = self.links.get(peer)
         if link is None or link.closed:
-            # Dialing would wait; a tell_nowait never does.
+            # Dialing would wait; a tell_nowait never does: no room on a stream yet.
             self._spawn(self._warm(peer))
-            raise AgentUnavailable(f"not connected to node {peer} yet; retry, or use tell()")
+            raise MailboxFull(f"no stream to node {peer} yet (connecting); retry, or tell()")
         link.send_nowait(env)
 
     async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:

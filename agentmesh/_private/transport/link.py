@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import pickle
+import struct
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -85,11 +86,28 @@ def pack(entry: tuple[Any, ...]) -> bytes:
             ) from exc
     if len(data) > MAX_VALUE_BYTES:
         raise SerializationError(f"arguments of {entry[1]}() encode to {len(data):,} bytes")
-    corr: int = entry[4]
-    return corr.to_bytes(8, "little") + data
+    return _HEADER.pack(entry[4], entry[7]) + data
 
 
-_NO_CORR = (0).to_bytes(8, "little")
+# A packed envelope starts with its correlation id and the time its asker still waits.
+_HEADER = struct.Struct("<Qd")
+#: Bytes of envelopes and replies per frame, at most (a frame may hold 64 MiB).
+_FRAME_BUDGET = 8 * 1024 * 1024
+
+
+def _is_control(env: Envelope) -> bool:
+    """Messages for the framework's own agents, except publications (user traffic,
+    which keeps its order and flow control)."""
+    return env.target.startswith("sys.") and env.method != "!node.publish"
+
+
+def _deadline(item: wire_pb2.Envelope | bytes, now: float) -> float:
+    """When an ask expires, measured from when its frame arrived (0.0 for a tell)."""
+    if isinstance(item, bytes):
+        corr, time_left = _HEADER.unpack_from(item)
+    else:
+        corr, time_left = item.corr, item.time_left
+    return now + time_left if corr else 0.0
 
 
 def _merge(batch: wire_pb2.Batch) -> list[wire_pb2.Envelope | bytes]:
@@ -123,8 +141,13 @@ class Link:
         self._envelopes: collections.deque[wire_pb2.Envelope | bytes] = collections.deque()
         self._replies: collections.deque[wire_pb2.Reply] = collections.deque()
         self._credit_owed = 0
-        self._inbound: collections.deque[wire_pb2.Envelope | bytes] = collections.deque()
+        # Received, not yet delivered: (envelope, deadline), for user agents (in order,
+        # flow-controlled) and for the framework's own agents (never behind those).
+        self._inbound: collections.deque[tuple[Any, float]] = collections.deque()
         self._inbound_ready = asyncio.Event()
+        self._control_in: collections.deque[tuple[Any, float]] = collections.deque()
+        self._control_ready = asyncio.Event()
+        self._control_out: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
         self.pending: dict[int, asyncio.Future[Any]] = {}
@@ -146,7 +169,7 @@ class Link:
             time_left = max(0.0, env.deadline - asyncio.get_running_loop().time())
         values = [*env.args, *env.kwargs.values()]
         wire: wire_pb2.Envelope | bytes
-        if any(isinstance(v, TYPED) for v in values):
+        if not _is_control(env) and any(isinstance(v, TYPED) for v in values):
             wire = wire_pb2.Envelope(
                 target=env.target,
                 method=env.method,
@@ -184,6 +207,12 @@ class Link:
     def send_nowait(self, env: Envelope) -> None:
         """Queue ``env`` if the peer has room for it; raise `MailboxFull` if not."""
         self._check_open()
+        if _is_control(env):  # the framework's own traffic: no window
+            control = self._encode(env)
+            assert isinstance(control, bytes)
+            self._control_out.append(control)
+            self._wake.set()
+            return
         if self.window <= 0:
             raise MailboxFull(f"no room on the stream to node {self.peer} (flow control)")
         wire = self._encode(env)
@@ -194,7 +223,7 @@ class Link:
 
     async def send(self, env: Envelope) -> None:
         """Queue ``env``, first waiting for the peer to grant room."""
-        while self.window <= 0:
+        while self.window <= 0 and not _is_control(env):
             self._check_open()
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room.append(fut)
@@ -223,6 +252,7 @@ class Link:
             asyncio.ensure_future(self._writer()),
             asyncio.ensure_future(self._reader()),
             asyncio.ensure_future(self._delivery()),
+            asyncio.ensure_future(self._control_delivery()),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -254,23 +284,37 @@ class Link:
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
-            if not (self._envelopes or self._replies or self._credit_owed):
-                continue
-            outgoing = list(self._envelopes)
-            packed = [e for e in outgoing if isinstance(e, bytes)]
-            mixed = 0 < len(packed) < len(outgoing)  # then say how they interleave
-            batch = wire_pb2.Batch(
-                envelopes=[e for e in outgoing if not isinstance(e, bytes)],
-                packed=packed,
-                order=[isinstance(e, bytes) for e in outgoing] if mixed else [],
-                replies=list(self._replies),
-                credit=self._credit_owed,
-            )
-            self._envelopes.clear()
-            self._replies.clear()
-            self._credit_owed = 0
-            await self._write(wire_pb2.Frame(batch=batch))
-            self.frames_sent += 1
+            while self._envelopes or self._replies or self._credit_owed or self._control_out:
+                await self._write(wire_pb2.Frame(batch=self._next_batch()))
+                self.frames_sent += 1
+
+    def _next_batch(self) -> wire_pb2.Batch:
+        """Take what is queued, up to the frame budget, as one batch."""
+        budget = _FRAME_BUDGET
+        control: list[bytes] = []
+        while self._control_out and (budget > 0 or not control):
+            control.append(self._control_out.popleft())
+            budget -= len(control[-1])
+        outgoing: list[wire_pb2.Envelope | bytes] = []
+        while self._envelopes and (budget > 0 or not outgoing):
+            outgoing.append(self._envelopes.popleft())
+            item = outgoing[-1]
+            budget -= len(item) if isinstance(item, bytes) else item.ByteSize()
+        replies: list[wire_pb2.Reply] = []
+        while self._replies and (budget > 0 or not replies):
+            replies.append(self._replies.popleft())
+            budget -= replies[-1].ByteSize()
+        packed = [e for e in outgoing if isinstance(e, bytes)]
+        mixed = 0 < len(packed) < len(outgoing)  # then say how they interleave
+        credit, self._credit_owed = self._credit_owed, 0
+        return wire_pb2.Batch(
+            envelopes=[e for e in outgoing if not isinstance(e, bytes)],
+            packed=packed,
+            order=[isinstance(e, bytes) for e in outgoing] if mixed else [],
+            replies=replies,
+            credit=credit,
+            control=control,
+        )
 
     async def _reader(self) -> None:
         while True:
@@ -288,11 +332,13 @@ class Link:
                         fut.set_result(None)
             for reply in batch.replies:
                 self._resolve(reply)
-            if batch.packed and not batch.envelopes:
-                self._inbound.extend(batch.packed)
-                self._inbound_ready.set()
-            elif batch.envelopes:
-                self._inbound.extend(_merge(batch))
+            now = asyncio.get_running_loop().time()
+            if batch.control:
+                self._control_in.extend((item, _deadline(item, now)) for item in batch.control)
+                self._control_ready.set()
+            if batch.packed or batch.envelopes:
+                items = batch.packed if not batch.envelopes else _merge(batch)
+                self._inbound.extend((item, _deadline(item, now)) for item in items)
                 self._inbound_ready.set()
 
     def _resolve(self, reply: wire_pb2.Reply) -> None:
@@ -315,30 +361,33 @@ class Link:
     async def _delivery(self) -> None:
         # In order, one at a time: a full mailbox holds back this stream's later
         # envelopes (and their credit), never its replies, which the reader handles.
-        loop = asyncio.get_running_loop()
         while True:
             while not self._inbound:
                 self._inbound_ready.clear()
                 await self._inbound_ready.wait()
-            wire = self._inbound.popleft()
-            if not (isinstance(wire, bytes) and self._deliver_packed_nowait(wire, loop)):
-                await self._deliver_one(wire, loop)
+            wire, deadline = self._inbound.popleft()
+            if not (isinstance(wire, bytes) and self._deliver_packed_nowait(wire)):
+                await self._deliver_one(wire, deadline)
             self._credit_owed += 1
             # Credit goes back in bulk: when a quarter of the window is owed, or when
             # nothing more is waiting (a frame per envelope would cost a write each).
             if self._credit_owed >= self._credit_batch or not self._inbound:
                 self._wake.set()
 
-    async def _deliver_one(
-        self, wire: wire_pb2.Envelope | bytes, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    async def _control_delivery(self) -> None:
+        while True:
+            while not self._control_in:
+                self._control_ready.clear()
+                await self._control_ready.wait()
+            item, deadline = self._control_in.popleft()
+            await self._deliver_packed(item, deadline)
+
+    async def _deliver_one(self, wire: wire_pb2.Envelope | bytes, deadline: float) -> None:
         if isinstance(wire, bytes):
-            await self._deliver_packed(wire, loop)
+            await self._deliver_packed(wire, deadline)
             return
         reply = None
-        deadline = 0.0
         if wire.corr:
-            deadline = loop.time() + wire.time_left
             reply = _WireReply(self, wire.corr, deadline)
         try:
             with self._bind_refs():
@@ -363,14 +412,14 @@ class Link:
                     "tell %s.%s from node %s dropped: %s", wire.target, wire.method, self.peer, exc
                 )
 
-    def _deliver_packed_nowait(self, data: bytes, loop: asyncio.AbstractEventLoop) -> bool:
+    def _deliver_packed_nowait(self, data: bytes) -> bool:
         """The fast path for a tell to an agent with room: True if delivered (or
         dropped with a log); False to take the waiting path."""
-        if data[:8] != _NO_CORR:
+        if _HEADER.unpack_from(data)[0]:
             return False  # an ask: the full path
         try:
             with self._bind_refs():
-                entry = pickle.loads(data[8:])
+                entry = pickle.loads(data[_HEADER.size :])
             target, method, args, kwargs, _, chain, sender, _ = entry
         except Exception as exc:
             log.warning("undecodable tell from node %s dropped: %s", self.peer, exc)
@@ -378,24 +427,20 @@ class Link:
         env = Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender)
         return bool(self._deliver_nowait(env))
 
-    async def _deliver_packed(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+    async def _deliver_packed(self, data: bytes, deadline: float) -> None:
         try:
             with self._bind_refs():
-                entry = pickle.loads(data[8:])
-            target, method, args, kwargs, corr, chain, sender, time_left = entry
+                entry = pickle.loads(data[_HEADER.size :])
+            target, method, args, kwargs, corr, chain, sender, _ = entry
         except Exception as exc:
-            corr = int.from_bytes(data[:8], "little")
+            corr = _HEADER.unpack_from(data)[0]
             reason = f"node {self.peer} sent what this node cannot decode: {exc}"
             if corr:
                 self.reply(corr, False, SerializationError(reason))
             else:
                 log.warning("%s (a tell, dropped)", reason)
             return
-        reply = None
-        deadline = 0.0
-        if corr:
-            deadline = loop.time() + time_left
-            reply = _WireReply(self, corr, deadline)
+        reply = _WireReply(self, corr, deadline) if corr else None
         env = Envelope(target, method, args, kwargs or NO_KWARGS, reply, chain, sender, deadline)
         try:
             await self._deliver(env)
