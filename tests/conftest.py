@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -64,6 +66,30 @@ class World:
             with self.host._node.bind_refs():
                 ref = cloudpickle.loads(cloudpickle.dumps(ref))
         return await self.host.info(ref)
+
+
+#: No test may take longer (setup and teardown included): a hang fails the test
+#: instead of holding CI until its own limit.
+TEST_TIMEOUT = int(os.environ.get("AGENTMESH_TEST_TIMEOUT", "120"))
+
+
+class TestTimeout(BaseException):
+    """Raised into a test that ran past TEST_TIMEOUT (BaseException: nothing swallows it)."""
+
+
+def _expired(signum: int, frame: Any) -> None:
+    raise TestTimeout(f"the test ran past {TEST_TIMEOUT} s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.alarm(TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(params=["local", "memory", "grpc"])
