@@ -288,3 +288,38 @@ async def test_watchers_hear_of_agents_on_a_node_that_died(cluster: tuple[Daemon
         worker.process.send_signal(signal.SIGKILL)
         notice = await asyncio.wait_for(ended, 10)
         assert (notice.ref, notice.reason, notice.restarting) == (counter, "node_down", False)
+
+
+async def test_supervised_agents_of_a_dead_node_restart_on_another(
+    cluster: tuple[Daemon, Daemon],
+) -> None:
+    head, worker = cluster
+    second = await Daemon.start("node", "--join", head.address)
+    try:
+        async with am.Mesh(join=head.address, ask_timeout=10) as mesh:
+            nodes = await mesh.nodes()
+            doomed = next(n.id for n in nodes if n.address == worker.address)
+            head_node = next(n.id for n in nodes if n.role == "head")
+            spec = am.SupervisorSpec(
+                intensity=3,
+                children=[am.ChildSpec(Counter, 10, name="mover", node=doomed)],
+            )
+            sup = await mesh.spawn(am.Supervisor, spec, node=head_node)
+            mover = await mesh.get("mover")
+            assert mover.node == doomed
+            assert await mover.add(1) == 11
+            worker.process.send_signal(signal.SIGKILL)
+            await wait_for(lambda: _moved(mesh, doomed), timeout=15, what="restarted elsewhere")
+            moved = await mesh.get("mover")
+            assert moved.node not in (doomed, mesh.node_id)
+            assert await moved.add(1) == 11  # a fresh instance on a live node
+            assert [c.restarts for c in await sup.children()] == [1]
+    finally:
+        await second.stop()
+
+
+async def _moved(mesh: am.Mesh, away_from: str) -> bool:
+    try:
+        return (await mesh.get("mover")).node != away_from
+    except am.AgentNotFound:
+        return False

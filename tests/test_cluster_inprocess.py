@@ -166,3 +166,29 @@ async def test_a_taken_port_is_refused() -> None:
 async def _listen(address: str) -> None:
     async with am.Mesh(listen=address):
         pass
+
+
+async def test_a_supervisor_drives_a_child_on_another_node(pair: tuple[am.Mesh, am.Mesh]) -> None:
+    head, driver = pair
+    from .agents import Counter
+
+    spec = am.SupervisorSpec(
+        children=[am.ChildSpec(Counter, 5, name="far-child", node=head.node_id)]
+    )
+    sup = await driver.spawn(am.Supervisor, spec, node=driver.node_id)
+    child = await driver.get("far-child")
+    assert child.node == head.node_id
+    assert await child.add(1) == 6
+    await child.divide.tell(0)  # crashes on the head; its supervisor is on the driver
+    await wait_for(lambda: _restarts_are(sup, [1]), what="restarted from afar")
+    assert await child.add(1) == 6  # a fresh instance, same ref
+    await sup.stop()  # stops its remote child too
+    await wait_for(lambda: head_has_no(head, "far-child"), what="remote child stopped")
+
+
+async def _restarts_are(sup: am.AgentRef, expected: list[int]) -> bool:
+    return [c.restarts for c in await sup.children()] == expected
+
+
+async def head_has_no(head: am.Mesh, name: str) -> bool:
+    return name not in head._node.names

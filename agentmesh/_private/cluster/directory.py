@@ -120,12 +120,13 @@ class Directory(Agent):
         now = self._now()
         return [replace(n, last_seen=now - n.last_seen) for n in self.nodes.values()]
 
-    async def pick_node(self) -> str | None:
+    async def pick_node(self, exclude: frozenset[str] = frozenset()) -> str | None:
         """A live node to host a new agent: workers in turn, else the head (None if
-        there is none)."""
-        live = [n for n in self.nodes.values() if n.alive and n.role == "worker"]
+        there is none); never one in ``exclude``."""
+        ok = [n for n in self.nodes.values() if n.alive and n.id not in exclude]
+        live = [n for n in ok if n.role == "worker"]
         if not live:
-            live = [n for n in self.nodes.values() if n.alive and n.role == "head"]
+            live = [n for n in ok if n.role == "head"]
         if not live:
             return None
         return live[next(self._turn) % len(live)].id

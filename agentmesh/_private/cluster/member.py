@@ -31,6 +31,7 @@ from ..kernel.ref import AgentRef
 from ..pubsub.topics import TopicTrie
 from ..transport.grpc_transport import GrpcTransport
 from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Directory, NodeInfo
+from .remote_child import ChildLink, RemoteChildren, child_op
 
 if TYPE_CHECKING:
     from ..kernel.node import Node
@@ -46,6 +47,36 @@ class NodeService(Agent):
     def __init__(self, spawn: Callable[..., Any], membership: Membership) -> None:
         self._spawn = spawn
         self._membership = membership
+
+    async def spawn_child(
+        self,
+        agent_class: Any,
+        args: tuple[Any, ...],
+        options: dict[str, Any],
+        supervisor: AgentRef,
+        key: int,
+        restart: str,
+    ) -> AgentRef | AgentmeshError:
+        """Start a child here for a supervisor on another node (see remote_child)."""
+        node = self._am_cell.node
+        try:
+            ref: AgentRef = await node.spawn(
+                agent_class,
+                args,
+                exit_listener=ChildLink(node, supervisor, key, restart),
+                **options,
+            )
+        except AgentmeshError as exc:
+            return exc
+        return ref
+
+    async def child_op(self, agent_id: str, op: str, arg: Any) -> Any:
+        """A supervisor elsewhere acts on its child here: stop, suspend, restart, end,
+        info."""
+        try:
+            return await child_op(self._am_cell.node, agent_id, op, arg)
+        except AgentmeshError as exc:
+            return exc
 
     async def interest(self, node_id: str, patterns: frozenset[str]) -> None:
         """Node ``node_id``'s subscribers now hold ``patterns``."""
@@ -122,6 +153,7 @@ class Membership:
             await self._join()
         await self._register()
         self.transport.resolve = self._resolve
+        node.remote_children = RemoteChildren(self)
         bus = node.bus
         if bus is not None:
             bus.remote_publish = self.remote_publish
@@ -277,9 +309,9 @@ class Membership:
         ref: AgentRef = outcome
         return ref
 
-    async def pick_node(self) -> str:
+    async def pick_node(self, exclude: set[str] | None = None) -> str:
         assert self.directory is not None
-        node: str | None = await self.directory.pick_node()
+        node: str | None = await self.directory.pick_node(frozenset(exclude or ()))
         if node is None:
             raise AgentUnavailable("no live node can host agents")
         return node

@@ -20,7 +20,7 @@ ExitReason = Literal["normal", "shutdown", "killed", "crash", "node_down"]
 #: Exits that restart a ``transient`` child (as in OTP, anything but normal/shutdown;
 #: ``killed`` only happens while something is stopping the agent, so it never
 #: restarts one).
-ABNORMAL: frozenset[str] = frozenset({"crash"})
+ABNORMAL: frozenset[str] = frozenset({"crash", "node_down"})
 
 
 @dataclass(frozen=True, slots=True)

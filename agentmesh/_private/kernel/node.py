@@ -118,6 +118,8 @@ class Node:
         self.bus: Any = None
         #: Called with each cell that ends for good (the cluster releases its name).
         self.ended_hooks: list[Callable[[Cell], None]] = []
+        #: Starts supervised children on other nodes (set by the cluster layer).
+        self.remote_children: Any = None
         #: Called with each named agent once started (the cluster claims its name
         #: everywhere; NameTaken stops the agent and fails the spawn).
         self.name_claims: list[Callable[[AgentRef], Awaitable[None]]] = []

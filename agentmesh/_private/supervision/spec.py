@@ -64,7 +64,9 @@ class ChildSpec:
     arguments are positional, as in `Mesh.spawn`; constructor keywords go through
     ``functools.partial``. ``shutdown`` is the child's stop timeout in seconds (None:
     the mesh's shutdown timeout). ``checkpoint_every`` > 0 saves the agent's
-    ``snapshot()`` after every that many handled messages.
+    ``snapshot()`` after every that many handled messages. ``node`` (in a cluster)
+    starts the child on that node; if that node dies, the child is restarted on
+    another live node (its restart type permitting).
     """
 
     agent_class: Callable[..., Agent]
@@ -75,6 +77,7 @@ class ChildSpec:
     mailbox_size: int | None
     concurrency: int | None
     checkpoint_every: int
+    node: str | None
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class ChildSpec:
         mailbox_size: int | None = None,
         concurrency: int | None = None,
         checkpoint_every: int = 0,
+        node: str | None = None,
     ) -> None:
         cls = agent_class.func if isinstance(agent_class, functools.partial) else agent_class
         check_agent_class(cls)
@@ -105,6 +109,7 @@ class ChildSpec:
             ("mailbox_size", mailbox_size),
             ("concurrency", concurrency),
             ("checkpoint_every", checkpoint_every),
+            ("node", node),
         ):
             object.__setattr__(self, key, value)
 

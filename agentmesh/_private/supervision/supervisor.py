@@ -9,16 +9,16 @@ import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..kernel.agent import Agent
 from ..kernel.cell import Cell, State
 from ..kernel.errors import AgentUnavailable, RestartIntensityExceeded
-from ..kernel.exits import ABNORMAL, ExitReason
+from ..kernel.exits import ABNORMAL, ExitReason, Terminated
 from ..kernel.ref import AgentRef
 from .spec import ChildSpec, SupervisorSpec
 
-__all__ = ["ChildInfo", "Supervisor"]
+__all__ = ["ChildInfo", "Supervisor", "takes_restart"]
 
 log = logging.getLogger("agentmesh.supervisor")
 
@@ -44,7 +44,11 @@ class ChildInfo:
 
 
 class _Child:
-    """A supervisor's record of one child, and the child's exit listener."""
+    """A supervisor's record of one child, and the child's exit listener.
+
+    ``cell`` is the child's `Cell` when it lives on this node, or a stand-in with the
+    same surface (state, stop, suspend, restart, end) when it lives on another.
+    """
 
     __slots__ = ("cell", "dynamic", "key", "spec", "supervisor")
 
@@ -53,7 +57,7 @@ class _Child:
         self.key = key
         self.spec = spec
         self.dynamic = dynamic
-        self.cell: Cell | None = None
+        self.cell: Any = None
 
     @property
     def alive(self) -> bool:
@@ -65,7 +69,7 @@ class _Child:
         supervisor = self.supervisor
         open_ = supervisor.state in (State.RUNNING, State.STARTING)
         wanted = not cell.stop_requested  # a stop asked for is never undone by a restart
-        takes = open_ and wanted and _takes_restart(self.spec.restart, reason)
+        takes = open_ and wanted and takes_restart(self.spec.restart, reason)
         if open_:
             supervisor.deliver_notice("!child_exited", self.key, reason, error, takes)
         return takes
@@ -76,8 +80,9 @@ class _Child:
 _KEYS = itertools.count()
 
 
-def _takes_restart(restart: str, reason: ExitReason) -> bool:
-    """OTP's table: which exits restart which children."""
+def takes_restart(restart: str, reason: ExitReason) -> bool:
+    """OTP's table: which exits restart which children (``node_down`` counts as a
+    crash)."""
     if restart == "permanent":
         return reason in ABNORMAL or reason == "normal"
     if restart == "transient":
@@ -127,6 +132,19 @@ class Supervisor(Agent):
             task.cancel()
         await self._stop_children(reversed(self._children))
 
+    async def on_terminated(self, notice: Terminated) -> None:
+        """A child on another node is gone with its node: restart it elsewhere."""
+        if notice.reason != "node_down":
+            return
+        child = next(
+            (c for c in self._children if c.cell is not None and c.cell.ref == notice.ref), None
+        )
+        if child is None or not hasattr(child.cell, "node_lost"):
+            return
+        child.cell.node_lost(notice.error)
+        taken = takes_restart(child.spec.restart, "node_down")
+        await self._child_exited(child.key, "node_down", notice.error, taken)
+
     async def start_child(self, spec: ChildSpec) -> AgentRef:
         """Start a dynamic child (OTP's ``start_child``) and return its ref."""
         return await self._start_child(spec, dynamic=True)
@@ -145,6 +163,16 @@ class Supervisor(Agent):
             raise AgentUnavailable(f"supervisor {cell.label!r} is {cell.state.value}")
         child = _Child(cell, next(_KEYS), spec, dynamic)
         self._children.append(child)
+        remote = cell.node.remote_children
+        if spec.node is not None and spec.node != cell.node.id:
+            if remote is None:
+                raise AgentUnavailable(f"node {spec.node} is not reachable: no cluster here")
+            try:
+                child.cell = await remote.spawn(spec, cell.ref, child.key)
+            except BaseException:
+                self._children.remove(child)
+                raise
+            return child.cell.ref  # type: ignore[no-any-return]
         try:
             ref = await cell.node.spawn(
                 spec.agent_class,
@@ -175,6 +203,8 @@ class Supervisor(Agent):
         child = next((c for c in self._children if c.key == key), None)
         if child is None or child.cell is None:
             return
+        if hasattr(child.cell, "exited"):  # a child on another node: note what it said
+            child.cell.exited(reason, error, taken)
         if not taken:
             log.info("%s: child %s exited (%s)", self._label, child.cell.label, reason)
             if child.dynamic and not child.alive:

@@ -1,0 +1,210 @@
+"""Supervised children on other nodes.
+
+A supervisor's child that lives on another node is started there by that node's
+`NodeService` with a `ChildLink` as its exit listener: the link decides at once,
+from the child's restart type, whether the child waits for a restart, and tells the
+supervisor (``!child_exited``), which decides the rest in a turn of its own. On the
+supervisor's side a `RemoteCell` stands in for the child's cell: it has the surface
+the supervisor uses (state, stop, suspend, restart, end) and carries each call to
+the child's node. If that node dies, the supervisor (which monitors its remote
+children) hears ``node_down``, and restarting the child starts a new one on another
+live node.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..kernel.cell import Cell, State
+from ..kernel.envelope import NO_KWARGS, Envelope, new_chain
+from ..kernel.errors import AgentmeshError, AgentUnavailable
+from ..kernel.exits import ExitReason
+from ..kernel.info import AgentInfo
+from ..kernel.ref import AgentRef
+from ..supervision.spec import ChildSpec
+from ..supervision.supervisor import takes_restart
+
+if TYPE_CHECKING:
+    from ..kernel.node import Node
+    from .member import Membership
+
+__all__ = ["ChildLink", "RemoteCell", "RemoteChildren"]
+
+log = logging.getLogger("agentmesh.cluster")
+
+
+class ChildLink:
+    """The exit listener of a child whose supervisor lives on another node."""
+
+    __slots__ = ("key", "node", "restart", "supervisor")
+
+    def __init__(self, node: Node, supervisor: AgentRef, key: int, restart: str) -> None:
+        self.node = node
+        self.supervisor = supervisor
+        self.key = key
+        self.restart = restart
+
+    def __call__(self, cell: Cell, reason: ExitReason, error: str | None) -> bool:
+        takes = not cell.stop_requested and takes_restart(self.restart, reason)
+        notice = (self.key, reason, error, takes)
+        env = Envelope(
+            self.supervisor.id, "!child_exited", notice, NO_KWARGS, None, new_chain(), None
+        )
+        self.node.send_to_peer(self.supervisor.node, env)
+        return takes
+
+
+class RemoteCell:
+    """The supervisor-side stand-in for a child's cell on another node."""
+
+    def __init__(
+        self,
+        children: RemoteChildren,
+        spec: ChildSpec,
+        ref: AgentRef,
+        supervisor: AgentRef,
+        key: int,
+    ) -> None:
+        self.children = children
+        self.spec = spec
+        self.ref = ref
+        self.supervisor = supervisor
+        self.key = key
+        self.state = State.RUNNING
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.lost = False  # its node died: a restart starts it elsewhere
+
+    @property
+    def name(self) -> str | None:
+        return self.ref.name
+
+    @property
+    def label(self) -> str:
+        return self.ref.name or self.ref.id
+
+    def exited(self, reason: ExitReason, error: str | None, taken: bool) -> None:
+        if error is not None:
+            self.last_error = error
+        if taken:
+            self.state = State.RESTARTING
+        else:
+            self.state = State.CRASHED if reason in ("crash", "node_down") else State.STOPPED
+
+    def node_lost(self, error: str | None) -> None:
+        self.lost = True
+        self.last_error = error
+
+    async def stop(self, timeout: float | None) -> None:
+        if self.lost or self.state in (State.STOPPED, State.CRASHED):
+            self.state = State.STOPPED if not self.lost else self.state
+            return
+        await self.children.operate(self.ref, "stop", timeout)
+        self.state = State.STOPPED
+
+    async def suspend(self, timeout: float) -> None:
+        if not self.lost:
+            await self.children.operate(self.ref, "suspend", timeout)
+        self.state = State.RESTARTING
+
+    async def restart(self) -> bool:
+        if self.lost:  # a new child on another live node
+            self.ref = await self.children.respawn(self)
+            self.lost = False
+            ok = True
+        else:
+            ok = bool(await self.children.operate(self.ref, "restart", None))
+        if ok:
+            self.restarts += 1
+            self.state = State.RUNNING
+        return ok
+
+    def end(self, state: State = State.STOPPED, reason: str | None = None) -> None:
+        self.state = state
+        if not self.lost:
+            self.children.operate_later(self.ref, "end", reason)
+
+    async def info(self) -> AgentInfo | None:
+        if self.lost:
+            return None
+        try:
+            info: AgentInfo | None = await self.children.operate(self.ref, "info", None)
+        except AgentmeshError:
+            return None
+        return info
+
+
+class RemoteChildren:
+    """Starts and drives supervised children on other nodes, for supervisors here."""
+
+    def __init__(self, membership: Membership) -> None:
+        self.membership = membership
+
+    @property
+    def node(self) -> Node:
+        return self.membership.node
+
+    async def spawn(self, spec: ChildSpec, supervisor: AgentRef, key: int) -> RemoteCell:
+        assert spec.node is not None
+        ref = await self._spawn_on(spec.node, spec, supervisor, key)
+        return RemoteCell(self, spec, ref, supervisor, key)
+
+    async def respawn(self, cell: RemoteCell) -> AgentRef:
+        target = await self.membership.pick_node(exclude={cell.ref.node})
+        log.warning(
+            "restarting %s, lost with node %s, on node %s", cell.label, cell.ref.node, target
+        )
+        return await self._spawn_on(target, cell.spec, cell.supervisor, cell.key)
+
+    async def _spawn_on(
+        self, node_id: str, spec: ChildSpec, supervisor: AgentRef, key: int
+    ) -> AgentRef:
+        options = {
+            "name": spec.name,
+            "mailbox_size": spec.mailbox_size,
+            "concurrency": spec.concurrency,
+            "checkpoint_every": spec.checkpoint_every,
+        }
+        service = self.membership.service(node_id)
+        outcome = await service.spawn_child(
+            spec.agent_class, spec.args, options, supervisor, key, spec.restart
+        )
+        if isinstance(outcome, AgentmeshError):
+            raise outcome
+        ref: AgentRef = outcome
+        self.node.monitor(ref, supervisor._cell)  # its node's death reaches the supervisor
+        return ref
+
+    async def operate(self, ref: AgentRef, op: str, arg: Any) -> Any:
+        service = self.membership.service(ref.node)
+        outcome = await service.child_op(ref.id, op, arg)
+        if isinstance(outcome, AgentmeshError):
+            raise outcome
+        return outcome
+
+    def operate_later(self, ref: AgentRef, op: str, arg: Any) -> None:
+        try:
+            self.membership.service(ref.node).child_op.tell_nowait(ref.id, op, arg)
+        except AgentmeshError as exc:
+            log.info("could not %s %s: %s", op, ref, exc)
+
+
+async def child_op(node: Node, agent_id: str, op: str, arg: Any) -> Any:
+    """Run a supervisor's request on a child living on this node."""
+    cell = node.cells.get(agent_id)
+    if cell is None:
+        if op in ("stop", "end"):
+            return None
+        return AgentUnavailable(f"no live agent {agent_id} on node {node.id}")
+    if op == "stop":
+        await cell.stop(node.shutdown_timeout if arg is None else arg)
+    elif op == "suspend":
+        await cell.suspend(arg)
+    elif op == "restart":
+        return await cell.restart()
+    elif op == "end":
+        cell.end(State.CRASHED, arg)
+    elif op == "info":
+        return AgentInfo.of(cell)
+    return None
