@@ -192,3 +192,16 @@ async def _restarts_are(sup: am.AgentRef, expected: list[int]) -> bool:
 
 async def head_has_no(head: am.Mesh, name: str) -> bool:
     return name not in head._node.names
+
+
+async def test_a_drivers_remote_agents_stop_with_it_unless_detached() -> None:
+    from .agents import Counter
+
+    async with am.Mesh(listen="127.0.0.1:0") as head:
+        assert head.address is not None
+        async with am.Mesh(join=head.address) as driver:
+            await driver.spawn(Counter, name="attached")
+            kept = await driver.spawn(Counter, 7, name="kept", detached=True)
+            assert kept.node == head.node_id
+        assert "attached" not in head._node.names  # stopped when the driver left
+        assert await (await head.get("kept")).get() == 7

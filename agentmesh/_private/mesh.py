@@ -16,7 +16,6 @@ from .kernel.agent import Agent
 from .kernel.cell import Cell
 from .kernel.context import current_cell, current_node
 from .kernel.errors import (
-    AgentmeshError,
     AgentNotFound,
     AgentUnavailable,
     RestartIntensityExceeded,
@@ -108,7 +107,6 @@ class Mesh:
         self._failure: asyncio.Future[RestartIntensityExceeded | None] | None = None
         self._failure_seen = False
         self._membership: Membership | None = None
-        self._remote: list[AgentRef] = []  # agents a driver spawned on other nodes
         if grpc_transport is not None:
             role = _role or ("head" if join is None else "driver")
             self._membership = Membership(
@@ -195,9 +193,6 @@ class Mesh:
         if self._node.closed:
             return
         try:
-            for ref in reversed(self._remote):  # what this driver started elsewhere
-                with contextlib.suppress(AgentmeshError):
-                    await ref.stop()
             if self._membership is not None:
                 await self._membership.stop()
             if self._root_ref is not None:
@@ -277,28 +272,30 @@ class Mesh:
         if self._node.closed:
             raise RuntimeError("the mesh is closed")
         membership = self._membership
-        if supervisor is not None and node is not None:
-            raise ValueError(
-                "node= with supervisor= is not supported yet: the child starts "
-                "on its supervisor's node"
-            )
-        if membership is not None and supervisor is None:
-            target = node
-            if target is None and membership.role == "driver":
-                target = await membership.pick_node()
-            if target is not None and target != self.node_id:
-                options = {
-                    "name": name,
-                    "mailbox_size": mailbox_size,
-                    "concurrency": concurrency,
-                    "restart": restart,
-                    "shutdown": shutdown,
-                    "checkpoint_every": checkpoint_every,
-                }
-                ref = await membership.spawn_on(target, agent_class, args, options)
-                if membership.role == "driver" and not detached:
-                    self._remote.append(ref)
-                return ref
+        target = node
+        driver = membership is not None and membership.role == "driver"
+        if target is None and supervisor is None and driver:
+            assert membership is not None
+            target = await membership.pick_node()
+        if target == self.node_id:
+            target = None
+        if target is not None and membership is None:
+            raise AgentUnavailable(f"node {target} is not reachable: this mesh is embedded")
+        if target is not None and detached and supervisor is None:
+            # Lives on by itself, under that node's root supervisor.
+            assert membership is not None
+            options = {
+                "name": name,
+                "mailbox_size": mailbox_size,
+                "concurrency": concurrency,
+                "restart": restart,
+                "shutdown": shutdown,
+                "checkpoint_every": checkpoint_every,
+            }
+            return await membership.spawn_on(target, agent_class, args, options)
+        # A child of `supervisor` (default: this node's root) on `target` (default:
+        # here): it is stopped with its supervisor, and restarted per its restart type,
+        # on another node if its node dies.
         return await self._spawn_here(
             agent_class,
             *args,
@@ -309,6 +306,7 @@ class Mesh:
             restart=restart,
             shutdown=shutdown,
             checkpoint_every=checkpoint_every,
+            node=target,
         )
 
     async def _spawn_here(
@@ -323,8 +321,9 @@ class Mesh:
         restart: Restart | None = None,
         shutdown: float | None = None,
         checkpoint_every: int = 0,
+        node: str | None = None,
     ) -> AgentRef:
-        """Spawn on this node (under ``supervisor``, else the root)."""
+        """Spawn a child of ``supervisor`` (else of the root) on ``node`` (else here)."""
         if restart is None:
             restart = "temporary" if supervisor is None else "permanent"
         spec = ChildSpec(
@@ -336,6 +335,7 @@ class Mesh:
             mailbox_size=mailbox_size,
             concurrency=concurrency,
             checkpoint_every=checkpoint_every,
+            node=node,
         )
         if supervisor is not None:
             local = supervisor._cell.instance if supervisor._cell is not None else None

@@ -97,15 +97,20 @@ class RemoteCell:
         self.last_error = error
 
     async def stop(self, timeout: float | None) -> None:
-        if self.lost or self.state in (State.STOPPED, State.CRASHED):
-            self.state = State.STOPPED if not self.lost else self.state
-            return
-        await self.children.operate(self.ref, "stop", timeout)
-        self.state = State.STOPPED
+        if not self.lost and self.state not in (State.STOPPED, State.CRASHED):
+            try:
+                await self.children.operate(self.ref, "stop", timeout)
+            except AgentmeshError as exc:  # its node is gone: so is the child
+                log.info("stopping %s: %s", self.label, exc)
+        if self.state is not State.CRASHED:
+            self.state = State.STOPPED
 
     async def suspend(self, timeout: float) -> None:
         if not self.lost:
-            await self.children.operate(self.ref, "suspend", timeout)
+            try:
+                await self.children.operate(self.ref, "suspend", timeout)
+            except AgentmeshError as exc:
+                log.info("suspending %s: %s", self.label, exc)
         self.state = State.RESTARTING
 
     async def restart(self) -> bool:
