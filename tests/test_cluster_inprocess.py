@@ -205,3 +205,23 @@ async def test_a_drivers_remote_agents_stop_with_it_unless_detached() -> None:
             assert kept.node == head.node_id
         assert "attached" not in head._node.names  # stopped when the driver left
         assert await (await head.get("kept")).get() == 7
+
+
+async def test_failure_detection_time_is_configurable() -> None:
+    with pytest.raises(ValueError, match="heartbeat"):
+        am.Mesh(listen="127.0.0.1:0", heartbeat=1.0, dead_after=0.5)
+    async with am.Mesh(listen="127.0.0.1:0", heartbeat=0.1, dead_after=0.6) as head:
+        assert head.address is not None
+        async with am.Mesh(join=head.address, heartbeat=0.1) as driver:
+            membership = driver._membership
+            assert membership is not None
+            assert membership._loop_task is not None
+            membership._loop_task.cancel()  # the driver falls silent
+            loop = asyncio.get_running_loop()
+            silent_at = loop.time()
+            await wait_for(lambda: _declared_dead(head, driver.node_id), what="declared dead")
+            assert loop.time() - silent_at < 2.0
+
+
+async def _declared_dead(head: am.Mesh, node_id: str) -> bool:
+    return any(n.id == node_id and not n.alive for n in await head.nodes())

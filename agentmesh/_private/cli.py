@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     head = commands.add_parser("head", help="run a head node (control plane and agents)")
     head.add_argument("--listen", default="127.0.0.1:7470", help="HOST:PORT (port 0: any)")
     head.add_argument("--token", help=token_help)
+    head.add_argument(
+        "--dead-after", type=float, default=2.5, help="seconds of silence before a node is dead"
+    )
+    head.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
     _tls_arguments(head)
     node = commands.add_parser("node", help="run a worker node that joins a head")
     node.add_argument("--join", required=True, help="the head's HOST:PORT")
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     node.add_argument("--labels", type=_labels, default={}, help="e.g. zone=eu,tier=gpu")
     node.add_argument("--token", help=token_help)
+    node.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
     _tls_arguments(node)
     status = commands.add_parser("status", help="show nodes, resources, labels and load")
     status.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
@@ -129,7 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "head":
-            run(_serve(Mesh(listen=args.listen, token=args.token, tls=_tls(args))))
+            mesh = Mesh(
+                listen=args.listen,
+                token=args.token,
+                tls=_tls(args),
+                heartbeat=args.heartbeat,
+                dead_after=args.dead_after,
+            )
+            run(_serve(mesh))
         elif args.command == "node":
             resources = args.resources if args.resources is not None else _machine_resources()
             mesh = Mesh(
@@ -139,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                 resources=resources,
                 labels=args.labels,
                 tls=_tls(args),
+                heartbeat=args.heartbeat,
                 _role="worker",
             )
             run(_serve(mesh))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .cluster.directory import NodeInfo
+from .cluster.directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, NodeInfo
 from .cluster.member import Membership
 from .kernel.agent import Agent
 from .kernel.cell import Cell
@@ -77,12 +77,16 @@ class Mesh:
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
         tls: TLS | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        dead_after: float = DEFAULT_DEAD_AFTER,
         node_id: str | None = None,
         _transport: Transport | None = None,
         _role: str | None = None,
     ) -> None:
         if mailbox_size < 1:
             raise ValueError(f"mailbox_size must be at least 1, got {mailbox_size}")
+        if not 0 < heartbeat < dead_after:
+            raise ValueError(f"need 0 < heartbeat < dead_after, got {heartbeat}, {dead_after}")
         self._root_spec = SupervisorSpec(intensity=restart_intensity, period=restart_period)
         grpc_transport: GrpcTransport | None = None
         if listen is not None or join is not None:
@@ -116,6 +120,8 @@ class Mesh:
                 head=join,
                 resources=dict(resources or {}),
                 labels=dict(labels or {}),
+                heartbeat=heartbeat,
+                dead_after=dead_after,
             )
             self._node.ended_hooks.append(self._membership.release_name)
             self._node.name_claims.append(self._membership.claim_name)
