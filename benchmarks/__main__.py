@@ -267,6 +267,14 @@ def main() -> None:
             lambda: remote.raw_stream_seconds(n(20_000), 1),
             r,
         ),
+        "remote-pingpong": lambda: throughput(
+            "ping-pong round trips, two node processes",
+            "grpc.aio bidi stream, one message each way",
+            n(5_000),
+            lambda: remote.ping_pong(n(5_000)),
+            lambda: remote.raw_stream_ping_pong(n(5_000)),
+            r,
+        ),
         "remote-askmany": lambda: throughput(
             "asks with 1,000 outstanding, two nodes",
             "grpc.aio unary, 1,000 outstanding",

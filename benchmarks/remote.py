@@ -20,6 +20,7 @@ import grpc
 import agentmesh as am
 
 from .local import Counting, Echo
+from .savina import Pinger, Ponger
 
 ROOT = Path(__file__).resolve().parent.parent
 _IDENTITY = (lambda b: b, lambda b: b)
@@ -39,11 +40,16 @@ async def _serve_raw() -> None:
             if batch.endswith(b"!"):
                 yield str(count).encode()
 
+    async def pong(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for message in requests:
+            yield message
+
     handler = grpc.method_handlers_generic_handler(
         "raw.Raw",
         {
             "Echo": grpc.unary_unary_rpc_method_handler(echo, *_IDENTITY),
             "Sink": grpc.stream_stream_rpc_method_handler(sink, *_IDENTITY),
+            "Pong": grpc.stream_stream_rpc_method_handler(pong, *_IDENTITY),
         },
     )
     server = grpc.aio.server()
@@ -101,6 +107,24 @@ async def raw_unary_throughput(n: int, outstanding: int) -> float:
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         return time.perf_counter() - start
+
+
+async def raw_stream_ping_pong(n: int) -> float:
+    """Seconds for ``n`` round trips of one message each way on one bidi stream."""
+    async with (
+        _process("-m", "benchmarks.remote", "serve") as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        call = channel.stream_stream("/raw.Raw/Pong", *_IDENTITY)()
+        await call.write(b"warm")
+        await call.read()
+        start = time.perf_counter()
+        for i in range(n):
+            await call.write(b"%d" % i)
+            await call.read()
+        elapsed = time.perf_counter() - start
+        await call.done_writing()
+    return elapsed
 
 
 async def raw_stream_seconds(n: int, per_write: int) -> float:
@@ -174,6 +198,18 @@ async def ask_throughput(n: int, outstanding: int) -> float:
 
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
+        return time.perf_counter() - start
+
+
+async def ping_pong(rounds: int) -> float:
+    """Savina PingPong by tells: the pinger here, the ponger in the other process."""
+    async with _far_node() as (mesh, head):
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        pinger = await mesh.spawn(Pinger, rounds, done, node=mesh.node_id)
+        ponger = await mesh.spawn(Ponger, node=head)
+        start = time.perf_counter()
+        await pinger.start.tell(ponger)
+        await done
         return time.perf_counter() - start
 
 
