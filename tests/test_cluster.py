@@ -308,7 +308,11 @@ async def test_supervised_agents_of_a_dead_node_restart_on_another(
             mover = await mesh.get("mover")
             assert mover.node == doomed
             assert await mover.add(1) == 11
+            # Under load: asks keep arriving while the node is killed; none may hang.
+            load = [asyncio.create_task(_keep_asking(mover)) for _ in range(5)]
             worker.process.send_signal(signal.SIGKILL)
+            outcomes = await asyncio.wait_for(asyncio.gather(*load), 10)
+            assert all(isinstance(o, am.AgentUnavailable) for o in outcomes), outcomes
             await wait_for(lambda: _moved(mesh, doomed), timeout=15, what="restarted elsewhere")
             moved = await mesh.get("mover")
             assert moved.node not in (doomed, mesh.node_id)
@@ -316,6 +320,15 @@ async def test_supervised_agents_of_a_dead_node_restart_on_another(
             assert [c.restarts for c in await sup.children()] == [1]
     finally:
         await second.stop()
+
+
+async def _keep_asking(ref: am.AgentRef) -> BaseException:
+    """Ask until the agent is unreachable; return that error."""
+    while True:
+        try:
+            await ref.add(0)
+        except am.AgentmeshError as exc:
+            return exc
 
 
 async def _moved(mesh: am.Mesh, away_from: str) -> bool:
