@@ -199,6 +199,14 @@ def main() -> None:
             "asyncio.Queue round trip",
             "p50 <= 3x the raw round trip",
         ),
+        "askmany": lambda: throughput(
+            "asks with 1,000 outstanding",
+            "queue requests, 1,000 in flight",
+            n(20_000),
+            lambda: local.ask_throughput(n(20_000), 1000),
+            lambda: raw.queue_requests(n(20_000), 1000),
+            r,
+        ),
         "pingpong": lambda: throughput(
             "ping-pong round trips (Savina PingPong)",
             "two tasks, two asyncio.Queues",

@@ -69,6 +69,33 @@ async def queue_round_trips(n: int) -> list[float]:
     return samples
 
 
+async def queue_requests(n: int, outstanding: int) -> float:
+    """Seconds for ``n`` requests to one server task through a queue, answered through
+    futures, with at most ``outstanding`` in flight."""
+    loop = asyncio.get_running_loop()
+    requests: asyncio.Queue[asyncio.Future[int] | None] = asyncio.Queue()
+
+    async def server() -> None:
+        while (fut := await requests.get()) is not None:
+            fut.set_result(1)
+
+    task = asyncio.create_task(server())
+    room = asyncio.Semaphore(outstanding)
+
+    async def one() -> None:
+        async with room:
+            fut: asyncio.Future[int] = loop.create_future()
+            requests.put_nowait(fut)
+            await fut
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    elapsed = time.perf_counter() - start
+    requests.put_nowait(None)
+    await task
+    return elapsed
+
+
 async def queue_ping_pong(rounds: int) -> float:
     """Two tasks passing a counter back and forth through two queues."""
     a: asyncio.Queue[int] = asyncio.Queue()

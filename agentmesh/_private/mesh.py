@@ -283,8 +283,9 @@ class Mesh:
         if target is None and supervisor is None and driver:
             assert membership is not None
             target = await membership.pick_node()
-        if target == self.node_id:
-            target = None
+        remote_supervisor = supervisor is not None and supervisor._cell is None
+        if target == self.node_id and not remote_supervisor:
+            target = None  # here is where a local child starts anyway
         if target is not None and membership is None:
             raise AgentUnavailable(f"node {target} is not reachable: this mesh is embedded")
         if target is not None and detached and supervisor is None:

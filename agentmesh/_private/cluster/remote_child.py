@@ -115,7 +115,13 @@ class RemoteCell:
 
     async def restart(self) -> bool:
         if self.lost:  # a new child on another live node
-            self.ref = await self.children.respawn(self)
+            try:
+                self.ref = await self.children.respawn(self)
+            except AgentmeshError as exc:
+                log.error("could not restart %s elsewhere: %s", self.label, exc)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.state = State.CRASHED
+                return False
             self.lost = False
             ok = True
         else:
