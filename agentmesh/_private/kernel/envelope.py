@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .context import current_cell
 
-__all__ = ["NO_KWARGS", "Envelope", "Reply", "chains", "new_chain", "tell_envelope"]
+__all__ = [
+    "NO_KWARGS",
+    "Envelope",
+    "RemoteReply",
+    "Reply",
+    "chains",
+    "new_chain",
+    "tell_envelope",
+]
 
 # Call-chain ids are unique per process and, with a random base, across processes.
 chains = itertools.count(random.getrandbits(62) | 1)
@@ -85,3 +95,28 @@ def tell_envelope(
         next(chains),
         None if sender is None else sender.id,
     )
+
+
+class RemoteReply:
+    """Stands in, on the callee's node, for an asker's future on another node: the
+    outcome goes back through ``send(corr, ok, value)``; past ``deadline`` (in this
+    node's loop clock) the asker has given up, so the call need not start."""
+
+    __slots__ = ("_corr", "_deadline", "_done", "_send")
+
+    def __init__(self, send: Callable[[int, bool, Any], None], corr: int, deadline: float) -> None:
+        self._send = send
+        self._corr = corr
+        self._deadline = deadline
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done or asyncio.get_running_loop().time() > self._deadline
+
+    def set_result(self, result: Any, /) -> None:
+        self._done = True
+        self._send(self._corr, True, result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        self._send(self._corr, False, exception)

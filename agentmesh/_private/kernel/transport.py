@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from .envelope import Envelope
+from .envelope import Envelope, RemoteReply
 from .errors import AgentUnavailable, SerializationError
 
 if TYPE_CHECKING:
@@ -74,31 +74,6 @@ class MemoryNetwork:
         return MemoryTransport(self)
 
 
-class _RemoteReply:
-    """Stands in for the asker's future on the callee's node; sends the result back."""
-
-    __slots__ = ("_corr", "_deadline", "_done", "_origin", "_transport")
-
-    def __init__(self, transport: MemoryTransport, origin: str, corr: int, deadline: float) -> None:
-        self._transport = transport
-        self._origin = origin
-        self._corr = corr
-        self._deadline = deadline
-        self._done = False
-
-    def done(self) -> bool:
-        # Past the deadline the asker has given up: the callee need not start the call.
-        return self._done or asyncio.get_running_loop().time() > self._deadline
-
-    def set_result(self, result: Any, /) -> None:
-        self._done = True
-        self._transport.reply(self._origin, self._corr, result, None)
-
-    def set_exception(self, exception: BaseException, /) -> None:
-        self._done = True
-        self._transport.reply(self._origin, self._corr, None, exception)
-
-
 class MemoryTransport(Transport):
     """One node's end of a `MemoryNetwork`."""
 
@@ -138,7 +113,7 @@ class MemoryTransport(Transport):
         # A wire carries the time left, not the deadline: clocks differ between nodes.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (env.deadline - loop.time())
-        reply = _RemoteReply(peer, self.node.id, corr, deadline)
+        reply = RemoteReply(functools.partial(peer.reply, self.node.id), corr, deadline)
         return Envelope(target, method, args, kwargs, reply, env.chain, env.sender, deadline)
 
     def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:
@@ -158,8 +133,9 @@ class MemoryTransport(Transport):
         if cell is not None:
             await cell.stop(node.shutdown_timeout if timeout is None else timeout)
 
-    def reply(self, origin: str, corr: int, result: Any, error: BaseException | None) -> None:
+    def reply(self, origin: str, corr: int, ok: bool, value: Any) -> None:
         """Called on the callee's side: carry a result back to the asker's node."""
+        result, error = (value, None) if ok else (None, value)
         try:
             frame = cloudpickle.dumps((result, error))
         except Exception as exc:

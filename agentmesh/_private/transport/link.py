@@ -25,7 +25,7 @@ import pydantic
 from google.protobuf.message import Message
 
 from ...v1 import wire_pb2
-from ..kernel.envelope import NO_KWARGS, Envelope
+from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
 from .codec import MAX_VALUE_BYTES, decode, encode
 
@@ -36,30 +36,6 @@ log = logging.getLogger("agentmesh.transport")
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[wire_pb2.Frame], Awaitable[None]]
 Deliver = Callable[[Envelope], Awaitable[None]]
-
-
-class _WireReply:
-    """Stands in, on the callee's node, for the asker's future on the other node."""
-
-    __slots__ = ("_corr", "_deadline", "_done", "_link")
-
-    def __init__(self, link: Link, corr: int, deadline: float) -> None:
-        self._link = link
-        self._corr = corr
-        self._deadline = deadline
-        self._done = False
-
-    def done(self) -> bool:
-        # Past its deadline the asker gave up: the callee need not start the call.
-        return self._done or asyncio.get_running_loop().time() > self._deadline
-
-    def set_result(self, result: Any, /) -> None:
-        self._done = True
-        self._link.reply(self._corr, True, result)
-
-    def set_exception(self, exception: BaseException, /) -> None:
-        self._done = True
-        self._link.reply(self._corr, False, exception)
 
 
 #: Values that travel with a codec of their own (JSON, protobuf), not pickled.
@@ -388,7 +364,7 @@ class Link:
             return
         reply = None
         if wire.corr:
-            reply = _WireReply(self, wire.corr, deadline)
+            reply = RemoteReply(self.reply, wire.corr, deadline)
         try:
             with self._bind_refs():
                 args = tuple(decode(a) for a in wire.args)
@@ -440,7 +416,7 @@ class Link:
             else:
                 log.warning("%s (a tell, dropped)", reason)
             return
-        reply = _WireReply(self, corr, deadline) if corr else None
+        reply = RemoteReply(self.reply, corr, deadline) if corr else None
         env = Envelope(target, method, args, kwargs or NO_KWARGS, reply, chain, sender, deadline)
         try:
             await self._deliver(env)
