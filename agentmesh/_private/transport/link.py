@@ -71,6 +71,19 @@ _HEADER = struct.Struct("<Qd")
 _FRAME_BUDGET = 8 * 1024 * 1024
 
 
+def _has_typed(env: Envelope) -> bool:
+    """Whether a value of ``env`` has a codec of its own (checked without a generator:
+    this runs once per cross-node message)."""
+    for value in env.args:
+        if isinstance(value, TYPED):
+            return True
+    if env.kwargs:
+        for value in env.kwargs.values():
+            if isinstance(value, TYPED):
+                return True
+    return False
+
+
 def _is_control(env: Envelope) -> bool:
     """Messages for the framework's own agents, except publications (user traffic,
     which keeps its order and flow control)."""
@@ -143,9 +156,8 @@ class Link:
         time_left = 0.0
         if corr:
             time_left = max(0.0, env.deadline - asyncio.get_running_loop().time())
-        values = [*env.args, *env.kwargs.values()]
         wire: wire_pb2.Envelope | bytes
-        if not _is_control(env) and any(isinstance(v, TYPED) for v in values):
+        if _has_typed(env) and not _is_control(env):
             wire = wire_pb2.Envelope(
                 target=env.target,
                 method=env.method,
@@ -293,6 +305,7 @@ class Link:
         )
 
     async def _reader(self) -> None:
+        self._bind_refs().__enter__()  # refs decoded in this task belong to this node
         while True:
             frame = await self._read()
             if frame is None:
@@ -335,6 +348,7 @@ class Link:
             fut.set_exception(AgentmeshError(f"node {self.peer} sent a malformed error: {value!r}"))
 
     async def _delivery(self) -> None:
+        self._bind_refs().__enter__()  # once for the task, not once per envelope
         # In order, one at a time: a full mailbox holds back this stream's later
         # envelopes (and their credit), never its replies, which the reader handles.
         while True:
@@ -351,6 +365,7 @@ class Link:
                 self._wake.set()
 
     async def _control_delivery(self) -> None:
+        self._bind_refs().__enter__()
         while True:
             while not self._control_in:
                 self._control_ready.clear()
@@ -394,8 +409,7 @@ class Link:
         if _HEADER.unpack_from(data)[0]:
             return False  # an ask: the full path
         try:
-            with self._bind_refs():
-                entry = pickle.loads(data[_HEADER.size :])
+            entry = pickle.loads(memoryview(data)[_HEADER.size :])
             target, method, args, kwargs, _, chain, sender, _ = entry
         except Exception as exc:
             log.warning("undecodable tell from node %s dropped: %s", self.peer, exc)
@@ -405,8 +419,7 @@ class Link:
 
     async def _deliver_packed(self, data: bytes, deadline: float) -> None:
         try:
-            with self._bind_refs():
-                entry = pickle.loads(data[_HEADER.size :])
+            entry = pickle.loads(memoryview(data)[_HEADER.size :])
             target, method, args, kwargs, corr, chain, sender, _ = entry
         except Exception as exc:
             corr = _HEADER.unpack_from(data)[0]
