@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import agentmesh as am
+from agentmesh._private.transport.grpc_transport import DEFAULT_WINDOW
 
 from .agents import Recorder
 from .conftest import recorded, wait_for
@@ -126,8 +127,9 @@ async def test_the_control_plane_is_never_stuck_behind_user_traffic(
     head, driver = pair
     slow = await driver.spawn(Slow, node=head.node_id)
     gate = head._node.cells[slow.id].instance.gate  # type: ignore[union-attr]
-    # More tells than the mailbox (2) and the stream's window (1,024) hold: it stalls.
-    flood = asyncio.create_task(_tell_many(slow, 1100))
+    # More tells than the mailbox (2) and the stream's window hold: it stalls.
+    total = DEFAULT_WINDOW + 100
+    flood = asyncio.create_task(_tell_many(slow, total))
     try:
         link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
         await wait_for(lambda: bool(link._room), what="the stream to the head is full")
@@ -136,8 +138,8 @@ async def test_the_control_plane_is_never_stuck_behind_user_traffic(
         assert roles == {"head", "driver"}
     finally:
         gate.set()
-    await asyncio.wait_for(flood, 20)
-    assert await slow.count() == 1100
+    await asyncio.wait_for(flood, 30)
+    assert await slow.count() == total
 
 
 async def _tell_many(ref: am.AgentRef, n: int) -> None:

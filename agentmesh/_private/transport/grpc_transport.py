@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_WINDOW", "TLS", "GrpcTransport"]
 log = logging.getLogger("agentmesh.transport")
 
 #: Envelopes a node may have in flight to a peer before the peer grants more room.
-DEFAULT_WINDOW = 1024
+DEFAULT_WINDOW = 4096
 _MAX_FRAME = 64 * 1024 * 1024
 _OPTIONS = [
     ("grpc.max_send_message_length", _MAX_FRAME),
