@@ -336,3 +336,48 @@ async def _moved(mesh: am.Mesh, away_from: str) -> bool:
         return (await mesh.get("mover")).node != away_from
     except am.AgentNotFound:
         return False
+
+
+async def test_agents_of_a_killed_driver_do_not_outlive_it(
+    cluster: tuple[Daemon, Daemon], tmp_path: Path
+) -> None:
+    head, _ = cluster
+    script = tmp_path / "doomed_driver.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            sys.path.insert(0, sys.argv[2])  # the repository, for tests.agents
+            import agentmesh as am
+            from tests.agents import Counter
+
+            async def main(address):
+                async with am.Mesh(join=address) as mesh:
+                    await mesh.spawn(Counter, name="orphan")  # a child of this driver
+                    await mesh.spawn(Counter, name="keeper", detached=True)
+                    print("ready", flush=True)
+                    await asyncio.Event().wait()
+
+            am.run(main(sys.argv[1]))
+            """
+        )
+    )
+    driver = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), head.address, str(ROOT), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert driver.stdout is not None
+        assert await asyncio.wait_for(driver.stdout.readline(), 20) == b"ready\n"
+        async with am.Mesh(join=head.address, ask_timeout=10) as mesh:
+            assert await (await mesh.get("orphan")).get() == 0
+            driver.send_signal(signal.SIGKILL)
+            await wait_for(lambda: _gone(mesh, "orphan"), timeout=15, what="orphan stopped")
+            assert await (await mesh.get("keeper")).get() == 0  # detached: lives on
+    finally:
+        if driver.returncode is None:
+            driver.kill()
+        await driver.wait()
+
+
+async def _gone(mesh: am.Mesh, name: str) -> bool:
+    return not await _finds(mesh, name)

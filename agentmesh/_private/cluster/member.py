@@ -31,7 +31,7 @@ from ..kernel.ref import AgentRef
 from ..pubsub.topics import TopicTrie
 from ..transport.grpc_transport import GrpcTransport
 from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Directory, NodeInfo
-from .remote_child import ChildLink, RemoteChildren, child_op
+from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
 
 if TYPE_CHECKING:
     from ..kernel.node import Node
@@ -68,6 +68,10 @@ class NodeService(Agent):
             )
         except AgentmeshError as exc:
             return exc
+        # As an OTP child is linked to its supervisor: if the supervisor ends for good
+        # (its node died, say), the child stops rather than live on unsupervised.
+        assert ref._cell is not None
+        node.monitor(supervisor, OrphanGuard(ref._cell))
         return ref
 
     async def child_op(self, agent_id: str, op: str, arg: Any) -> Any:

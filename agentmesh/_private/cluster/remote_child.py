@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..kernel.cell import Cell, State
 from ..kernel.envelope import NO_KWARGS, Envelope, new_chain
 from ..kernel.errors import AgentmeshError, AgentUnavailable
-from ..kernel.exits import ExitReason
+from ..kernel.exits import ExitReason, Terminated
 from ..kernel.info import AgentInfo
 from ..kernel.ref import AgentRef
 from ..supervision.spec import ChildSpec
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..kernel.node import Node
     from .member import Membership
 
-__all__ = ["ChildLink", "RemoteCell", "RemoteChildren"]
+__all__ = ["ChildLink", "OrphanGuard", "RemoteCell", "RemoteChildren"]
 
 log = logging.getLogger("agentmesh.cluster")
 
@@ -53,6 +53,23 @@ class ChildLink:
         )
         self.node.send_to_peer(self.supervisor.node, env)
         return takes
+
+
+class OrphanGuard:
+    """Watches a child's supervisor on another node: when it ends for good, the
+    child is stopped (its exit listener then has nobody to tell)."""
+
+    __slots__ = ("cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self.cell = cell
+
+    def deliver_notice(self, method: str, notice: Terminated) -> None:
+        if notice.restarting or self.cell.state in (State.STOPPED, State.CRASHED):
+            return
+        log.warning("stopping %s: its supervisor ended (%s)", self.cell.label, notice.reason)
+        self.cell.exit_listener = None
+        self.cell.node.run_background(self.cell.stop(self.cell.node.shutdown_timeout))
 
 
 class RemoteCell:

@@ -298,6 +298,10 @@ class Node:
     def _remote(self, ref: AgentRef) -> bool:
         return ref._cell is None and ref._node_id != self.id
 
+    def run_background(self, coro: Any) -> None:
+        """Run ``coro`` in the background, owned by this node."""
+        self._spawn_background(coro)
+
     def send_to_peer(self, peer: str, env: Envelope) -> None:
         """Send a node-level message, in the background (flow control may wait)."""
         self._spawn_background(self._send_quietly(peer, env))
