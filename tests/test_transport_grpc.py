@@ -224,3 +224,27 @@ async def test_tls_between_nodes(tmp_path: Path) -> None:
 async def _join_plain(address: str) -> None:
     async with am.Mesh(join=address, token="t"):
         pass
+
+
+class Sizes(am.Agent):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def take(self, blob: bytes) -> None:
+        self.sizes.append(len(blob))
+
+    async def seen(self) -> list[int]:
+        return self.sizes
+
+
+async def test_large_values_are_spread_over_frames(linked: Linked) -> None:
+    driver, host, near, _ = linked
+    sizes = _seen_from(driver, await host.spawn(Sizes))
+    await sizes.seen()  # connect
+    link = near.links[host.node_id]
+    before = link.frames_sent
+    blob = b"x" * (12 * 1024 * 1024)
+    for _ in range(3):  # queued at once: together over one frame's budget
+        sizes.take.tell_nowait(blob)
+    assert await sizes.seen() == [len(blob)] * 3
+    assert link.frames_sent - before >= 3
