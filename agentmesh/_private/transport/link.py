@@ -356,8 +356,10 @@ class Link:
                 self._inbound_ready.clear()
                 await self._inbound_ready.wait()
             wire, deadline = self._inbound.popleft()
-            if not (isinstance(wire, bytes) and self._deliver_packed_nowait(wire)):
-                await self._deliver_one(wire, deadline)
+            env = self._decode(wire, deadline)
+            # A tell to an agent with room is taken at once; the rest may wait.
+            if env is not None and not (env.reply is None and self._deliver_nowait(env)):
+                await self._hand_over(env)
             self._credit_owed += 1
             # Credit goes back in bulk: when a quarter of the window is owed, or when
             # nothing more is waiting (a frame per envelope would cost a write each).
@@ -371,70 +373,41 @@ class Link:
                 self._control_ready.clear()
                 await self._control_ready.wait()
             item, deadline = self._control_in.popleft()
-            await self._deliver_packed(item, deadline)
+            env = self._decode(item, deadline)
+            if env is not None:
+                await self._hand_over(env)
 
-    async def _deliver_one(self, wire: wire_pb2.Envelope | bytes, deadline: float) -> None:
-        if isinstance(wire, bytes):
-            await self._deliver_packed(wire, deadline)
-            return
-        reply = None
-        if wire.corr:
-            reply = RemoteReply(self.reply, wire.corr, deadline)
+    def _decode(self, wire: wire_pb2.Envelope | bytes, deadline: float) -> Envelope | None:
+        """The envelope a peer sent, decoded once; None if it cannot be (an ask then
+        gets a `SerializationError` back, a tell is logged and dropped)."""
+        corr = _HEADER.unpack_from(wire)[0] if isinstance(wire, bytes) else wire.corr
         try:
-            with self._bind_refs():
+            if isinstance(wire, bytes):
+                entry = pickle.loads(memoryview(wire)[_HEADER.size :])
+                target, method, args, kwargs, _, chain, sender, _ = entry
+                kwargs = kwargs or NO_KWARGS
+            else:
+                target, method, chain, sender = wire.target, wire.method, wire.chain, wire.sender
                 args = tuple(decode(a) for a in wire.args)
                 kwargs = {k: decode(v) for k, v in wire.kwargs.items()} or NO_KWARGS
-            env = Envelope(
-                wire.target,
-                wire.method,
-                args,
-                kwargs,
-                reply,
-                wire.chain,
-                wire.sender or None,
-                deadline,
-            )
-            await self._deliver(env)
-        except AgentmeshError as exc:
-            if reply is not None:
-                reply.set_exception(exc)
-            else:
-                log.warning(
-                    "tell %s.%s from node %s dropped: %s", wire.target, wire.method, self.peer, exc
-                )
-
-    def _deliver_packed_nowait(self, data: bytes) -> bool:
-        """The fast path for a tell to an agent with room: True if delivered (or
-        dropped with a log); False to take the waiting path."""
-        if _HEADER.unpack_from(data)[0]:
-            return False  # an ask: the full path
-        try:
-            entry = pickle.loads(memoryview(data)[_HEADER.size :])
-            target, method, args, kwargs, _, chain, sender, _ = entry
         except Exception as exc:
-            log.warning("undecodable tell from node %s dropped: %s", self.peer, exc)
-            return True
-        env = Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender)
-        return bool(self._deliver_nowait(env))
-
-    async def _deliver_packed(self, data: bytes, deadline: float) -> None:
-        try:
-            entry = pickle.loads(memoryview(data)[_HEADER.size :])
-            target, method, args, kwargs, corr, chain, sender, _ = entry
-        except Exception as exc:
-            corr = _HEADER.unpack_from(data)[0]
             reason = f"node {self.peer} sent what this node cannot decode: {exc}"
             if corr:
                 self.reply(corr, False, SerializationError(reason))
             else:
                 log.warning("%s (a tell, dropped)", reason)
-            return
+            return None
         reply = RemoteReply(self.reply, corr, deadline) if corr else None
-        env = Envelope(target, method, args, kwargs or NO_KWARGS, reply, chain, sender, deadline)
+        return Envelope(target, method, args, kwargs, reply, chain, sender or None, deadline)
+
+    async def _hand_over(self, env: Envelope) -> None:
+        """Deliver, waiting for room; a refusal goes back to an asker or to the log."""
         try:
             await self._deliver(env)
         except AgentmeshError as exc:
-            if reply is not None:
-                reply.set_exception(exc)
+            if env.reply is not None:
+                env.reply.set_exception(exc)
             else:
-                log.warning("tell %s.%s from node %s dropped: %s", target, method, self.peer, exc)
+                log.warning(
+                    "tell %s.%s from node %s dropped: %s", env.target, env.method, self.peer, exc
+                )
