@@ -165,7 +165,7 @@ class Mesh:
         assert isinstance(root, Supervisor)
         self._root = root
         if self._membership is not None:
-            await self._membership.start(self._spawn_here)
+            await self._membership.start(self._start_spec)
 
     @property
     def address(self) -> str | None:
@@ -288,51 +288,9 @@ class Mesh:
             target = None  # here is where a local child starts anyway
         if target is not None and membership is None:
             raise AgentUnavailable(f"node {target} is not reachable: this mesh is embedded")
-        if target is not None and detached and supervisor is None:
-            # Lives on by itself, under that node's root supervisor.
-            assert membership is not None
-            options = {
-                "name": name,
-                "mailbox_size": mailbox_size,
-                "concurrency": concurrency,
-                "restart": restart,
-                "shutdown": shutdown,
-                "checkpoint_every": checkpoint_every,
-            }
-            return await membership.spawn_on(target, agent_class, args, options)
-        # A child of `supervisor` (default: this node's root) on `target` (default:
-        # here): it is stopped with its supervisor, and restarted per its restart type,
-        # on another node if its node dies.
-        return await self._spawn_here(
-            agent_class,
-            *args,
-            name=name,
-            mailbox_size=mailbox_size,
-            concurrency=concurrency,
-            supervisor=supervisor,
-            restart=restart,
-            shutdown=shutdown,
-            checkpoint_every=checkpoint_every,
-            node=target,
-        )
-
-    async def _spawn_here(
-        self,
-        agent_class: type[A] | Callable[..., A],
-        /,
-        *args: Any,
-        name: str | None = None,
-        mailbox_size: int | None = None,
-        concurrency: int | None = None,
-        supervisor: AgentRef | None = None,
-        restart: Restart | None = None,
-        shutdown: float | None = None,
-        checkpoint_every: int = 0,
-        node: str | None = None,
-    ) -> AgentRef:
-        """Spawn a child of ``supervisor`` (else of the root) on ``node`` (else here)."""
         if restart is None:
             restart = "temporary" if supervisor is None else "permanent"
+        on_its_own = target is not None and detached and supervisor is None
         spec = ChildSpec(
             agent_class,
             *args,
@@ -342,8 +300,20 @@ class Mesh:
             mailbox_size=mailbox_size,
             concurrency=concurrency,
             checkpoint_every=checkpoint_every,
-            node=node,
+            node=None if on_its_own else target,
         )
+        if on_its_own:
+            # Lives on by itself, a child of that node's own root supervisor.
+            assert membership is not None
+            assert target is not None
+            return await membership.spawn_on(target, spec)
+        # A child of `supervisor` (default: this node's root) on `target` (default:
+        # here): it is stopped with its supervisor, and restarted per its restart type,
+        # on another node if its node dies.
+        return await self._start_spec(spec, supervisor)
+
+    async def _start_spec(self, spec: ChildSpec, supervisor: AgentRef | None = None) -> AgentRef:
+        """Start ``spec`` as a child of ``supervisor`` (else of this node's root)."""
         if supervisor is not None:
             local = supervisor._cell.instance if supervisor._cell is not None else None
             if not isinstance(local, Supervisor):

@@ -29,6 +29,7 @@ from ..kernel.errors import (
 )
 from ..kernel.ref import AgentRef
 from ..pubsub.topics import TopicTrie
+from ..supervision.spec import ChildSpec
 from ..transport.grpc_transport import GrpcTransport
 from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Directory, NodeInfo
 from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
@@ -86,16 +87,15 @@ class NodeService(Agent):
         """Node ``node_id``'s subscribers now hold ``patterns``."""
         self._membership.apply_interest(node_id, patterns)
 
-    async def spawn(
-        self, agent_class: Any, args: tuple[Any, ...], options: dict[str, Any]
-    ) -> AgentRef | AgentmeshError:
-        """Spawn an agent on this node (the class may come pickled by value).
+    async def spawn(self, spec: ChildSpec) -> AgentRef | AgentmeshError:
+        """Start ``spec`` here, a child of this node's root (the class may come
+        pickled by value).
 
         A typed failure (NameTaken, SpawnError ...) is returned, not raised, so the
         spawner can raise it as it is rather than wrapped in a RemoteError.
         """
         try:
-            ref: AgentRef = await self._spawn(agent_class, *args, **options)
+            ref: AgentRef = await self._spawn(spec)
         except AgentmeshError as exc:
             return exc
         return ref
@@ -304,10 +304,9 @@ class Membership:
     def service(self, node_id: str) -> AgentRef:
         return AgentRef._create(service_id(node_id), None, node_id, self.node)
 
-    async def spawn_on(
-        self, node_id: str, agent_class: Any, args: tuple[Any, ...], options: dict[str, Any]
-    ) -> AgentRef:
-        outcome = await self.service(node_id).spawn(agent_class, args, options)
+    async def spawn_on(self, node_id: str, spec: ChildSpec) -> AgentRef:
+        """Start ``spec`` on node ``node_id``, a child of that node's own root."""
+        outcome = await self.service(node_id).spawn(spec)
         if isinstance(outcome, AgentmeshError):
             raise outcome
         ref: AgentRef = outcome
