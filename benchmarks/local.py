@@ -85,21 +85,26 @@ async def ask_latencies(n: int) -> list[float]:
     return samples
 
 
-async def ask_throughput(n: int, outstanding: int) -> float:
-    """Seconds for ``n`` asks to one agent with at most ``outstanding`` in flight."""
+async def timed_asks(echo: am.AgentRef, n: int, outstanding: int) -> float:
+    """Seconds for ``n`` asks to ``echo`` with at most ``outstanding`` in flight."""
     import asyncio
 
+    room = asyncio.Semaphore(outstanding)
+
+    async def one(i: int) -> None:
+        async with room:
+            await echo.echo(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return time.perf_counter() - start
+
+
+async def ask_throughput(n: int, outstanding: int) -> float:
+    """Seconds for ``n`` asks to one agent with at most ``outstanding`` in flight."""
     async with am.Mesh() as mesh:
         echo = await mesh.spawn(Echo, concurrency=outstanding, mailbox_size=outstanding)
-        room = asyncio.Semaphore(outstanding)
-
-        async def one(i: int) -> None:
-            async with room:
-                await echo.echo(i)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        return time.perf_counter() - start
+        return await timed_asks(echo, n, outstanding)
 
 
 async def idle_agents(n: int) -> int:

@@ -19,7 +19,7 @@ import grpc
 
 import agentmesh as am
 
-from .local import Counting, Echo
+from .local import Counting, Echo, timed_asks
 from .savina import Pinger, Ponger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,15 +190,7 @@ async def ask_throughput(n: int, outstanding: int) -> float:
     async with _far_node() as (mesh, head):
         echo = await mesh.spawn(Echo, node=head, concurrency=outstanding)
         await echo.echo(0)
-        room = asyncio.Semaphore(outstanding)
-
-        async def one(i: int) -> None:
-            async with room:
-                await echo.echo(i)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        return time.perf_counter() - start
+        return await timed_asks(echo, n, outstanding)
 
 
 async def ping_pong(rounds: int) -> float:
