@@ -26,9 +26,11 @@ from ._private.kernel.exits import Terminated
 from ._private.kernel.info import AgentInfo
 from ._private.kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
+from ._private.kernel.placing import AwayFrom, DoesNotExist, Exists, In, Near, NotIn, OnNode
 from ._private.kernel.ref import AgentRef, MethodRef
 from ._private.kernel.state import MemoryStateStore, StateStore
 from ._private.mesh import Mesh
+from ._private.placement.scheduler import DEFAULT_PLACEMENT_TIMEOUT
 from ._private.pubsub.bus import DEAD_LETTERS, BusStatistics
 from ._private.pubsub.decorator import subscribe
 from ._private.pubsub.subscriptions import DeadLetter, TopicStream
@@ -49,6 +51,7 @@ __all__ = [
     "AgentmeshError",
     "AskTimeout",
     "AuthError",
+    "AwayFrom",
     "Backoff",
     "BadArguments",
     "BusStatistics",
@@ -57,14 +60,21 @@ __all__ = [
     "DEAD_LETTERS",
     "DEFAULT_ASK_TIMEOUT",
     "DEFAULT_MAILBOX_SIZE",
+    "DEFAULT_PLACEMENT_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DeadLetter",
+    "DoesNotExist",
+    "Exists",
+    "In",
     "MailboxFull",
     "MemoryStateStore",
     "Mesh",
     "MethodRef",
     "NameTaken",
+    "Near",
     "NodeInfo",
+    "NotIn",
+    "OnNode",
     "PlacementError",
     "RemoteError",
     "RestartIntensityExceeded",

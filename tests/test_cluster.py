@@ -176,7 +176,9 @@ async def test_status_shows_nodes_resources_and_labels(cluster: tuple[Daemon, Da
         assert process.returncode == 0
         text = out.decode()
         if as_json:
-            nodes = {n["role"]: n for n in json.loads(text)}
+            view = json.loads(text)
+            assert view["waiting"] == 0
+            nodes = {n["role"]: n for n in view["nodes"]}
             assert nodes["worker"]["address"] == worker.address
             assert nodes["worker"]["labels"] == {"zone": "eu"}
             assert nodes["head"]["address"] == head.address

@@ -44,6 +44,14 @@ EXPECTED = {
     "SpawnError",
     "UnknownMethod",
     "run",
+    "AwayFrom",
+    "DEFAULT_PLACEMENT_TIMEOUT",
+    "DoesNotExist",
+    "Exists",
+    "In",
+    "Near",
+    "NotIn",
+    "OnNode",
 }
 
 

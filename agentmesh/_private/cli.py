@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
+import textwrap
 from dataclasses import asdict
 from typing import Any
 
 from .kernel.errors import AgentmeshError
 from .mesh import Mesh
+from .placement.resources import machine_resources
 from .running import run
 from .transport.grpc_transport import TLS
 
@@ -42,16 +43,6 @@ def _labels(text: str) -> dict[str, str]:
     return _pairs(text, str)
 
 
-def _machine_resources() -> dict[str, float]:
-    resources = {"cpu": float(os.cpu_count() or 1)}
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        resources["memory"] = float(pages * size)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return resources
-
-
 async def _serve(mesh: Mesh) -> None:
     async with mesh:
         print(mesh.address, flush=True)
@@ -71,22 +62,31 @@ def _amount(name: str, value: float) -> str:
 async def _status(address: str, token: str | None, as_json: bool, tls: TLS | None) -> None:
     async with Mesh(join=address, token=token, tls=tls) as mesh:
         nodes = [n for n in await mesh.nodes() if n.id != mesh.node_id]
+        waiting, failures = await mesh.placement_report()
     if as_json:
-        print(json.dumps([asdict(n) for n in nodes], indent=2))
+        view = {"nodes": [asdict(n) for n in nodes], "waiting": waiting, "failures": failures}
+        print(json.dumps(view, indent=2))
         return
     print(
         f"{'node':10} {'role':7} {'state':5} {'address':22} {'agents':>6} {'queued':>6}  "
-        "resources / labels"
+        "resources used/total, labels"
     )
     for n in nodes:
         state = "up" if n.alive else "down"
-        extra = ", ".join(f"{k}={_amount(k, v)}" for k, v in n.resources.items())
+        extra = ", ".join(
+            f"{k}={_amount(k, n.used.get(k, 0.0))}/{_amount(k, v)}" for k, v in n.resources.items()
+        )
         if n.labels:
             extra += "  " + ", ".join(f"{k}={v}" for k, v in n.labels.items())
         print(
             f"{n.id:10} {n.role:7} {state:5} {n.address:22} {n.agents:>6} "
             f"{n.mailbox_depth:>6}  {extra}"
         )
+    print(f"placement: {waiting} spawn(s) waiting for room")
+    if failures:
+        print("latest placement failures:")
+        for failure in failures[-5:]:
+            print(textwrap.indent(failure, "  "))
 
 
 def _tls_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     head = commands.add_parser("head", help="run a head node (control plane and agents)")
     head.add_argument("--listen", default="127.0.0.1:7470", help="HOST:PORT (port 0: any)")
     head.add_argument("--token", help=token_help)
+    head.add_argument(
+        "--resources", type=_resources, help="e.g. cpu=8,gpu=1 (default: this machine)"
+    )
+    head.add_argument("--labels", type=_labels, default={}, help="e.g. zone=eu,tier=gpu")
     head.add_argument(
         "--dead-after", type=float, default=2.5, help="seconds of silence before a node is dead"
     )
@@ -137,13 +141,15 @@ def main(argv: list[str] | None = None) -> None:
             mesh = Mesh(
                 listen=args.listen,
                 token=args.token,
+                resources=args.resources,
+                labels=args.labels,
                 tls=_tls(args),
                 heartbeat=args.heartbeat,
                 dead_after=args.dead_after,
             )
             run(_serve(mesh))
         elif args.command == "node":
-            resources = args.resources if args.resources is not None else _machine_resources()
+            resources = args.resources if args.resources is not None else machine_resources()
             mesh = Mesh(
                 join=args.join,
                 listen=args.listen,

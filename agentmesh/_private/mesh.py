@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from .kernel.agent import Agent
 from .kernel.cell import Cell
 from .kernel.context import current_cell, current_node
 from .kernel.errors import (
+    AgentmeshError,
     AgentNotFound,
     AgentUnavailable,
     RestartIntensityExceeded,
@@ -24,9 +26,12 @@ from .kernel.exits import ExitReason, Terminated
 from .kernel.info import AgentInfo
 from .kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Node
+from .kernel.placing import GangStrategy, OnNode, Selector, Strategy, Ticket, make_request
 from .kernel.ref import AgentRef
 from .kernel.state import StateStore
 from .kernel.transport import Transport
+from .placement.resources import machine_resources
+from .placement.scheduler import DEFAULT_PLACEMENT_TIMEOUT, LocalPlacer, Scheduler
 from .pubsub.bus import Bus, BusStatistics
 from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
@@ -79,6 +84,7 @@ class Mesh:
         tls: TLS | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         dead_after: float = DEFAULT_DEAD_AFTER,
+        placement_timeout: float = DEFAULT_PLACEMENT_TIMEOUT,
         node_id: str | None = None,
         _transport: Transport | None = None,
         _role: str | None = None,
@@ -87,6 +93,8 @@ class Mesh:
             raise ValueError(f"mailbox_size must be at least 1, got {mailbox_size}")
         if not 0 < heartbeat < dead_after:
             raise ValueError(f"need 0 < heartbeat < dead_after, got {heartbeat}, {dead_after}")
+        if placement_timeout < 0:
+            raise ValueError(f"placement_timeout must be 0 or more, got {placement_timeout}")
         self._root_spec = SupervisorSpec(intensity=restart_intensity, period=restart_period)
         grpc_transport: GrpcTransport | None = None
         if listen is not None or join is not None:
@@ -111,8 +119,15 @@ class Mesh:
         self._failure: asyncio.Future[RestartIntensityExceeded | None] | None = None
         self._failure_seen = False
         self._membership: Membership | None = None
-        if grpc_transport is not None:
-            role = _role or ("head" if join is None else "driver")
+        role = _role or ("head" if join is None else "driver")
+        if resources is None:
+            resources = {} if role == "driver" else machine_resources()
+        make_request(resources, labels)  # refuse bad names and amounts now
+        self._scheduler = Scheduler(placement_timeout)
+        if grpc_transport is None:
+            self._scheduler.node_up(self._node.id, "head", resources, labels or {})
+            self._node.placer = LocalPlacer(self._scheduler)
+        else:
             self._membership = Membership(
                 self._node,
                 grpc_transport,
@@ -122,6 +137,7 @@ class Mesh:
                 labels=dict(labels or {}),
                 heartbeat=heartbeat,
                 dead_after=dead_after,
+                scheduler=self._scheduler,
             )
             self._node.ended_hooks.append(self._membership.release_name)
             self._node.name_claims.append(self._membership.claim_name)
@@ -178,8 +194,21 @@ class Mesh:
         if self._membership is None:
             cells = [c for c in self._node.cells.values() if not c.id.startswith("sys.")]
             depth = sum(len(c.mailbox) for c in cells)
-            return [NodeInfo(self.node_id, "", "embedded", {}, {}, len(cells), depth)]
+            view = self._scheduler.view.nodes[self.node_id]
+            used = {k: v for k, v in view.used.items() if v}
+            info = NodeInfo(
+                self.node_id, "", "embedded", view.total, view.labels, len(cells), depth
+            )
+            return [dataclasses.replace(info, used=used)]
         return await self._membership.nodes()
+
+    async def placement_report(self) -> tuple[int, list[str]]:
+        """(spawns waiting for room, the latest placement failures, oldest first), as
+        the head's scheduler sees them."""
+        if self._membership is None or self._membership.role == "head":
+            scheduler = self._scheduler
+            return len(scheduler.waiting), list(scheduler.failures)
+        return await self._membership.placement_report()
 
     async def __aexit__(
         self,
@@ -257,6 +286,10 @@ class Mesh:
         checkpoint_every: int = 0,
         node: str | None = None,
         detached: bool = False,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, Selector] | None = None,
+        strategy: Strategy | None = None,
+        placement_timeout: float | None = None,
     ) -> AgentRef:
         """Start an agent and return its ref once ``on_start`` has run.
 
@@ -269,28 +302,24 @@ class Mesh:
         opt in; under a given supervisor, ``permanent`` by default, as `ChildSpec`),
         ``shutdown`` (its stop timeout) and ``checkpoint_every`` (save ``snapshot()``
         after every that many handled messages; 0 = only on ``self.checkpoint()``).
-        In a cluster, ``node`` names the node to start it on (default: this node; for
-        a driver, a worker the head picks). An agent a driver starts elsewhere is
-        stopped when the driver leaves, unless ``detached``. Names are unique across
-        the cluster. Raises `SpawnError` if the constructor or ``on_start`` raised.
+
+        Placement: ``resources`` (e.g. ``{"gpu": 1, "cpu": 0.5}``) are reserved on the
+        chosen node until the agent ends; ``labels`` select nodes (a string for
+        equality, or `In`, `NotIn`, `Exists`, `DoesNotExist`); ``strategy`` is
+        ``"balanced"`` (default), ``"pack"``, ``"spread"``, `OnNode`, `Near` or
+        `AwayFrom`; ``node`` names the node outright. Without any of these the agent
+        starts on this node (for a driver: on a node placement picks). A request no
+        node could ever satisfy raises `PlacementError` at once; one that only lacks
+        free capacity waits up to ``placement_timeout`` (default: the mesh's).
+        An agent a driver starts elsewhere is stopped when the driver leaves, unless
+        ``detached``. Names are unique across the cluster. Raises `SpawnError` if the
+        constructor or ``on_start`` raised.
         """
         self._check_open()
         if self._node.closed:
             raise RuntimeError("the mesh is closed")
-        membership = self._membership
-        target = node
-        driver = membership is not None and membership.role == "driver"
-        if target is None and supervisor is None and driver:
-            assert membership is not None
-            target = await membership.pick_node()
-        remote_supervisor = supervisor is not None and supervisor._cell is None
-        if target == self.node_id and not remote_supervisor:
-            target = None  # here is where a local child starts anyway
-        if target is not None and membership is None:
-            raise AgentUnavailable(f"node {target} is not reachable: this mesh is embedded")
         if restart is None:
             restart = "temporary" if supervisor is None else "permanent"
-        on_its_own = target is not None and detached and supervisor is None
         spec = ChildSpec(
             agent_class,
             *args,
@@ -300,20 +329,96 @@ class Mesh:
             mailbox_size=mailbox_size,
             concurrency=concurrency,
             checkpoint_every=checkpoint_every,
-            node=None if on_its_own else target,
+            node=node,
+            resources=resources,
+            labels=labels,
+            strategy=strategy,
+            placement_timeout=placement_timeout,
         )
-        if on_its_own:
-            # Lives on by itself, a child of that node's own root supervisor.
-            assert membership is not None
-            assert target is not None
-            return await membership.spawn_on(target, spec)
-        # A child of `supervisor` (default: this node's root) on `target` (default:
-        # here): it is stopped with its supervisor, and restarted per its restart type,
-        # on another node if its node dies.
-        return await self._start_spec(spec, supervisor)
+        if supervisor is not None:
+            # Its supervisor places it (and places it again if its node dies).
+            return await self._start_spec(spec, supervisor)
+        membership = self._membership
+        driver = membership is not None and membership.role == "driver"
+        request = spec.placement
+        ticket: Ticket | None = None
+        placer = self._node.placer
+        if placer is not None and (not request.is_default or (driver and node is None)):
+            if node is not None:
+                request = dataclasses.replace(request, strategy=OnNode(node))
+            ticket = await placer.reserve(request)
+            node = ticket.node
+        if node == self.node_id:
+            node = None  # here is where a local child starts anyway
+        if node is not None and membership is None:
+            raise AgentUnavailable(f"node {node} is not reachable: this mesh is embedded")
+        try:
+            if node is not None and detached:
+                # Lives on by itself, a child of that node's own root supervisor.
+                assert membership is not None
+                spec = spec.on_node(None)
+                return await membership.spawn_on(node, spec, ticket)
+            # A child of this node's root on `node` (default: here): it is stopped with
+            # the root, and restarted per its restart type, elsewhere if its node dies.
+            return await self._start_spec(spec.on_node(node), None, ticket)
+        except BaseException:
+            if ticket is not None and placer is not None:
+                placer.release(ticket.key)
+            raise
 
-    async def _start_spec(self, spec: ChildSpec, supervisor: AgentRef | None = None) -> AgentRef:
-        """Start ``spec`` as a child of ``supervisor`` (else of this node's root)."""
+    async def spawn_gang(
+        self,
+        specs: Iterable[ChildSpec],
+        *,
+        strategy: GangStrategy = "pack",
+        placement_timeout: float | None = None,
+    ) -> list[AgentRef]:
+        """Start a group of agents all at once, or none of them (Ray's placement groups).
+
+        Each `ChildSpec` gives its agent, name, restart type, ``resources`` and
+        ``labels`` (not ``node`` or ``strategy``: the gang's ``strategy`` places them
+        together): ``pack`` (as few nodes as will do), ``spread`` (distinct nodes as
+        far as possible), ``strict_pack`` (all on one node), ``strict_spread`` (each on
+        a node of its own). Resources for all are reserved in one step; if that cannot
+        be done now the gang waits up to ``placement_timeout``, and raises
+        `PlacementError` (at once if no set of nodes could ever host it). If one
+        member fails to start, those started are stopped and the error raised. The
+        members are children of the mesh's root, refs in the order of ``specs``.
+        """
+        self._check_open()
+        members = list(specs)
+        for spec in members:
+            if not isinstance(spec, ChildSpec):
+                raise TypeError(f"spawn_gang takes ChildSpec objects, got {spec!r}")
+            if spec.node is not None or spec.placement.strategy != "balanced":
+                raise ValueError("a gang member gives no node or node rule: the gang places it")
+        placer = self._node.placer
+        assert placer is not None
+        requests = [dataclasses.replace(s.placement, strategy="balanced") for s in members]
+        tickets = await placer.reserve_gang(requests, strategy, placement_timeout)
+        refs: list[AgentRef] = []
+        try:
+            for spec, ticket in zip(members, tickets, strict=True):
+                here = ticket.node == self.node_id
+                placed = spec.on_node(None if here else ticket.node)
+                refs.append(await self._start_spec(placed, None, ticket))
+        except BaseException:
+            for ticket in tickets[len(refs) :]:
+                placer.release(ticket.key)
+            for ref in reversed(refs):
+                with contextlib.suppress(AgentmeshError):
+                    await ref.stop()
+            raise
+        return refs
+
+    async def _start_spec(
+        self,
+        spec: ChildSpec,
+        supervisor: AgentRef | None = None,
+        ticket: Ticket | None = None,
+    ) -> AgentRef:
+        """Start ``spec`` as a child of ``supervisor`` (else of this node's root), with
+        the resources ``ticket`` reserved, if any."""
         if supervisor is not None:
             local = supervisor._cell.instance if supervisor._cell is not None else None
             if not isinstance(local, Supervisor):
@@ -329,7 +434,7 @@ class Mesh:
         if self._root_ref._cell.instance is not self._root:
             raise AgentUnavailable("the mesh's root supervisor gave up; see wait_failure()")
         # The root is local: start the child directly rather than through its mailbox.
-        return await self._root._start_child(spec, dynamic=True)
+        return await self._root._start_child(spec, dynamic=True, ticket=ticket)
 
     async def get(self, name: str) -> AgentRef:
         """The ref of the agent registered as ``name``, on any node of the cluster;

@@ -9,12 +9,12 @@ membership, so nodes learn of joins and deaths within one heartbeat.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from dataclasses import dataclass, field, replace
 
 from ..kernel.agent import Agent
 from ..kernel.ref import AgentRef
+from ..placement.scheduler import Resources, Scheduler
 
 __all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_HEARTBEAT", "Directory", "NodeInfo"]
 
@@ -39,18 +39,21 @@ class NodeInfo:
     mailbox_depth: int = 0
     alive: bool = True
     last_seen: float = 0.0
+    #: Of ``resources``, how much placement has reserved for agents.
+    used: dict[str, float] = field(default_factory=dict)
 
 
 class Directory(Agent):
-    """Membership, failure detection and the cluster-wide name registry."""
+    """Membership, failure detection and the cluster-wide name registry; it keeps the
+    placement scheduler's view of the nodes current."""
 
-    def __init__(self, dead_after: float = DEFAULT_DEAD_AFTER) -> None:
+    def __init__(self, scheduler: Scheduler, dead_after: float = DEFAULT_DEAD_AFTER) -> None:
+        self.scheduler = scheduler
         self.dead_after = dead_after
         self.nodes: dict[str, NodeInfo] = {}
         self.names: dict[str, AgentRef] = {}
         #: Each node's pub/sub interest: the patterns its subscribers hold.
         self.interests: dict[str, frozenset[str]] = {}
-        self._turn = itertools.count()
         self._watchdog: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
@@ -66,13 +69,18 @@ class Directory(Agent):
     # -- membership -----------------------------------------------------------------
 
     async def register(
-        self, node: NodeInfo, names: dict[str, AgentRef]
+        self,
+        node: NodeInfo,
+        names: dict[str, AgentRef],
+        held: dict[str, Resources] | None = None,
     ) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
-        """A node joins (or rejoins after a head restart, with the names it holds).
-        Returns the live members (node id -> address) and their pub/sub interest."""
+        """A node joins (or rejoins after a head restart, with the names and the
+        reservations it holds). Returns the live members (node id -> address) and
+        their pub/sub interest."""
         self.nodes[node.id] = replace(node, alive=True, last_seen=self._now())
         for name, ref in names.items():
             self.names.setdefault(name, ref)
+        self.scheduler.node_up(node.id, node.role, node.resources, node.labels, held)
         log.info("node %s (%s) joined from %s", node.id, node.role, node.address)
         return self._members(), dict(self.interests)
 
@@ -114,22 +122,20 @@ class Directory(Agent):
         """A node leaves cleanly: it is forgotten (a dead one stays listed, down)."""
         self._drop(node_id, "left")
         self.nodes.pop(node_id, None)
+        self.scheduler.node_down(node_id)
 
     async def members(self) -> list[NodeInfo]:
         """Every node known, live or dead, with its last reported load."""
         now = self._now()
-        return [replace(n, last_seen=now - n.last_seen) for n in self.nodes.values()]
-
-    async def pick_node(self, exclude: frozenset[str] = frozenset()) -> str | None:
-        """A live node to host a new agent: workers in turn, else the head (None if
-        there is none); never one in ``exclude``."""
-        ok = [n for n in self.nodes.values() if n.alive and n.id not in exclude]
-        live = [n for n in ok if n.role == "worker"]
-        if not live:
-            live = [n for n in ok if n.role == "head"]
-        if not live:
-            return None
-        return live[next(self._turn) % len(live)].id
+        views = self.scheduler.view.nodes
+        return [
+            replace(
+                n,
+                last_seen=now - n.last_seen,
+                used={k: v for k, v in views[n.id].used.items() if v} if n.id in views else {},
+            )
+            for n in self.nodes.values()
+        ]
 
     def _members(self) -> dict[str, str]:
         return {n.id: n.address for n in self.nodes.values() if n.alive}
@@ -140,6 +146,7 @@ class Directory(Agent):
             return
         self.nodes[node_id] = replace(node, alive=False)
         self.interests.pop(node_id, None)
+        self.scheduler.node_down(node_id)
         for name, ref in list(self.names.items()):
             if ref.node == node_id:
                 del self.names[name]

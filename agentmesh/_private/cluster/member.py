@@ -27,7 +27,9 @@ from ..kernel.errors import (
     AuthError,
     NameTaken,
 )
+from ..kernel.placing import GangStrategy, PlacementRequest, Ticket
 from ..kernel.ref import AgentRef
+from ..placement.scheduler import LocalPlacer, Scheduler
 from ..pubsub.topics import TopicTrie
 from ..supervision.spec import ChildSpec
 from ..transport.grpc_transport import GrpcTransport
@@ -37,7 +39,7 @@ from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
 if TYPE_CHECKING:
     from ..kernel.node import Node
 
-__all__ = ["Membership", "NodeService"]
+__all__ = ["Membership", "NodeService", "PlacementService", "RemotePlacer"]
 
 log = logging.getLogger("agentmesh.cluster")
 
@@ -87,15 +89,15 @@ class NodeService(Agent):
         """Node ``node_id``'s subscribers now hold ``patterns``."""
         self._membership.apply_interest(node_id, patterns)
 
-    async def spawn(self, spec: ChildSpec) -> AgentRef | AgentmeshError:
-        """Start ``spec`` here, a child of this node's root (the class may come
-        pickled by value).
+    async def spawn(self, spec: ChildSpec, ticket: Ticket | None) -> AgentRef | AgentmeshError:
+        """Start ``spec`` here, a child of this node's root, holding the resources of
+        ``ticket`` (the class may come pickled by value).
 
         A typed failure (NameTaken, SpawnError ...) is returned, not raised, so the
         spawner can raise it as it is rather than wrapped in a RemoteError.
         """
         try:
-            ref: AgentRef = await self._spawn(spec)
+            ref: AgentRef = await self._spawn(spec, None, ticket)
         except AgentmeshError as exc:
             return exc
         return ref
@@ -104,6 +106,94 @@ class NodeService(Agent):
         """(agents, messages queued) on this node."""
         cells = self._am_cell.node.cells.values()
         return len(cells), sum(len(c.mailbox) for c in cells)
+
+
+class PlacementService(Agent):
+    """The head's placement scheduler, for spawns on other nodes."""
+
+    concurrency = 100_000  # a spawn waiting for room must not hold back the others
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    async def reserve(
+        self, request: PlacementRequest, exclude: frozenset[str], timeout: float
+    ) -> Ticket | AgentmeshError:
+        try:
+            return await self._scheduler.reserve(request, exclude=exclude, timeout=timeout)
+        except AgentmeshError as exc:
+            return exc
+
+    async def reserve_gang(
+        self, requests: list[PlacementRequest], strategy: GangStrategy, timeout: float
+    ) -> list[Ticket] | AgentmeshError:
+        try:
+            return await self._scheduler.reserve_gang(requests, strategy, timeout)
+        except AgentmeshError as exc:
+            return exc
+
+    async def release(self, key: str) -> None:
+        self._scheduler.release(key)
+
+    async def report(self) -> tuple[int, list[str]]:
+        """(spawns waiting for room, the latest placement failures)."""
+        return len(self._scheduler.waiting), list(self._scheduler.failures)
+
+
+class RemotePlacer:
+    """The `Placer` of a node that is not the head: it asks the head's scheduler."""
+
+    def __init__(self, membership: Membership, timeout: float) -> None:
+        self.membership = membership
+        self.timeout = timeout
+
+    def _service(self) -> AgentRef:
+        directory = self.membership.directory
+        assert directory is not None
+        node = self.membership.node
+        return AgentRef._create(placement_id(directory.node), None, directory.node, node)
+
+    async def reserve(
+        self,
+        request: PlacementRequest,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        timeout: float | None = None,
+    ) -> Ticket:
+        timeout = request.timeout if timeout is None else timeout
+        timeout = self.timeout if timeout is None else timeout
+        outcome = await self._service().reserve.ask(
+            request, exclude, timeout, timeout=timeout + _SLACK
+        )
+        if isinstance(outcome, AgentmeshError):
+            raise outcome
+        ticket: Ticket = outcome
+        return ticket
+
+    async def reserve_gang(
+        self, requests: list[PlacementRequest], strategy: GangStrategy, timeout: float | None
+    ) -> list[Ticket]:
+        timeout = self.timeout if timeout is None else timeout
+        outcome = await self._service().reserve_gang.ask(
+            requests, strategy, timeout, timeout=timeout + _SLACK
+        )
+        if isinstance(outcome, AgentmeshError):
+            raise outcome
+        tickets: list[Ticket] = outcome
+        return tickets
+
+    def release(self, key: str) -> None:
+        try:
+            self._service().release.tell_nowait(key)
+        except AgentmeshError as exc:  # the head is away: it rebuilds from registrations
+            log.info("could not release reservation %s: %s", key, exc)
+
+
+_SLACK = 10.0  # seconds an ask to the scheduler may take beyond its own wait
+
+
+def placement_id(node_id: str) -> str:
+    return f"sys.placement.{node_id}"
 
 
 def service_id(node_id: str) -> str:
@@ -128,8 +218,10 @@ class Membership:
         labels: dict[str, str],
         heartbeat: float = DEFAULT_HEARTBEAT,
         dead_after: float = DEFAULT_DEAD_AFTER,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.node = node
+        self.scheduler = scheduler
         self.transport = transport
         self.role = role
         self.head_address = head
@@ -150,11 +242,15 @@ class Membership:
         node = self.node
         await node.spawn(NodeService, (spawn, self), agent_id=service_id(node.id))
         if self.head_address is None:
+            scheduler = self.scheduler or Scheduler()
             self.directory = await node.spawn(
-                Directory, (self.dead_after,), agent_id=directory_id(node.id)
+                Directory, (scheduler, self.dead_after), agent_id=directory_id(node.id)
             )
+            await node.spawn(PlacementService, (scheduler,), agent_id=placement_id(node.id))
+            node.placer = LocalPlacer(scheduler)
         else:
             await self._join()
+            node.placer = RemotePlacer(self, self.scheduler.timeout if self.scheduler else 30.0)
         await self._register()
         self.transport.resolve = self._resolve
         node.remote_children = RemoteChildren(self)
@@ -179,7 +275,12 @@ class Membership:
     async def _register(self) -> None:
         assert self.directory is not None
         names = {name: cell.ref for name, cell in self.node.names.items()}
-        members, interests = await self.directory.register.ask(self._me(), names, timeout=5.0)
+        held = {
+            c.reservation.key: c.reservation.resources
+            for c in self.node.cells.values()
+            if c.reservation is not None
+        }
+        members, interests = await self.directory.register.ask(self._me(), names, held, timeout=5.0)
         self._update(members)
         for peer, patterns in interests.items():
             if peer != self.node.id:
@@ -304,20 +405,13 @@ class Membership:
     def service(self, node_id: str) -> AgentRef:
         return AgentRef._create(service_id(node_id), None, node_id, self.node)
 
-    async def spawn_on(self, node_id: str, spec: ChildSpec) -> AgentRef:
+    async def spawn_on(self, node_id: str, spec: ChildSpec, ticket: Ticket | None) -> AgentRef:
         """Start ``spec`` on node ``node_id``, a child of that node's own root."""
-        outcome = await self.service(node_id).spawn(spec)
+        outcome = await self.service(node_id).spawn(spec, ticket)
         if isinstance(outcome, AgentmeshError):
             raise outcome
         ref: AgentRef = outcome
         return ref
-
-    async def pick_node(self, exclude: set[str] | None = None) -> str:
-        assert self.directory is not None
-        node: str | None = await self.directory.pick_node(frozenset(exclude or ()))
-        if node is None:
-            raise AgentUnavailable("no live node can host agents")
-        return node
 
     async def claim_name(self, ref: AgentRef) -> None:
         """Claim ``ref``'s name cluster-wide; `NameTaken` if another agent holds it."""
@@ -345,6 +439,13 @@ class Membership:
         if ref is None:
             raise AgentNotFound(f"no agent named {name!r} in the cluster")
         return ref
+
+    async def placement_report(self) -> tuple[int, list[str]]:
+        assert self.directory is not None
+        head = self.directory.node
+        service = AgentRef._create(placement_id(head), None, head, self.node)
+        report: tuple[int, list[str]] = await service.report()
+        return report
 
     async def nodes(self) -> list[NodeInfo]:
         assert self.directory is not None

@@ -21,6 +21,7 @@ from ..kernel.envelope import NO_KWARGS, Envelope, new_chain
 from ..kernel.errors import AgentmeshError, AgentUnavailable
 from ..kernel.exits import ExitReason, Terminated
 from ..kernel.info import AgentInfo
+from ..kernel.placing import Ticket
 from ..kernel.ref import AgentRef
 from ..supervision.spec import ChildSpec
 from ..supervision.supervisor import takes_restart
@@ -173,26 +174,46 @@ class RemoteChildren:
     def node(self) -> Node:
         return self.membership.node
 
-    async def spawn(self, spec: ChildSpec, supervisor: AgentRef, key: int) -> RemoteCell:
-        assert spec.node is not None
-        ref = await self._spawn_on(spec.node, spec, supervisor, key)
+    async def spawn(
+        self,
+        spec: ChildSpec,
+        supervisor: AgentRef,
+        key: int,
+        node_id: str,
+        ticket: Ticket | None,
+    ) -> RemoteCell:
+        ref = await self._spawn_on(node_id, spec, supervisor, key, ticket)
         return RemoteCell(self, spec, ref, supervisor, key)
 
     async def respawn(self, cell: RemoteCell) -> AgentRef:
-        target = await self.membership.pick_node(exclude={cell.ref.node})
+        """Start a child lost with its node again, on another node that fits it."""
+        placer = self.node.placer
+        assert placer is not None
+        lost = frozenset({cell.ref.node})
+        ticket = await placer.reserve(cell.spec.placement, exclude=lost)
         log.warning(
-            "restarting %s, lost with node %s, on node %s", cell.label, cell.ref.node, target
+            "restarting %s, lost with node %s, on node %s", cell.label, cell.ref.node, ticket.node
         )
-        return await self._spawn_on(target, cell.spec, cell.supervisor, cell.key)
+        try:
+            return await self._spawn_on(ticket.node, cell.spec, cell.supervisor, cell.key, ticket)
+        except BaseException:
+            placer.release(ticket.key)
+            raise
 
     async def _spawn_on(
-        self, node_id: str, spec: ChildSpec, supervisor: AgentRef, key: int
+        self,
+        node_id: str,
+        spec: ChildSpec,
+        supervisor: AgentRef,
+        key: int,
+        ticket: Ticket | None,
     ) -> AgentRef:
         options = {
             "name": spec.name,
             "mailbox_size": spec.mailbox_size,
             "concurrency": spec.concurrency,
             "checkpoint_every": spec.checkpoint_every,
+            "reservation": ticket,
         }
         service = self.membership.service(node_id)
         outcome = await service.spawn_child(

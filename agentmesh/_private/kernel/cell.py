@@ -84,6 +84,7 @@ class Cell(Lifecycle):
         self.exit_reason: str | None = None
         self.last_error: str | None = None
         self.checkpoint_every = 0
+        self.reservation = None  # what placement holds for it (a Ticket)
         self.handled = 0
         self.rejected = 0
         self.crashes = 0

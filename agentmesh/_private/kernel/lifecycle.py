@@ -26,6 +26,7 @@ from .exits import ExitReason, Terminated
 if TYPE_CHECKING:
     from .mailbox import Mailbox
     from .node import Node
+    from .placing import Ticket
     from .ref import AgentRef
 
 __all__ = ["ExitListener", "Lifecycle", "State", "remote_error"]
@@ -107,6 +108,7 @@ class Lifecycle:
         "node",
         "ref",
         "rejected",
+        "reservation",
         "restarts",
         "state",
         "stop_requested",
@@ -132,6 +134,7 @@ class Lifecycle:
     exit_reason: str | None
     last_error: str | None
     checkpoint_every: int
+    reservation: Ticket | None
     crashes: int
     restarts: int
     _halt: bool

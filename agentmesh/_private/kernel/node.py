@@ -33,6 +33,7 @@ from .exits import ExitReason, Terminated
 from .info import AgentInfo
 from .mailbox import DEFAULT_MAILBOX_SIZE
 from .monitors import RemoteMonitors, RemoteWatcher
+from .placing import Placer, Ticket
 from .ref import AgentRef
 from .state import MemoryStateStore, StateStore
 from .waits import describe_wait
@@ -118,6 +119,8 @@ class Node:
         self.bus: Any = None
         #: Called with each cell that ends for good (the cluster releases its name).
         self.ended_hooks: list[Callable[[Cell], None]] = []
+        #: Chooses nodes and holds resources for spawns (set by the mesh layer).
+        self.placer: Placer | None = None
         #: Starts supervised children on other nodes (set by the cluster layer).
         self.remote_children: Any = None
         #: Called with each named agent once started (the cluster claims its name
@@ -143,6 +146,7 @@ class Node:
         checkpoint_every: int = 0,
         exit_listener: ExitListener | None = None,
         agent_id: str | None = None,
+        reservation: Ticket | None = None,
     ) -> AgentRef:
         """Create an agent here, run its ``on_start`` and return its ref.
 
@@ -150,7 +154,8 @@ class Node:
 
         ``exit_listener`` (its supervisor) learns of every exit of an instance and may
         restart it. ``checkpoint_every`` > 0 saves a snapshot every that many handled
-        messages.
+        messages. ``reservation`` holds the resources placement reserved for it,
+        released when it ends for good.
         """
         if self.closed:
             raise AgentUnavailable(f"node {self.id} is closed")
@@ -189,6 +194,7 @@ class Node:
             raise TypeError(f"checkpoint_every needs {cls.__qualname__}.snapshot() to save")
         cell.checkpoint_every = checkpoint_every
         cell.exit_listener = exit_listener
+        cell.reservation = reservation
         ref._cell = cell
         self.cells[agent_id] = cell
         if name is not None:
@@ -239,6 +245,9 @@ class Node:
     def agent_ended(self, cell: Cell) -> None:
         if self.bus is not None:
             self.bus.agent_ended(cell)
+        if cell.reservation is not None and self.placer is not None:
+            self.placer.release(cell.reservation.key)
+            cell.reservation = None
         for hook in self.ended_hooks:
             hook(cell)
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ..kernel.agent import Agent, check_agent_class
+from ..kernel.placing import PlacementRequest, Selector, make_request
+from ..kernel.placing import Strategy as PlacementStrategy
 
 __all__ = ["Backoff", "ChildSpec", "Restart", "Strategy", "SupervisorSpec"]
 
@@ -66,7 +68,9 @@ class ChildSpec:
     the mesh's shutdown timeout). ``checkpoint_every`` > 0 saves the agent's
     ``snapshot()`` after every that many handled messages. ``node`` (in a cluster)
     starts the child on that node; if that node dies, the child is restarted on
-    another live node (its restart type permitting).
+    another live node (its restart type permitting). ``resources``, ``labels`` (label
+    selectors), ``strategy`` and ``placement_timeout`` choose the node as for
+    `Mesh.spawn`, and again when the child is restarted after its node died.
     """
 
     agent_class: Callable[..., Agent]
@@ -78,6 +82,7 @@ class ChildSpec:
     concurrency: int | None
     checkpoint_every: int
     node: str | None
+    placement: PlacementRequest
 
     def __init__(
         self,
@@ -91,6 +96,10 @@ class ChildSpec:
         concurrency: int | None = None,
         checkpoint_every: int = 0,
         node: str | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, Selector] | None = None,
+        strategy: PlacementStrategy | None = None,
+        placement_timeout: float | None = None,
     ) -> None:
         cls = agent_class.func if isinstance(agent_class, functools.partial) else agent_class
         check_agent_class(cls)
@@ -100,6 +109,8 @@ class ChildSpec:
             raise ValueError(f"shutdown must be a positive number of seconds, got {shutdown}")
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be 0 or more, got {checkpoint_every}")
+        if node is not None and strategy is not None:
+            raise ValueError("give node= or strategy=, not both")
         for key, value in (
             ("agent_class", agent_class),
             ("args", args),
@@ -110,8 +121,17 @@ class ChildSpec:
             ("concurrency", concurrency),
             ("checkpoint_every", checkpoint_every),
             ("node", node),
+            ("placement", make_request(resources, labels, strategy, placement_timeout)),
         ):
             object.__setattr__(self, key, value)
+
+    def on_node(self, node: str | None) -> ChildSpec:
+        """The same spec, started on ``node`` (None: where its supervisor is)."""
+        spec = object.__new__(ChildSpec)
+        for key in self.__slots__:
+            object.__setattr__(spec, key, getattr(self, key))
+        object.__setattr__(spec, "node", node)
+        return spec
 
     @property
     def class_name(self) -> str:

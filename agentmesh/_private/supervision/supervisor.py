@@ -8,13 +8,14 @@ import itertools
 import logging
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from ..kernel.agent import Agent
 from ..kernel.cell import Cell, State
 from ..kernel.errors import AgentUnavailable, RestartIntensityExceeded
 from ..kernel.exits import ABNORMAL, ExitReason, Terminated
+from ..kernel.placing import OnNode, Ticket
 from ..kernel.ref import AgentRef
 from .spec import ChildSpec, SupervisorSpec
 
@@ -155,26 +156,35 @@ class Supervisor(Agent):
 
     # -- starting and stopping children -------------------------------------------
 
-    async def _start_child(self, spec: ChildSpec, *, dynamic: bool) -> AgentRef:
+    async def _start_child(
+        self, spec: ChildSpec, *, dynamic: bool, ticket: Ticket | None = None
+    ) -> AgentRef:
+        """Start ``spec`` where placement says (or on ``spec.node``, or here), with the
+        resources of ``ticket`` if the spawner reserved them already."""
         if not isinstance(spec, ChildSpec):
             raise TypeError(f"start_child takes a ChildSpec, got {spec!r}")
         cell = self._am_cell
         if cell.state not in (State.RUNNING, State.STARTING):
             raise AgentUnavailable(f"supervisor {cell.label!r} is {cell.state.value}")
+        node = cell.node
+        placer = node.placer
+        if ticket is None and placer is not None and not spec.placement.is_default:
+            request = spec.placement
+            if spec.node is not None:
+                request = replace(request, strategy=OnNode(spec.node))
+            ticket = await placer.reserve(request)
+        target = spec.node if ticket is None else ticket.node
         child = _Child(cell, next(_KEYS), spec, dynamic)
         self._children.append(child)
-        remote = cell.node.remote_children
-        if spec.node is not None and spec.node != cell.node.id:
-            if remote is None:
-                raise AgentUnavailable(f"node {spec.node} is not reachable: no cluster here")
-            try:
-                child.cell = await remote.spawn(spec, cell.ref, child.key)
-            except BaseException:
-                self._children.remove(child)
-                raise
-            return child.cell.ref  # type: ignore[no-any-return]
         try:
-            ref = await cell.node.spawn(
+            if target is not None and target != node.id:
+                if node.remote_children is None:
+                    raise AgentUnavailable(f"node {target} is not reachable: no cluster here")
+                child.cell = await node.remote_children.spawn(
+                    spec, cell.ref, child.key, target, ticket
+                )
+                return child.cell.ref  # type: ignore[no-any-return]
+            ref = await node.spawn(
                 spec.agent_class,
                 spec.args,
                 name=spec.name,
@@ -182,9 +192,12 @@ class Supervisor(Agent):
                 concurrency=spec.concurrency,
                 checkpoint_every=spec.checkpoint_every,
                 exit_listener=child,
+                reservation=ticket,
             )
         except BaseException:
             self._children.remove(child)
+            if ticket is not None and placer is not None:
+                placer.release(ticket.key)
             raise
         child.cell = ref._cell
         return ref
