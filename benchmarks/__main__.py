@@ -23,7 +23,7 @@ from typing import Any
 
 import agentmesh as am
 
-from . import local, raw, remote, savina
+from . import local, placement, raw, remote, savina
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -291,6 +291,23 @@ def main() -> None:
             lambda: remote.raw_unary_throughput(n(20_000), 1000),
             r,
         ),
+        "placement": lambda: throughput(
+            "placement decisions, 1,000 nodes",
+            "scan every node, first fit",
+            n(50_000),
+            lambda: _sync(placement.decisions, 1_000, n(50_000)),
+            lambda: _sync(placement.naive_decisions, 1_000, n(50_000)),
+            r,
+            "rate >= 20,000/s",
+        ),
+        "spawn-cluster": lambda: throughput(
+            "spawns with resources, 3-node cluster",
+            "grpc.aio unary round trip",
+            n(1_000),
+            lambda: placement.spawn_rate(n(1_000)),
+            lambda: placement.raw_round_trips(n(1_000)),
+            r,
+        ),
     }
     loop = "uvloop" if "uvloop" in sys.modules or _has_uvloop() else "asyncio"
     print(f"agentmesh {am.__version__} on {platform.node()}: Python {platform.python_version()}, ")
@@ -309,6 +326,10 @@ def main() -> None:
         for figure in figures:
             out.write(json.dumps(asdict(figure)) + "\n")
     print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+
+
+async def _sync(work: Callable[..., float], *args: int) -> float:
+    return work(*args)
 
 
 def _has_uvloop() -> bool:

@@ -185,6 +185,7 @@ async def test_status_shows_nodes_resources_and_labels(cluster: tuple[Daemon, Da
         else:
             assert worker.address in text
             assert "zone=eu" in text
+            assert "gpu=0/1" in text  # used/total
 
 
 async def test_a_killed_worker_fails_pending_asks_at_once(cluster: tuple[Daemon, Daemon]) -> None:
@@ -383,3 +384,57 @@ async def test_agents_of_a_killed_driver_do_not_outlive_it(
 
 async def _gone(mesh: am.Mesh, name: str) -> bool:
     return not await _finds(mesh, name)
+
+
+async def test_placed_agents_of_a_dead_node_are_placed_again_under_their_constraints() -> None:
+    head = await Daemon.start("head", "--listen", "127.0.0.1:0", "--dead-after", "1.5")
+    fast = ("--heartbeat", "0.25")
+    workers: dict[str, Daemon] = {}
+    try:
+        for name, resources, labels in (
+            ("eu1", "cpu=2,gpu=1", "zone=eu"),
+            ("eu2", "cpu=2,gpu=1", "zone=eu"),
+            ("us1", "cpu=2,gpu=4", "zone=us"),
+        ):
+            workers[name] = await Daemon.start(
+                "node", "--join", head.address, "--resources", resources, "--labels", labels, *fast
+            )
+        async with am.Mesh(join=head.address, ask_timeout=10) as mesh:
+            ids = {n.address: n.id for n in await mesh.nodes()}
+            by_name = {name: ids[d.address] for name, d in workers.items()}
+            head_node = next(n.id for n in await mesh.nodes() if n.role == "head")
+            spec = am.SupervisorSpec(
+                intensity=5,
+                children=[
+                    am.ChildSpec(
+                        Counter, 1, name="mover", resources={"gpu": 1}, labels={"zone": "eu"}
+                    )
+                ],
+            )
+            sup = await mesh.spawn(am.Supervisor, spec, node=head_node)
+            first = (await mesh.get("mover")).node
+            assert first in (by_name["eu1"], by_name["eu2"])
+            doomed = next(name for name, node in by_name.items() if node == first)
+            workers[doomed].process.send_signal(signal.SIGKILL)
+            await wait_for(lambda: _moved(mesh, first), timeout=15, what="placed again")
+            survivor = next(n for n in ("eu1", "eu2") if n != doomed)
+            assert (await mesh.get("mover")).node == by_name[survivor]  # not us1: wrong zone
+            assert await (await mesh.get("mover")).add(1) == 2
+            nodes = {n.id: n for n in await mesh.nodes()}
+            assert nodes[by_name[survivor]].used == {"gpu": 1.0}
+            # No node fits any more: the loss is reported, not hidden.
+            workers[survivor].process.send_signal(signal.SIGKILL)
+            await wait_for(lambda: _child_crashed(sup), timeout=15, what="reported")
+            [child] = await sup.children()
+            assert "PlacementError" in (child.last_error or "")
+            assert "zone" in (child.last_error or "")
+            _, failures = await mesh.placement_report()
+            assert any("gpu" in f and by_name["us1"] in f for f in failures)
+    finally:
+        for daemon in workers.values():
+            await daemon.stop()
+        await head.stop()
+
+
+async def _child_crashed(sup: am.AgentRef) -> bool:
+    return [c.state for c in await sup.children()] == ["crashed"]

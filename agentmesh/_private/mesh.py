@@ -228,10 +228,11 @@ class Mesh:
         if self._node.closed:
             return
         try:
-            if self._membership is not None:
-                await self._membership.stop()
+            # The root first: it stops children on other nodes while still a member.
             if self._root_ref is not None:
                 await self._root_ref.stop()
+            if self._membership is not None:
+                await self._membership.stop()
             await self._node.close()
             await self._bus.aclose()
             await self._node.state_store.aclose()

@@ -22,7 +22,8 @@ from ..kernel.placing import AwayFrom, GangStrategy, Near, OnNode, PlacementRequ
 __all__ = ["SAMPLE", "ClusterView", "NodeView", "choose", "choose_gang", "explain"]
 
 #: How many nodes with room ``balanced`` and ``spread`` compare in a large cluster.
-SAMPLE = 16
+SAMPLE = 8
+_SHAPES_KEPT = 4096
 _EPS = 1e-9
 
 
@@ -79,14 +80,22 @@ class ClusterView:
         return self.nodes.pop(node_id, None)
 
     def candidates(self, request: PlacementRequest) -> list[NodeView]:
-        """Nodes whose labels, role and the strategy's node rule admit ``request``
-        (capacity aside)."""
+        """Nodes whose labels, role, the strategy's node rule and total capacity admit
+        ``request`` (what is free aside)."""
         strategy = request.strategy
         rule = strategy if isinstance(strategy, OnNode | Near | AwayFrom) else None
-        shape = (request.labels, rule)
+        shape = (request.labels, rule, request.resources)
         found = self._candidates.get(shape)
         if found is None:
-            found = [n for n in self.nodes.values() if _admits(request, n, hard=True)]
+            resources = request.resources
+            found = [
+                n
+                for n in self.nodes.values()
+                if _admits(request, n, hard=True)
+                and all(n.total.get(k, 0.0) >= amount - _EPS for k, amount in resources)
+            ]
+            if len(self._candidates) >= _SHAPES_KEPT:
+                self._candidates.clear()
             self._candidates[shape] = found
         return found
 
