@@ -60,4 +60,24 @@ def test_every_example_is_covered() -> None:
         "demo.py",
         "supervision.py",
         "pubsub.py",
+        "placement.py",
     }
+
+
+def test_placement_places_by_resources_labels_strategies_and_gangs() -> None:
+    out = _run(str(EXAMPLES / "placement.py")).splitlines()
+    assert out[0] == "planner on eu-gpu"
+    assert out[1] == "search tool on eu-gpu | browser tool on us-cpu"
+    assert out[2] == "PlacementError: no node can ever host resources gpu=2:"
+    assert out[3:5] == [
+        "   node eu-gpu (worker): gpu 1 in all of 2",
+        "   node head (head), us-cpu (worker): gpu 0 in all of 2",
+    ]
+    assert out[5] == "second planner waiting: True | spawns queued at the head: 1"
+    assert out[6] == "second planner on eu-gpu after the first stopped"
+    assert out[7] == "reviewers on ['eu-gpu', 'head', 'us-cpu']"
+    assert out[8] == "reviewer0 did 'ship it: step 1'"
+    assert out[9] == (
+        "reserved: {'eu-gpu': {'gpu': 1.0, 'cpu': 1.0}, 'head': {'cpu': 1.0}, "
+        "'us-cpu': {'cpu': 1.0}}"
+    )

@@ -61,3 +61,13 @@ def test_only_the_transport_imports_grpc_and_the_wire_code() -> None:
             importers.add(module)
     assert importers
     assert all(m.parent == transport for m in importers), sorted(map(str, importers))
+
+
+def test_placement_uses_only_the_kernel() -> None:
+    modules = sorted((PACKAGE / "_private" / "placement").glob("*.py"))
+    assert len(modules) >= 3
+    for module in modules:
+        for name in _runtime_imports(module):
+            if name.startswith(".."):
+                assert name.startswith("..kernel"), f"{module.name} imports {name}"
+            assert "grpc" not in name, f"{module.name} imports {name}"

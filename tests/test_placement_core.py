@@ -119,7 +119,7 @@ def test_an_infeasible_request_names_what_each_node_lacks() -> None:
     assert reasons["eu1"] == "gpu 1 in all of 2"
     assert reasons["head"] == "gpu 0 in all of 2"
     assert reasons["us1"] == "label zone = 'eu': zone='us'"
-    assert "driver" in reasons["drv"]
+    assert "drv" not in reasons  # a driver hosts only when named: not worth a line
     view.nodes["eu1"].used["gpu"] = 1
     never, reasons = explain(make_request({"gpu": 1}), view)
     assert not never

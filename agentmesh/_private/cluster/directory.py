@@ -150,7 +150,8 @@ class Directory(Agent):
         for name, ref in list(self.names.items()):
             if ref.node == node_id:
                 del self.names[name]
-        log.warning("node %s %s", node_id, why)
+        # Leaving is routine; a death is worth a warning.
+        log.log(logging.INFO if why == "left" else logging.WARNING, "node %s %s", node_id, why)
 
     async def _watch(self) -> None:
         while True:

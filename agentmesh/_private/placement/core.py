@@ -150,6 +150,8 @@ def explain(
             reasons[node.id] = "excluded (it was lost)"
             continue
         why = _rule_out(request, node, hard=True) or _short(node, request.resources, now=False)
+        if why is not None and node.role == "driver" and not isinstance(request.strategy, OnNode):
+            continue  # a driver hosts only what is sent to it by name: not worth a line
         if why is None:
             could = True
             why = _short(node, request.resources, now=True) or "has room"

@@ -238,7 +238,7 @@ class Scheduler:
             lines.append("  (no node in the cluster can host agents)")
         message = summary + ":\n" + "\n".join(lines)
         self.failures.append(message)
-        log.warning("%s", message)
+        log.info("%s", message)  # the spawner gets it as PlacementError
         return PlacementError(message)
 
 
