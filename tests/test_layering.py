@@ -61,3 +61,13 @@ def test_only_the_transport_imports_grpc_and_the_wire_code() -> None:
             importers.add(module)
     assert importers
     assert all(m.parent == transport for m in importers), sorted(map(str, importers))
+
+
+def test_nothing_below_the_simulation_imports_it() -> None:
+    sim = PACKAGE / "_private" / "sim"
+    for module in sorted(PACKAGE.rglob("*.py")):
+        if module.parent in (sim, PACKAGE / "sim"):
+            continue
+        for name in _runtime_imports(module):
+            assert ".sim" not in name, f"{module} imports {name}"
+            assert not name.endswith("sim"), f"{module} imports {name}"
