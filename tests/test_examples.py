@@ -54,10 +54,27 @@ def test_pubsub_types_ticks_and_dead_letters_the_bad_one() -> None:
     assert rows == {"nyse": "10", "lse": "9", "tse": "10"}
 
 
+def test_predator_prey_runs_small_and_writes_its_results(tmp_path: Path) -> None:
+    args = ["--agents", "60", "--steps", "10", "--seed", "3", "--out", str(tmp_path)]
+    out = _run(str(EXAMPLES / "predator_prey.py"), *args)
+    assert "predator-prey: 60 agents on a 15x15 grid, the embedded mesh" in out
+    assert "steps        10 in" in out
+    assert "defaults     late 0, failed 0" in out
+    assert (tmp_path / "predator_prey.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "predator_prey.csv").read_text().splitlines()) == 11
+    again = _run(str(EXAMPLES / "predator_prey.py"), *args)
+    assert _digest(out) == _digest(again)
+
+
+def _digest(out: str) -> str:
+    return next(line.split()[1] for line in out.splitlines() if "digest" in line)
+
+
 def test_every_example_is_covered() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
         "quickstart.py",
         "demo.py",
         "supervision.py",
         "pubsub.py",
+        "predator_prey.py",
     }
