@@ -66,6 +66,13 @@ def test_predator_prey_runs_small_and_writes_its_results(tmp_path: Path) -> None
     assert _digest(out) == _digest(again)
 
 
+def test_market_runs_on_simulated_time_and_replays() -> None:
+    out = _run(str(EXAMPLES / "market.py"), "--traders", "10", "--seconds", "120", "--seed", "3")
+    assert "market: 10 traders, 120 simulated seconds (seed 3)" in out
+    assert "clock        121.0 simulated s in" in out
+    assert "replay       identical" in out
+
+
 def _digest(out: str) -> str:
     return next(line.split()[1] for line in out.splitlines() if "digest" in line)
 
@@ -77,4 +84,5 @@ def test_every_example_is_covered() -> None:
         "supervision.py",
         "pubsub.py",
         "predator_prey.py",
+        "market.py",
     }
