@@ -15,6 +15,7 @@ docs/simulation.md.
 from .._private.sim.clock import SimAgent, VirtualClockLoop, now, run_virtual, sleep_until
 from .._private.sim.cluster import open_local_cluster
 from .._private.sim.env import Env, StepResult
+from .._private.sim.pettingzoo import PettingZooEnv
 from .._private.sim.plot import plot_png
 from .._private.sim.policy import Policy, stream
 from .._private.sim.progress import ProgressBar
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_DEADLINE",
     "Env",
     "EpisodeResult",
+    "PettingZooEnv",
     "Policy",
     "ProgressBar",
     "SimAgent",
