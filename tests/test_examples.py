@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -73,6 +76,52 @@ def test_market_runs_on_simulated_time_and_replays() -> None:
     assert "replay       identical" in out
 
 
+def test_llm_team_runs_offline_deterministically() -> None:
+    args = ["--task", "plan a bake sale", "--good", "10", "--rounds", "3"]
+    out = _run(str(EXAMPLES / "llm_team.py"), *args)
+    assert [line.split(":")[0] for line in out.splitlines()[:3]] == [
+        "round 1",
+        "round 2",
+        "round 3",
+    ]
+    assert "done after 3 round(s)" in out
+    assert out == _run(str(EXAMPLES / "llm_team.py"), *args)
+
+
+def test_llm_team_talks_to_an_openai_compatible_endpoint() -> None:
+    seen: list[dict[str, object]] = []
+
+    class Chat(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            system = body["messages"][0]["content"]
+            content = "score: 9" if system.startswith("critic") else "part one\npart two"
+            reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        out = _run(str(EXAMPLES / "llm_team.py"), "--base-url", url, "--model", "m1")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert "round 1: 2 parts, score 9" in out
+    assert len(seen) == 1 + 2 + 1  # plan, two drafts, a score
+    assert {body["model"] for body in seen} == {"m1"}
+
+
 def _digest(out: str) -> str:
     return next(line.split()[1] for line in out.splitlines() if "digest" in line)
 
@@ -85,4 +134,5 @@ def test_every_example_is_covered() -> None:
         "pubsub.py",
         "predator_prey.py",
         "market.py",
+        "llm_team.py",
     }
