@@ -44,6 +44,10 @@ class _Group:
 
     ref: AgentRef
     agents: tuple[str, ...]
+    members: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.members = frozenset(self.agents)
 
 
 def groups_of(policies: Mapping[str, AgentRef]) -> list[_Group]:
@@ -118,8 +122,12 @@ class LocalFanout:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         sent: list[tuple[tuple[str, ...], bool, asyncio.Future[Any]]] = []
+        keys = observations.keys()
         for group in self.groups:
-            live = tuple(a for a in group.agents if a in observations)
+            if group.members <= keys:  # the common case: all of its agents are live
+                live = group.agents
+            else:
+                live = tuple(a for a in group.agents if a in keys)
             if not live:
                 continue
             if len(group.agents) == 1:
@@ -153,11 +161,16 @@ def _read(out: Collected, live: tuple[str, ...], batched: bool, fut: asyncio.Fut
         out.actions[live[0]] = fut.result()
     else:
         result = fut.result()
-        for agent in live:
-            if isinstance(result, Mapping) and agent in result:
-                out.actions[agent] = result[agent]
-            else:
-                out.failed[agent] = f"act_batch returned no action for {agent!r}"
+        if not isinstance(result, Mapping):
+            out.failed.update(dict.fromkeys(live, "act_batch did not return a mapping"))
+        elif len(result) == len(live) and result.keys() >= set(live):
+            out.actions.update(result)
+        else:
+            for agent in live:
+                if agent in result:
+                    out.actions[agent] = result[agent]
+                else:
+                    out.failed[agent] = f"act_batch returned no action for {agent!r}"
 
 
 class NodeFanout(Agent):
