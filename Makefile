@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Predator-prey on the embedded mesh: progress bar, summary, CSV/JSON and a PNG plot.
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/predator_prey.py --out sim-results
 
 lint: $(STAMP)
 	$(BIN)/ruff check agentmesh tests examples benchmarks

@@ -24,6 +24,7 @@ from typing import Any
 import agentmesh as am
 
 from . import local, placement, raw, remote, savina
+from . import sim as simulation
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -249,6 +250,31 @@ def main() -> None:
             ">= 0.40 of the raw rate",
         ),
         "memory": lambda: idle_memory(n(100_000)),
+        "sim": lambda: throughput(
+            "sim lockstep, 10,000 agents, 100 per policy",
+            "plain loop over the same policies",
+            n(10_000) * 100,
+            lambda: simulation.runner(n(10_000), 100, 100),
+            lambda: simulation.plain_loop(n(10_000), 100, 100),
+            r,
+            ">= 0.50 (overhead under 2x the loop)",
+        ),
+        "sim-each": lambda: throughput(
+            "sim lockstep, 10,000 agents, 1 per policy",
+            "plain loop over the same policies",
+            n(10_000) * 100,
+            lambda: simulation.runner(n(10_000), 100, 1),
+            lambda: simulation.plain_loop(n(10_000), 100, 1),
+            r,
+        ),
+        "sim-remote": lambda: throughput(
+            "sim lockstep, 10,000 agents, 2 node procs",
+            "plain loop over the same policies",
+            n(10_000) * 100,
+            lambda: simulation.runner(n(10_000), 100, 100, nodes=2),
+            lambda: simulation.plain_loop(n(10_000), 100, 100),
+            r,
+        ),
         "remote-ask": lambda: ask_latency(
             n(2_000),
             r,

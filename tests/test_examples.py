@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -54,6 +57,75 @@ def test_pubsub_types_ticks_and_dead_letters_the_bad_one() -> None:
     assert rows == {"nyse": "10", "lse": "9", "tse": "10"}
 
 
+def test_predator_prey_runs_small_and_writes_its_results(tmp_path: Path) -> None:
+    args = ["--agents", "60", "--steps", "10", "--seed", "3", "--out", str(tmp_path)]
+    out = _run(str(EXAMPLES / "predator_prey.py"), *args)
+    assert "predator-prey: 60 agents on a 15x15 grid, the embedded mesh" in out
+    assert "steps        10 in" in out
+    assert "defaults     late 0, failed 0" in out
+    assert (tmp_path / "predator_prey.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "predator_prey.csv").read_text().splitlines()) == 11
+    again = _run(str(EXAMPLES / "predator_prey.py"), *args)
+    assert _digest(out) == _digest(again)
+
+
+def test_market_runs_on_simulated_time_and_replays() -> None:
+    out = _run(str(EXAMPLES / "market.py"), "--traders", "10", "--seconds", "120", "--seed", "3")
+    assert "market: 10 traders, 120 simulated seconds (seed 3)" in out
+    assert "clock        121.0 simulated s in" in out
+    assert "replay       identical" in out
+
+
+def test_llm_team_runs_offline_deterministically() -> None:
+    args = ["--task", "plan a bake sale", "--good", "10", "--rounds", "3"]
+    out = _run(str(EXAMPLES / "llm_team.py"), *args)
+    assert [line.split(":")[0] for line in out.splitlines()[:3]] == [
+        "round 1",
+        "round 2",
+        "round 3",
+    ]
+    assert "done after 3 round(s)" in out
+    assert out == _run(str(EXAMPLES / "llm_team.py"), *args)
+
+
+def test_llm_team_talks_to_an_openai_compatible_endpoint() -> None:
+    seen: list[dict[str, object]] = []
+
+    class Chat(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            system = body["messages"][0]["content"]
+            content = "score: 9" if system.startswith("critic") else "part one\npart two"
+            reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        out = _run(str(EXAMPLES / "llm_team.py"), "--base-url", url, "--model", "m1")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert "round 1: 2 parts, score 9" in out
+    assert len(seen) == 1 + 2 + 1  # plan, two drafts, a score
+    assert {body["model"] for body in seen} == {"m1"}
+
+
+def _digest(out: str) -> str:
+    return next(line.split()[1] for line in out.splitlines() if "digest" in line)
+
+
 def test_every_example_is_covered() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
         "quickstart.py",
@@ -61,6 +133,9 @@ def test_every_example_is_covered() -> None:
         "supervision.py",
         "pubsub.py",
         "placement.py",
+        "predator_prey.py",
+        "market.py",
+        "llm_team.py",
     }
 
 

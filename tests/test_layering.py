@@ -71,3 +71,13 @@ def test_placement_uses_only_the_kernel() -> None:
             if name.startswith(".."):
                 assert name.startswith("..kernel"), f"{module.name} imports {name}"
             assert "grpc" not in name, f"{module.name} imports {name}"
+
+
+def test_nothing_below_the_simulation_imports_it() -> None:
+    sim = PACKAGE / "_private" / "sim"
+    for module in sorted(PACKAGE.rglob("*.py")):
+        if module.parent in (sim, PACKAGE / "sim"):
+            continue
+        for name in _runtime_imports(module):
+            assert ".sim" not in name, f"{module} imports {name}"
+            assert not name.endswith("sim"), f"{module} imports {name}"

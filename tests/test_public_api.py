@@ -82,3 +82,12 @@ def test_errors_pickle_with_their_fields() -> None:
     assert str(copy) == str(err)
     plain = pickle.loads(pickle.dumps(am.AgentUnavailable("gone")))
     assert str(plain) == "gone"
+
+
+def test_the_simulation_surface_is_sorted_and_complete() -> None:
+    from agentmesh import sim
+
+    assert sim.__all__ == sorted(sim.__all__)
+    for name in sim.__all__:
+        assert getattr(sim, name) is not None
+    assert {"Env", "Policy", "run_episode", "run_episodes", "plot_png"} <= set(sim.__all__)

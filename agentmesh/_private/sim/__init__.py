@@ -1,0 +1,1 @@
+"""Simulation, above the mesh: environments, the lockstep runner, virtual time."""
