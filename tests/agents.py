@@ -40,7 +40,7 @@ class Counter(am.Agent):
 
 
 class Gate(am.Agent):
-    """Handlers that wait until the test opens the gate (via `World.instance`)."""
+    """Handlers that wait until the test opens the gate (`World.open_gate`)."""
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
@@ -172,3 +172,42 @@ class CallsBackOnStart(am.Agent):
 
     async def result(self) -> Any:
         return self.answer
+
+
+class Probe(am.Agent):
+    """Reads and pokes the agents of its own node, for tests whose agents live in
+    another process (the `world` fixture's ``process`` kind)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}  # cells by agent id, kept after they end
+
+    def _cell(self, agent_id: str) -> Any:
+        cell = self._am_cell.node.cells.get(agent_id) or self.seen[agent_id]
+        self.seen[agent_id] = cell
+        return cell
+
+    async def track(self, agent_id: str) -> None:
+        self._cell(agent_id)
+
+    async def attr(self, agent_id: str, name: str) -> Any:
+        return getattr(self._cell(agent_id).instance, name)
+
+    async def open_gate(self, agent_id: str) -> None:
+        self._cell(agent_id).instance.gate.set()
+
+    async def cell_value(self, agent_id: str, name: str) -> Any:
+        value = getattr(self._cell(agent_id), name)
+        return getattr(value, "value", value)  # an enum's value (State)
+
+    async def busy(self, agent_id: str) -> bool:
+        return self._cell(agent_id).busy() != []
+
+    async def asks_given_up(self, agent_id: str) -> bool:
+        mailbox = self._cell(agent_id).mailbox
+        return all(e.reply.done() for e in mailbox.items or () if e.reply)
+
+    async def dead_letters(self) -> int:
+        return int(self._am_cell.node.bus.statistics().dead_letters)
+
+    async def info(self, agent_id: str) -> am.AgentInfo:
+        return am.AgentInfo.of(self._cell(agent_id))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import cloudpickle
@@ -13,7 +16,11 @@ import pytest
 
 import agentmesh as am
 from agentmesh._private.kernel.transport import MemoryNetwork
-from agentmesh._private.transport.grpc_transport import GrpcTransport
+from agentmesh._private.transport.grpc_transport import DEFAULT_WINDOW, GrpcTransport
+
+from .agents import Probe
+
+ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 
@@ -26,15 +33,40 @@ class World:
 
     ``local``: the agents share the driver's node. ``memory``: they live on another
     node of an in-process `MemoryNetwork`, so every message is pickled across.
+    ``grpc``: on another node of this process, over real gRPC on loopback.
+    ``process``: on a head in another process (a `Probe` agent there reads and pokes
+    them for the test).
     """
 
-    def __init__(self, kind: str, driver: am.Mesh, host: am.Mesh) -> None:
+    def __init__(
+        self,
+        kind: str,
+        driver: am.Mesh,
+        host: am.Mesh | None,
+        *,
+        far_node: str | None = None,
+        probe: am.AgentRef | None = None,
+    ) -> None:
         self.kind = kind
         self.driver = driver
-        self.host = host
+        self._host = host
+        self.far_node = far_node
+        self.probe = probe
+        self._seen: dict[str, Any] = {}  # host cells by agent id, kept after they end
+
+    @property
+    def host(self) -> am.Mesh:
+        """The mesh hosting the agents, when it is in this process."""
+        assert self._host is not None, "the agents live in another process"
+        return self._host
 
     async def spawn(self, cls: Any, *args: Any, **options: Any) -> am.AgentRef:
+        if self.probe is not None:
+            ref = await self.driver.spawn(cls, *args, node=self.far_node, **options)
+            await self.probe.track(ref.id)
+            return ref
         ref = await self.host.spawn(cls, *args, **options)
+        self._seen[ref.id] = self.host._node.cells[ref.id]
         return self.seen_by_driver(ref)
 
     def seen_by_driver(self, ref: am.AgentRef) -> am.AgentRef:
@@ -47,25 +79,71 @@ class World:
     @property
     def in_flight(self) -> int:
         """How many tells the way to the host can hold beyond the host's mailbox."""
+        if self.kind == "process":
+            return DEFAULT_WINDOW
         return GRPC_WINDOW if self.kind == "grpc" else 0
 
     def sender_blocked(self, ref: am.AgentRef) -> bool:
         """Whether a sender waits for room on the way to ``ref``'s agent."""
-        if self.kind == "grpc":
-            link = self.driver._node.transport.links.get(self.host.node_id)  # type: ignore[union-attr]
+        if self.kind in ("grpc", "process"):
+            peer = self.far_node if self.probe is not None else self.host.node_id
+            link = self.driver._node.transport.links.get(peer)  # type: ignore[union-attr]
             return link is not None and bool(link._room)
         return bool(self.host._node.cells[ref.id].mailbox.putters)
 
-    def instance(self, ref: am.AgentRef) -> Any:
-        """The live agent object behind ``ref`` (tests only: to open gates)."""
-        return self.host._node.cells[ref.id].instance
+    def _cell(self, ref: am.AgentRef) -> Any:
+        """The agent's runtime cell on the host, also after it ended."""
+        return self.host._node.cells.get(ref.id) or self._seen[ref.id]
+
+    def _instance(self, ref: am.AgentRef) -> Any:
+        return self._cell(ref).instance
+
+    async def attr(self, ref: am.AgentRef, name: str) -> Any:
+        """An attribute of the live agent object behind ``ref`` (tests only)."""
+        if self.probe is not None:
+            return await self.probe.attr(ref.id, name)
+        return getattr(self._instance(ref), name)
+
+    async def open_gate(self, ref: am.AgentRef) -> None:
+        """Let a `Gate` agent's waiting handlers go on."""
+        if self.probe is not None:
+            await self.probe.open_gate(ref.id)
+        else:
+            self._instance(ref).gate.set()
+
+    async def cell_value(self, ref: am.AgentRef, name: str) -> Any:
+        """A field of the agent's runtime cell (``rejected``, ``state`` ...)."""
+        if self.probe is not None:
+            return await self.probe.cell_value(ref.id, name)
+        value = getattr(self._cell(ref), name)
+        return getattr(value, "value", value)
+
+    async def busy(self, ref: am.AgentRef) -> bool:
+        if self.probe is not None:
+            busy: bool = await self.probe.busy(ref.id)
+            return busy
+        return bool(self._cell(ref).busy() != [])
+
+    async def asks_given_up(self, ref: am.AgentRef) -> bool:
+        """Whether every ask queued in the agent's mailbox has been given up."""
+        if self.probe is not None:
+            given_up: bool = await self.probe.asks_given_up(ref.id)
+            return given_up
+        mailbox = self._cell(ref).mailbox
+        return all(e.reply.done() for e in mailbox.items or () if e.reply)
+
+    async def dead_letters(self) -> int:
+        """Dead letters counted on the hosting node."""
+        if self.probe is not None:
+            count: int = await self.probe.dead_letters()
+            return count
+        return self.host.bus_statistics().dead_letters
 
     async def info(self, ref: am.AgentRef) -> am.AgentInfo:
-        cell = self.host._node.cells.get(ref.id)
-        if cell is None:
-            with self.host._node.bind_refs():
-                ref = cloudpickle.loads(cloudpickle.dumps(ref))
-        return await self.host.info(ref)
+        if self.probe is not None:
+            info: am.AgentInfo = await self.probe.info(ref.id)
+            return info
+        return await self.host.info(self._cell(ref).ref)  # the host's own ref
 
 
 #: No test may take longer (setup and teardown included): a hang fails the test
@@ -92,12 +170,46 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.fixture(params=["local", "memory", "grpc"])
+@pytest.fixture(scope="session")
+def far_head() -> Iterator[str]:
+    """A head in another process, shared by the session's ``process`` worlds (each
+    test joins it with a driver of its own, whose agents stop when it leaves)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh", "head", "--listen", "127.0.0.1:0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().strip()
+        assert address, "the head did not start"
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture(params=["local", "memory", "grpc", "process"])
 async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     options = {"ask_timeout": 5.0, "shutdown_timeout": 2.0}
     if request.param == "local":
         async with am.Mesh(**options) as mesh:
             yield World("local", mesh, mesh)
+        return
+    if request.param == "process":
+        address = request.getfixturevalue("far_head")
+        async with am.Mesh(join=address, **options) as driver:
+            head = next(n.id for n in await driver.nodes() if n.role == "head")
+            probe = await driver.spawn(Probe, node=head)
+            yield World("process", driver, None, far_node=head, probe=probe)
         return
     if request.param == "grpc":
         near, far = GrpcTransport(window=GRPC_WINDOW), GrpcTransport(window=GRPC_WINDOW)

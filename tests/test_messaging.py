@@ -35,9 +35,11 @@ async def test_tells_and_asks_from_one_sender_arrive_in_order(world: World) -> N
 
 
 async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(world: World) -> None:
+    if world.kind == "process":
+        pytest.xfail("head-of-line: the probe's ask waits behind the gate's tells")
     gate = await world.spawn(Gate, mailbox_size=2)
     await gate.wait.tell("blocker")
-    await wait_for(lambda: world.instance(gate).running == 1, what="blocker running")
+    await wait_for(lambda: _running(world, gate, 1), what="blocker running")
     sent: list[str] = []
 
     async def flood() -> None:
@@ -52,7 +54,7 @@ async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(world: Wo
     assert 2 <= len(sent) <= 2 + world.in_flight
     with pytest.raises(am.MailboxFull):
         gate.note.tell_nowait("refused")  # never waits, never overtakes a waiting sender
-    world.instance(gate).gate.set()
+    await world.open_gate(gate)
     await asyncio.wait_for(flooding, 5)
     expected = ["blocker", *sent]
     await wait_for(lambda: _calls_are(gate, expected), what="every call handled in order")
@@ -60,6 +62,12 @@ async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(world: Wo
 
 async def _calls_are(gate: am.AgentRef, expected: list[str]) -> bool:
     return await gate.calls_so_far() == expected
+
+
+async def _running(world: World, gate: am.AgentRef, count: int) -> bool:
+    """Whether exactly ``count`` handlers of a `Gate` are waiting at it."""
+    running: int = await world.attr(gate, "running")
+    return running == count
 
 
 async def test_ask_timeout_per_call(world: World) -> None:
@@ -82,14 +90,13 @@ async def test_ask_timeout_default_from_the_mesh() -> None:
 async def test_an_ask_that_timed_out_before_starting_never_runs(world: World) -> None:
     gate = await world.spawn(Gate)
     blocked = asyncio.create_task(gate.wait("blocker"))
-    await wait_for(lambda: world.instance(gate).running == 1, what="blocker running")
+    await wait_for(lambda: _running(world, gate, 1), what="blocker running")
     with pytest.raises(am.AskTimeout):
         await gate.note.ask("too late", timeout=0.05)
     # Across nodes the callee measures the deadline itself (transit included): wait
     # until it, too, sees the queued ask as given up.
-    mailbox = world.host._node.cells[gate.id].mailbox
-    await wait_for(lambda: all(e.reply.done() for e in mailbox.items or () if e.reply))
-    world.instance(gate).gate.set()
+    await wait_for(lambda: world.asks_given_up(gate), what="the queued ask given up")
+    await world.open_gate(gate)
     assert await blocked == "blocker"
     assert await gate.calls_so_far() == ["blocker"]
 
@@ -132,25 +139,26 @@ async def test_wrong_arguments_give_a_clear_error_and_the_agent_carries_on(world
     with pytest.raises(am.BadArguments):
         await counter.add(nope=1)
     await counter.add.tell("x", "y")  # a bad tell: refused, logged, counted; no crash
-    await wait_for(lambda: _rejected(world, counter) == 3, what="three rejected calls")
+    await wait_for(lambda: _rejected(world, counter, 3), what="three rejected calls")
     assert await counter.add(2) == 2
     assert (await world.info(counter)).state == "running"
 
 
-def _rejected(world: World, ref: am.AgentRef) -> int:
-    return world.host._node.cells[ref.id].rejected
+async def _rejected(world: World, ref: am.AgentRef, count: int) -> bool:
+    rejected: int = await world.cell_value(ref, "rejected")
+    return rejected == count
 
 
 async def test_exception_in_tell_handler_crashes_the_agent(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     counter = await world.spawn(Counter, 1, name="fragile")
-    cell = world.host._node.cells[counter.id]
     with caplog.at_level(logging.ERROR, logger="agentmesh.agent"):
         await counter.divide.tell(0)
-        await wait_for(lambda: cell.state.value == "crashed", what="agent crashed")
-    assert any("fragile crashed" in r.getMessage() for r in caplog.records)
-    info = await world.host.info(cell.ref)
+        await wait_for(lambda: _state_is(world, counter, "crashed"), what="agent crashed")
+    if world.kind != "process":  # there, the crash is logged in the other process
+        assert any("fragile crashed" in r.getMessage() for r in caplog.records)
+    info = await world.info(counter)
     assert info.crashes == 1
     assert info.last_error is not None
     assert info.last_error.startswith("ZeroDivisionError")
@@ -158,30 +166,39 @@ async def test_exception_in_tell_handler_crashes_the_agent(
         await counter.get()
 
 
+async def _state_is(world: World, ref: am.AgentRef, state: str) -> bool:
+    return bool(await world.cell_value(ref, "state") == state)
+
+
+async def _settle(world: World) -> None:
+    """Give a handler that should not start every chance to start."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+    if world.probe is not None:
+        for _ in range(5):  # a few round trips: the far node's loop turns too
+            await world.probe.track(world.probe.id)
+
+
 async def test_concurrency_limit_bounds_interleaved_handlers(world: World) -> None:
     gate = await world.spawn(Gate, concurrency=3)
     calls = [asyncio.create_task(gate.wait(str(i))) for i in range(7)]
-    instance = world.instance(gate)
-    await wait_for(lambda: instance.running == 3, what="three handlers running")
-    for _ in range(20):
-        await asyncio.sleep(0)  # give a fourth handler every chance to start
-    assert instance.running == 3
-    instance.gate.set()
+    await wait_for(lambda: _running(world, gate, 3), what="three handlers running")
+    await _settle(world)
+    assert await world.attr(gate, "running") == 3
+    await world.open_gate(gate)
     assert sorted(await asyncio.gather(*calls)) == [str(i) for i in range(7)]
-    assert instance.peak == 3
+    assert await world.attr(gate, "peak") == 3
 
 
 async def test_one_message_at_a_time_by_default(world: World) -> None:
     gate = await world.spawn(Gate)
     calls = [asyncio.create_task(gate.wait(str(i))) for i in range(3)]
-    instance = world.instance(gate)
-    await wait_for(lambda: instance.running == 1, what="first handler running")
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert instance.running == 1
-    instance.gate.set()
+    await wait_for(lambda: _running(world, gate, 1), what="first handler running")
+    await _settle(world)
+    assert await world.attr(gate, "running") == 1
+    await world.open_gate(gate)
     await asyncio.gather(*calls)
-    assert instance.peak == 1
+    assert await world.attr(gate, "peak") == 1
 
 
 async def test_call_chain_reentrancy(world: World) -> None:
@@ -218,8 +235,8 @@ async def test_wait_cycle_between_independent_requests_times_out(world: World) -
     a, b, gate = await _deadlock(world)
     ask_a = asyncio.create_task(a.cycle.ask(gate, b, 0.3, timeout=0.2))
     ask_b = asyncio.create_task(b.cycle.ask(gate, a, 0.3, timeout=0.2))
-    await wait_for(lambda: world.instance(gate).running == 2, what="both at the gate")
-    world.instance(gate).gate.set()
+    await wait_for(lambda: _running(world, gate, 2), what="both at the gate")
+    await world.open_gate(gate)
     results = await asyncio.gather(ask_a, ask_b, return_exceptions=True)
     assert all(isinstance(r, am.AskTimeout) for r in results), results
     # The inner asks time out too, and both agents are free again afterwards.
@@ -232,8 +249,8 @@ async def test_wait_cycle_is_named_in_the_timeout(mesh: am.Mesh) -> None:
     a, b, gate = await _deadlock(world)
     ask_a = asyncio.create_task(a.cycle.ask(gate, b, 0.5, timeout=0.2))
     ask_b = asyncio.create_task(b.cycle.ask(gate, a, 0.5, timeout=0.2))
-    await wait_for(lambda: world.instance(gate).running == 2, what="both at the gate")
-    world.instance(gate).gate.set()
+    await wait_for(lambda: _running(world, gate, 2), what="both at the gate")
+    await world.open_gate(gate)
     with pytest.raises(am.AskTimeout) as caught:
         await ask_a
     message = str(caught.value)
@@ -263,21 +280,25 @@ async def test_stop_handles_queued_messages_then_refuses_new_ones(world: World) 
     assert await recorder.all() == [("w", 5)]
     with pytest.raises(am.AgentUnavailable):
         await worker.work()
-    if world.kind == "grpc":
+    if world.kind in ("grpc", "process"):
         # A tell across nodes is not answered: the stopped agent's node dead-letters it.
-        before = world.host.bus_statistics().dead_letters
+        before = await world.dead_letters()
         await worker.work.tell()
-        await wait_for(lambda: world.host.bus_statistics().dead_letters == before + 1)
+        await wait_for(lambda: _dead_letters(world, before + 1), what="a dead letter")
     else:
         with pytest.raises(am.AgentUnavailable):
             await worker.work.tell()
     await worker.stop()  # stopping twice is harmless
 
 
+async def _dead_letters(world: World, count: int) -> bool:
+    return await world.dead_letters() == count
+
+
 async def test_stop_cancels_a_stuck_handler_after_the_timeout(world: World) -> None:
     forever = await world.spawn(Forever)
     stuck = asyncio.create_task(forever.hang())
-    await wait_for(lambda: world.host._node.cells[forever.id].busy() != [], what="hanging")
+    await wait_for(lambda: world.busy(forever), what="hanging")
     async with asyncio.timeout(3):
         await forever.stop(timeout=0.05)
     with pytest.raises(am.AgentUnavailable):
@@ -304,14 +325,12 @@ async def test_calls_of_one_chain_that_arrive_independently_still_take_turns(
     gate = await world.spawn(Gate)
     fan = await world.spawn(FanOut)
     call = asyncio.create_task(fan.fan(gate))
-    instance = world.instance(gate)
-    await wait_for(lambda: instance.running == 1, what="first call running")
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert instance.running == 1  # the second call of the same chain waits its turn
-    instance.gate.set()
+    await wait_for(lambda: _running(world, gate, 1), what="first call running")
+    await _settle(world)
+    assert await world.attr(gate, "running") == 1  # the chain's second call waits its turn
+    await world.open_gate(gate)
     assert await call == ["one", "two"]
-    assert instance.peak == 1
+    assert await world.attr(gate, "peak") == 1
 
 
 async def test_on_start_can_be_called_back(world: World) -> None:
