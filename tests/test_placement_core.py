@@ -282,3 +282,16 @@ def test_no_node_is_ever_overcommitted(ops: list[tuple[str, int, int]]) -> None:
                 )
 
     asyncio.run(run())
+
+
+async def test_a_new_head_adopts_the_reservations_nodes_report() -> None:
+    scheduler = Scheduler()
+    held = {"old.1": (("gpu", 1.0),), "old.2": (("cpu", 2.0),)}
+    scheduler.node_up("a", "worker", {"gpu": 1, "cpu": 4}, {}, held)
+    assert scheduler.view.nodes["a"].used == {"gpu": 1.0, "cpu": 2.0}
+    scheduler.node_up("a", "worker", {"gpu": 1, "cpu": 4}, {}, held)  # registered again
+    assert scheduler.view.nodes["a"].used == {"gpu": 1.0, "cpu": 2.0}  # not twice
+    with pytest.raises(am.PlacementError, match="gpu 0 free of 1"):
+        await scheduler.reserve(make_request({"gpu": 1}), timeout=0)
+    scheduler.release("old.1")  # the agent that held it ends: released as usual
+    assert (await scheduler.reserve(make_request({"gpu": 1}))).node == "a"
