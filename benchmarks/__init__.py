@@ -5,9 +5,8 @@ the same run, as a ratio: only ratios hold on a shared, noisy machine.
 """
 
 import os
-import sys
 
-if "--ray" in sys.argv:
-    # Ray's threads call into gRPC in this process, and gRPC's fork handlers then log a
-    # line at each subprocess the suite starts; the suite never forks without exec.
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# Once gRPC is busy in this process (a cross-node workload, or Ray's threads), its
+# fork handlers log a line at every node or server process the suite starts. The suite
+# never forks without exec, so it needs no fork support; set before gRPC is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
