@@ -202,7 +202,10 @@ def _row(f: Figure) -> str:
         value = f"{f.rate:10.0f} B/agent"
     else:
         value = f"{f.rate:12,.0f} /s"
-    ratio = "" if f.ratio is None else f"{f.ratio:6.2f}"
+    if f.ratio is None:
+        ratio = ""
+    else:  # two significant digits for the tiny ratios of some Ray rows
+        ratio = f"{f.ratio:6.2f}" if f.ratio >= 0.1 else f"{f.ratio:6.2g}"
     return f"{f.system:9} {f.workload:44} {f.size:>9,} {value:36} {ratio:>6}  {f.target or ''}"
 
 
