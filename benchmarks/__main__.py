@@ -16,14 +16,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import agentmesh as am
 
-from . import local, placement, raw, remote, savina
+from . import local, placement, raw, ray_compare, remote, remote_fanout, savina
 from . import sim as simulation
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,30 +53,43 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _alternate(
-    repeat: int, first: Callable[[], Awaitable[Any]], second: Callable[[], Awaitable[Any]]
-) -> tuple[list[Any], list[Any]]:
-    """Run the two measurements alternately so both see the same machine noise."""
-    a, b = [], []
+Run = Callable[[], Coroutine[Any, Any, Any]]
+#: A Ray equivalent to run beside a workload: its name and its measurement.
+Rival = tuple[str, Run] | None
+
+
+def _alternate(repeat: int, *runs: Run) -> list[list[Any]]:
+    """Run the measurements alternately so all see the same machine noise."""
+    results: list[list[Any]] = [[] for _ in runs]
     for _ in range(repeat):
-        a.append(am.run(first()))
-        b.append(am.run(second()))
-    return a, b
+        for run, out in zip(runs, results, strict=True):
+            out.append(am.run(run()))
+    return results
 
 
 def throughput(
     workload: str,
     limit_name: str,
     units: int,
-    mine: Callable[[], Awaitable[float]],
-    limit: Callable[[], Awaitable[float]],
+    mine: Callable[[], Coroutine[Any, Any, float]],
+    limit: Callable[[], Coroutine[Any, Any, float]],
     repeat: int,
     target: str | None = None,
+    ray: Rival = None,
 ) -> list[Figure]:
     """A throughput workload beside its raw limit: ``units`` (messages, hops,
-    deliveries) over the median seconds of each, and the ratio of the rates."""
-    mine_runs, limit_runs = _alternate(repeat, mine, limit)
-    mine_s, limit_s = statistics.median(mine_runs), statistics.median(limit_runs)
+    deliveries) over the median seconds of each, and the ratio of the rates. With
+    ``ray``, its Ray equivalent runs in the same alternation, against the same limit."""
+    runs = _alternate(repeat, mine, limit, *([ray[1]] if ray else []))
+    mine_s, limit_s = statistics.median(runs[0]), statistics.median(runs[1])
+    rival = []
+    if ray:
+        ray_s = statistics.median(runs[2])
+        rival = [
+            Figure(
+                "ray", ray[0], units, ray_s, units / ray_s, limit=limit_name, ratio=limit_s / ray_s
+            )
+        ]
     return [
         Figure("raw", limit_name, units, limit_s, units / limit_s),
         Figure(
@@ -90,26 +103,46 @@ def throughput(
             ratio=limit_s / mine_s,
             target=target,
         ),
+        *rival,
     ]
 
 
 def ask_latency(
     size: int,
     repeat: int,
-    mine: Callable[[], Awaitable[list[float]]],
-    limit: Callable[[], Awaitable[list[float]]],
+    mine: Callable[[], Coroutine[Any, Any, list[float]]],
+    limit: Callable[[], Coroutine[Any, Any, list[float]]],
     workload: str,
     limit_name: str,
     target: str,
+    ray: Rival = None,
 ) -> list[Figure]:
     """Sequential round trips beside their raw limit; the ratio compares the p50s."""
-    mine_runs, limit_runs = _alternate(repeat, mine, limit)
+    runs = _alternate(repeat, mine, limit, *([ray[1]] if ray else []))
+    mine_runs, limit_runs = runs[0], runs[1]
     # Medians over repeats of each run's p50 / p99.
     p50 = statistics.median(_percentile(s, 0.50) for s in mine_runs)
     p99 = statistics.median(_percentile(s, 0.99) for s in mine_runs)
     raw50 = statistics.median(_percentile(s, 0.50) for s in limit_runs)
     raw99 = statistics.median(_percentile(s, 0.99) for s in limit_runs)
     mine_s = statistics.median(sum(s) for s in mine_runs)
+    rival = []
+    if ray:
+        ray50 = statistics.median(_percentile(s, 0.50) for s in runs[2])
+        ray_s = statistics.median(sum(s) for s in runs[2])
+        rival = [
+            Figure(
+                "ray",
+                ray[0],
+                size,
+                ray_s,
+                size / ray_s,
+                p50_us=ray50 * 1e6,
+                p99_us=statistics.median(_percentile(s, 0.99) for s in runs[2]) * 1e6,
+                limit=limit_name,
+                ratio=ray50 / raw50,
+            )
+        ]
     return [
         Figure(
             "raw",
@@ -132,6 +165,7 @@ def ask_latency(
             ratio=p50 / raw50,
             target=target,
         ),
+        *rival,
     ]
 
 
@@ -168,8 +202,11 @@ def _row(f: Figure) -> str:
         value = f"{f.rate:10.0f} B/agent"
     else:
         value = f"{f.rate:12,.0f} /s"
-    ratio = "" if f.ratio is None else f"{f.ratio:6.2f}"
-    return f"{f.system:9} {f.workload:38} {f.size:>9,} {value:36} {ratio:>6}  {f.target or ''}"
+    if f.ratio is None:
+        ratio = ""
+    else:  # two significant digits for the tiny ratios of some Ray rows
+        ratio = f"{f.ratio:6.2f}" if f.ratio >= 0.1 else f"{f.ratio:6.2g}"
+    return f"{f.system:9} {f.workload:44} {f.size:>9,} {value:36} {ratio:>6}  {f.target or ''}"
 
 
 def main() -> None:
@@ -177,9 +214,16 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size")
     parser.add_argument("--repeat", type=int, default=5, help="alternations per workload")
     parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument(
+        "--ray", action="store_true", help="also run Ray equivalents (needs agentmesh[ray])"
+    )
     args = parser.parse_args()
     scale = args.scale
-    n, r = (lambda size: max(1, int(size * scale))), args.repeat
+    r = args.repeat
+
+    def n(size: int) -> int:
+        return max(1, int(size * scale))
+
     mailbox = am.DEFAULT_MAILBOX_SIZE
     workloads: dict[str, Callable[[], list[Figure]]] = {
         "tell": lambda: throughput(
@@ -317,6 +361,14 @@ def main() -> None:
             lambda: remote.raw_unary_throughput(n(20_000), 1000),
             r,
         ),
+        "remote-fanout": lambda: throughput(
+            "pub/sub fan-out to 100 agents on a 2nd node",
+            "grpc.aio stream, 100/write, + queue fan-out",
+            100 * n(2_000),
+            lambda: remote_fanout.fan_out(100, n(2_000)),
+            lambda: remote_fanout.raw_fan_out(100, n(2_000), 100, mailbox),
+            r,
+        ),
         "placement": lambda: throughput(
             "placement decisions, 1,000 nodes",
             "scan every node, first fit",
@@ -335,10 +387,15 @@ def main() -> None:
             r,
         ),
     }
+    if args.ray:
+        if ray_compare.available():
+            workloads.update(_ray_workloads(n, r, mailbox))
+        else:
+            print("--ray: Ray is not installed (pip install 'agentmesh[ray]'); skipping it")
     loop = "uvloop" if "uvloop" in sys.modules or _has_uvloop() else "asyncio"
     print(f"agentmesh {am.__version__} on {platform.node()}: Python {platform.python_version()}, ")
     print(f"{loop}, {platform.machine()}, scale {scale}, {args.repeat} alternations, medians")
-    print(f"{'system':9} {'workload':38} {'size':>9} {'figure':36} {'ratio':>6}  target")
+    print(f"{'system':9} {'workload':44} {'size':>9} {'figure':36} {'ratio':>6}  target")
     figures: list[Figure] = []
     for name, run in workloads.items():
         if args.only and args.only not in name:
@@ -346,6 +403,7 @@ def main() -> None:
         for figure in run():
             figures.append(figure)
             print(_row(figure), flush=True)
+    ray_compare.stop()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / time.strftime("%Y%m%d-%H%M%S.jsonl")
     with path.open("w") as out:
@@ -354,7 +412,83 @@ def main() -> None:
     print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
 
 
-async def _sync(work: Callable[..., float], *args: int) -> float:
+def _ray_workloads(
+    n: Callable[[int], int], r: int, mailbox: int
+) -> dict[str, Callable[[], list[Figure]]]:
+    """Ray equivalents, each beside agentmesh and the raw limit at the same (smaller)
+    size: a Ray actor is a process of its own, so the limits are the cross-process
+    ones, and the agentmesh rows run the agents in a second node process (fork-join
+    excepted, which has no cross-node form and runs embedded)."""
+    rc = ray_compare
+    return {
+        "ray-ask": lambda: ask_latency(
+            n(1_000),
+            r,
+            lambda: remote.ask_latencies(n(1_000)),
+            lambda: remote.raw_unary_latencies(n(1_000)),
+            "ask latency, two node processes",
+            "grpc.aio unary round trip",
+            "",
+            ray=(
+                "ask latency, ray.get(actor.m.remote())",
+                lambda: _sync(rc.ask_latencies, n(1_000)),
+            ),
+        ),
+        "ray-askmany": lambda: throughput(
+            "asks with 1,000 outstanding, two nodes",
+            "grpc.aio unary, 1,000 outstanding",
+            n(5_000),
+            lambda: remote.ask_throughput(n(5_000), 1000),
+            lambda: remote.raw_unary_throughput(n(5_000), 1000),
+            r,
+            ray=(
+                "calls with 1,000 outstanding (ray.wait)",
+                lambda: _sync(rc.ask_throughput, n(5_000), 1000),
+            ),
+        ),
+        "ray-tell": lambda: throughput(
+            "tell throughput, two node processes",
+            "grpc.aio bidi stream, 100 per write",
+            n(5_000),
+            lambda: remote.tell_throughput(n(5_000)),
+            lambda: remote.raw_stream_seconds(n(5_000), 100),
+            r,
+            ray=(
+                "fire-and-forget .remote(), one final get",
+                lambda: _sync(rc.tell_throughput, n(5_000)),
+            ),
+        ),
+        "ray-pingpong": lambda: throughput(
+            "ping-pong round trips, two node processes",
+            "grpc.aio bidi stream, one message each way",
+            n(1_000),
+            lambda: remote.ping_pong(n(1_000)),
+            lambda: remote.raw_stream_ping_pong(n(1_000)),
+            r,
+            ray=("ping-pong round trips, two async actors", lambda: _sync(rc.ping_pong, n(1_000))),
+        ),
+        "ray-forkjoin": lambda: throughput(
+            "fork-join: create and ask agents",
+            "create tasks, one request each",
+            n(10),
+            lambda: savina.fork_join(n(10)),
+            lambda: raw.task_fork_join(n(10)),
+            r,
+            ray=("fork-join: create and call actors", lambda: _sync(rc.fork_join, n(10))),
+        ),
+        "ray-fanout": lambda: throughput(
+            "pub/sub fan-out to 10 agents on a 2nd node",
+            "grpc.aio stream, 100/write, + queue fan-out",
+            10 * n(200),
+            lambda: remote_fanout.fan_out(10, n(200)),
+            lambda: remote_fanout.raw_fan_out(10, n(200), 100, mailbox),
+            r,
+            ray=("fan-out: a call per actor, 10 actors", lambda: _sync(rc.fan_out, 10, n(200))),
+        ),
+    }
+
+
+async def _sync(work: Callable[..., Any], *args: int) -> Any:
     return work(*args)
 
 
