@@ -446,12 +446,13 @@ class Node:
             await cell.post(env)
             return
         transport = self._transport(ref)
-        try:  # the common case: the stream is open and has room; no waiting
+        try:  # the stream is open and has room; no waiting
             transport.send_nowait(ref._node_id, env)
-            return
         except (MailboxFull, AgentUnavailable):
-            pass  # connect, or wait for room, on the waiting path
-        await transport.send(ref._node_id, env)
+            # Connect, or wait for room, on the waiting path.
+            await transport.send(ref._node_id, env)
+        # Later tells from this ref take the transport's fast path, if it has one.
+        ref._route = transport.route(ref._node_id, ref._id)
 
     def tell_nowait(
         self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -459,7 +460,9 @@ class Node:
         env = self._tell_envelope(ref, method, args, kwargs)
         cell = self._cell_of(ref) if ref._node_id == self.id else None
         if cell is None:
-            self._transport(ref).send_nowait(ref._node_id, env)
+            transport = self._transport(ref)
+            transport.send_nowait(ref._node_id, env)
+            ref._route = transport.route(ref._node_id, ref._id)
         else:
             cell.post_nowait(env)
 

@@ -5,6 +5,10 @@ message goes out at once at low load and many share a frame at high load. Envelo
 are flow-controlled by credit: a side may have at most ``window`` envelopes that the
 other has not yet delivered into a mailbox, so a fast sender never grows a slow
 receiver's memory; replies and credit are never held back.
+
+Tells whose values are all plain (see `plain_tell`) are queued as tuples and pickled
+together, one pickle per frame: a value of any other kind is pickled when it is sent,
+so one that cannot travel fails the call that sent it.
 """
 
 from __future__ import annotations
@@ -29,17 +33,44 @@ from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
 from .codec import MAX_VALUE_BYTES, decode, encode
 
-__all__ = ["Link"]
+__all__ = ["Link", "MalformedFrame", "plain_tell"]
 
 log = logging.getLogger("agentmesh.transport")
 
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[wire_pb2.Frame], Awaitable[None]]
 Deliver = Callable[[Envelope], Awaitable[None]]
+#: An envelope queued to send: a plain tell as a tuple (target, method, args, kwargs,
+#: chain, sender), or one encoded when it was sent.
+Outgoing = tuple[Any, ...] | wire_pb2.Envelope | bytes
 
 
 #: Values that travel with a codec of their own (JSON, protobuf), not pickled.
 TYPED = (pydantic.BaseModel, Message)
+
+#: Types whose values always pickle, and pickle small: a tell of only these (strings
+#: and bytes up to `_SHORT` long) is queued as it is and pickled with its frame.
+_PLAIN = frozenset({int, float, bool, type(None)})
+_SHORT_TYPES = frozenset({str, bytes})
+_SHORT = 1024
+#: What a queued plain tell is reckoned to add to a frame (the frame budget's unit).
+_PLAIN_SIZE = 64
+
+
+def plain_tell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether every value is plain: None, a bool, int or float, or a str or bytes of
+    at most 1 KiB (exact types: a subclass may not pickle). Such values cannot fail to
+    pickle and are immutable, so pickling them later, with the frame, is safe."""
+    for value in args:
+        kind = type(value)
+        if kind not in _PLAIN and (kind not in _SHORT_TYPES or len(value) > _SHORT):
+            return False
+    if kwargs:
+        for value in kwargs.values():
+            kind = type(value)
+            if kind not in _PLAIN and (kind not in _SHORT_TYPES or len(value) > _SHORT):
+                return False
+    return True
 
 
 def pack(entry: tuple[Any, ...]) -> bytes:
@@ -99,12 +130,46 @@ def _deadline(item: wire_pb2.Envelope | bytes, now: float) -> float:
     return now + time_left if corr else 0.0
 
 
-def _merge(batch: wire_pb2.Batch) -> list[wire_pb2.Envelope | bytes]:
-    """The batch's envelopes in the order they were sent."""
-    if not batch.order:
-        return [*batch.envelopes, *batch.packed]
-    typed, packed = iter(batch.envelopes), iter(batch.packed)
-    return [next(packed) if is_packed else next(typed) for is_packed in batch.order]
+class MalformedFrame(AgentmeshError):
+    """A peer sent a frame this node cannot read: the stream is ended (its state is
+    no longer known) and the frame counted as rejected."""
+
+
+#: An envelope received and not yet delivered: a plain tell, decoded with its frame,
+#: or an envelope to decode in its turn and when its ask expires.
+Inbound = Envelope | tuple[wire_pb2.Envelope | bytes, float]
+
+
+def _unpickle(batch: wire_pb2.Batch, now: float) -> list[Inbound]:
+    """The batch's envelopes in the order they were sent; raises `MalformedFrame`."""
+    items: list[Inbound] = []
+    if batch.pickled:
+        try:
+            entries = pickle.loads(batch.pickled)
+            for entry in entries:
+                if type(entry) is tuple:  # a plain tell
+                    target, method, args, kwargs, chain, sender = entry
+                    items.append(
+                        Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender)
+                    )
+                elif type(entry) is bytes and len(entry) >= _HEADER.size:
+                    items.append((entry, _deadline(entry, now)))
+                else:
+                    raise TypeError(f"a {type(entry).__name__} is not an envelope")
+        except Exception as exc:
+            raise MalformedFrame(f"a batch that cannot be unpickled: {exc!r}") from None
+    if not batch.envelopes:
+        return items
+    typed = [(item, _deadline(item, now)) for item in batch.envelopes]
+    if not items:
+        return list(typed)
+    if len(batch.order) != len(items) + len(typed):
+        raise MalformedFrame("a batch whose order does not match its envelopes")
+    pickled, proto = iter(items), iter(typed)
+    try:
+        return [next(pickled) if is_pickled else next(proto) for is_pickled in batch.order]
+    except StopIteration:
+        raise MalformedFrame("a batch whose order does not match its envelopes") from None
 
 
 class Link:
@@ -127,17 +192,24 @@ class Link:
         self._write = write
         self._deliver = deliver
         self.window = window  # envelopes we may still send before credit comes back
-        self._envelopes: collections.deque[wire_pb2.Envelope | bytes] = collections.deque()
+        # Queued to send, in order: plain tells as tuples (pickled with their frame),
+        # other envelopes pickled alone (bytes) or as protobuf (typed values). Only the
+        # latter two are counted in _queued_bytes and _queued_typed: the writer takes
+        # a queue of plain tells whole without looking at each.
+        self._envelopes: collections.deque[Outgoing] = collections.deque()
+        self._queued_bytes = 0
+        self._queued_typed = 0
         self._replies: collections.deque[wire_pb2.Reply] = collections.deque()
         self._credit_owed = 0
         # Received, not yet delivered: (envelope, deadline), for user agents (in order,
         # flow-controlled) and for the framework's own agents (never behind those).
-        self._inbound: collections.deque[tuple[Any, float]] = collections.deque()
+        self._inbound: collections.deque[Inbound] = collections.deque()
         self._inbound_ready = asyncio.Event()
         self._control_in: collections.deque[tuple[Any, float]] = collections.deque()
         self._control_ready = asyncio.Event()
         self._control_out: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
+        self._woken = False  # True: _wake is set (other paths may set it without this)
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._corr = itertools.count(1)
@@ -192,6 +264,35 @@ class Link:
     def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:
         self.pending.pop(corr, None)
 
+    def offer_tell(
+        self,
+        target: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: int,
+        sender: str | None,
+    ) -> bool:
+        """Queue a tell to a user agent if the window has room, nobody waits for room,
+        and its values are plain (`plain_tell`); False otherwise, and then `send` or
+        `send_nowait` with an envelope does it. The hot path of a cross-node tell (a
+        `Route`, cached by refs)."""
+        if self.window <= 0 or self.closed or self._room:
+            return False
+        for value in args:  # plain_tell(args, kwargs), inlined for the arguments
+            kind = type(value)
+            if kind not in _PLAIN and (kind not in _SHORT_TYPES or len(value) > _SHORT):
+                return False
+        if kwargs and not plain_tell((), kwargs):
+            return False
+        self.window -= 1
+        self.envelopes_sent += 1
+        self._envelopes.append((target, method, args, kwargs or None, chain, sender))
+        if not self._woken:  # cheaper than Event.set() once the writer is woken
+            self._woken = True
+            self._wake.set()
+        return True
+
     def send_nowait(self, env: Envelope) -> None:
         """Queue ``env`` if the peer has room for it; raise `MailboxFull` if not."""
         self._check_open()
@@ -206,6 +307,11 @@ class Link:
         wire = self._encode(env)
         self.window -= 1
         self.envelopes_sent += 1
+        if isinstance(wire, bytes):
+            self._queued_bytes += len(wire)
+        else:
+            self._queued_typed += 1
+            self._queued_bytes += wire.ByteSize()
         self._envelopes.append(wire)
         self._wake.set()
 
@@ -235,20 +341,30 @@ class Link:
     # -- serving ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the stream until either side ends it; then fail what waits on it."""
+        """Serve the stream until either side ends it; then fail what waits on it.
+
+        Raises `MalformedFrame` if it ended because the peer sent one."""
         tasks = [
             asyncio.ensure_future(self._writer()),
             asyncio.ensure_future(self._reader()),
             asyncio.ensure_future(self._delivery()),
             asyncio.ensure_future(self._control_delivery()),
         ]
+        reason = f"the connection to node {self.peer} was lost"
+        malformed = None
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and isinstance(task.exception(), MalformedFrame):
+                    malformed = task.exception()
+                    reason = f"node {self.peer} sent a malformed frame: {malformed}"
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.close(f"the connection to node {self.peer} was lost")
+            self.close(reason)
+        if malformed is not None:
+            raise malformed
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -272,6 +388,7 @@ class Link:
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
+            self._woken = False
             while self._envelopes or self._replies or self._credit_owed or self._control_out:
                 await self._write(wire_pb2.Frame(batch=self._next_batch()))
                 self.frames_sent += 1
@@ -283,26 +400,107 @@ class Link:
         while self._control_out and (budget > 0 or not control):
             control.append(self._control_out.popleft())
             budget -= len(control[-1])
-        outgoing: list[wire_pb2.Envelope | bytes] = []
-        while self._envelopes and (budget > 0 or not outgoing):
-            outgoing.append(self._envelopes.popleft())
-            item = outgoing[-1]
-            budget -= len(item) if isinstance(item, bytes) else item.ByteSize()
+        pickled, typed, order, budget = self._take_envelopes(budget)
         replies: list[wire_pb2.Reply] = []
         while self._replies and (budget > 0 or not replies):
             replies.append(self._replies.popleft())
             budget -= replies[-1].ByteSize()
-        packed = [e for e in outgoing if isinstance(e, bytes)]
-        mixed = 0 < len(packed) < len(outgoing)  # then say how they interleave
         credit, self._credit_owed = self._credit_owed, 0
         return wire_pb2.Batch(
-            envelopes=[e for e in outgoing if not isinstance(e, bytes)],
-            packed=packed,
-            order=[isinstance(e, bytes) for e in outgoing] if mixed else [],
+            envelopes=typed,
+            pickled=pickled,
+            order=order,
             replies=replies,
             credit=credit,
             control=control,
         )
+
+    def _take_envelopes(
+        self, budget: int
+    ) -> tuple[bytes, list[wire_pb2.Envelope], list[bool], int]:
+        """Take queued envelopes up to ``budget`` bytes (at least one): the pickle of
+        the pickled ones, the typed ones, how they interleave, and the budget left."""
+        queue = self._envelopes
+        while True:
+            cost = len(queue) * _PLAIN_SIZE + self._queued_bytes
+            if not self._queued_typed and cost <= budget:
+                # The common case: everything queued fits, and nothing is typed.
+                items: list[Any] = list(queue)
+                queue.clear()
+                self._queued_bytes = 0
+                typed: list[wire_pb2.Envelope] = []
+                order: list[bool] = []
+                budget -= cost
+            else:
+                items, typed, order, budget = self._take_some(budget)
+            if not items:
+                return b"", typed, order, budget
+            try:
+                pickled = pickle.dumps(items, protocol=5)
+            except Exception:  # plain tells always pickle; should never happen
+                log.exception("a batch of envelopes to node %s did not pickle", self.peer)
+                pickled = b""
+            if pickled and (len(pickled) <= _FRAME_BUDGET or not self._has_plain(items)):
+                return pickled, typed, order, budget
+            if not self._has_plain(items):  # a list of bytes always pickles
+                raise AgentmeshError(f"envelopes to node {self.peer} did not pickle")
+            # Larger than reckoned (or unpicklable): requeue its envelopes, the plain
+            # tells each pickled alone, at their real size, and take again.
+            self._requeue(items, typed, order)
+
+    def _take_some(self, budget: int) -> tuple[list[Any], list[wire_pb2.Envelope], list[bool], int]:
+        queue = self._envelopes
+        items: list[Any] = []
+        typed: list[wire_pb2.Envelope] = []
+        order: list[bool] = []
+        while queue and (budget > 0 or not order):
+            item = queue.popleft()
+            if isinstance(item, tuple):
+                budget -= _PLAIN_SIZE
+                items.append(item)
+                order.append(True)
+                continue
+            if isinstance(item, bytes):
+                size = len(item)
+                items.append(item)
+                order.append(True)
+            else:
+                size = item.ByteSize()
+                typed.append(item)
+                order.append(False)
+                self._queued_typed -= 1
+            self._queued_bytes -= size
+            budget -= size
+        if not typed or not items:
+            order = []  # one kind only: no need to say how they interleave
+        return items, typed, order, budget
+
+    @staticmethod
+    def _has_plain(items: list[Any]) -> bool:
+        return any(type(item) is tuple for item in items)
+
+    def _requeue(self, items: list[Any], typed: list[wire_pb2.Envelope], order: list[bool]) -> None:
+        """Put taken envelopes back at the head of the queue, in order, each plain
+        tell pickled alone; one that cannot be is logged and dropped."""
+        if not order:
+            order = [True] * len(items) + [False] * len(typed)
+        pickled, proto = iter(items), iter(typed)
+        taken: list[Outgoing] = [next(pickled) if kind else next(proto) for kind in order]
+        for item in reversed(taken):
+            if isinstance(item, tuple):
+                target, method, args, kwargs, chain, sender = item
+                try:
+                    item = pack((target, method, args, kwargs, 0, chain, sender, 0.0))
+                except SerializationError as exc:
+                    log.warning("tell %s.%s to node %s dropped: %s", target, method, self.peer, exc)
+                    self._grant(1)  # it will not be delivered, so never credited
+                    continue
+            if isinstance(item, bytes):
+                self._queued_bytes += len(item)
+            else:
+                self._queued_typed += 1
+                self._queued_bytes += item.ByteSize()
+            self._envelopes.appendleft(item)
 
     async def _reader(self) -> None:
         self._bind_refs().__enter__()  # refs decoded in this task belong to this node
@@ -311,24 +509,27 @@ class Link:
             if frame is None:
                 return  # the peer ended the stream
             if frame.WhichOneof("body") != "batch":
-                raise AgentmeshError(f"node {self.peer} sent {frame.WhichOneof('body')} mid-stream")
+                raise MalformedFrame(f"a {frame.WhichOneof('body')} frame mid-stream")
             batch = frame.batch
             if batch.credit:
-                self.window += batch.credit
-                while self._room and self.window > 0:
-                    fut = self._room.popleft()
-                    if not fut.done():
-                        fut.set_result(None)
+                self._grant(batch.credit)
             for reply in batch.replies:
                 self._resolve(reply)
             now = asyncio.get_running_loop().time()
             if batch.control:
                 self._control_in.extend((item, _deadline(item, now)) for item in batch.control)
                 self._control_ready.set()
-            if batch.packed or batch.envelopes:
-                items = batch.packed if not batch.envelopes else _merge(batch)
-                self._inbound.extend((item, _deadline(item, now)) for item in items)
+            if batch.pickled or batch.envelopes:
+                self._inbound.extend(_unpickle(batch, now))
                 self._inbound_ready.set()
+
+    def _grant(self, credit: int) -> None:
+        """Room for ``credit`` more envelopes: wake senders waiting for it."""
+        self.window += credit
+        while self._room and self.window > 0:
+            fut = self._room.popleft()
+            if not fut.done():
+                fut.set_result(None)
 
     def _resolve(self, reply: wire_pb2.Reply) -> None:
         fut = self.pending.pop(reply.corr, None)
@@ -351,19 +552,25 @@ class Link:
         self._bind_refs().__enter__()  # once for the task, not once per envelope
         # In order, one at a time: a full mailbox holds back this stream's later
         # envelopes (and their credit), never its replies, which the reader handles.
+        inbound = self._inbound
+        deliver_nowait = self._deliver_nowait
         while True:
-            while not self._inbound:
+            while not inbound:
                 self._inbound_ready.clear()
                 await self._inbound_ready.wait()
-            wire, deadline = self._inbound.popleft()
-            env = self._decode(wire, deadline)
+            item = inbound.popleft()
             # A tell to an agent with room is taken at once; the rest may wait.
-            if env is not None and not (env.reply is None and self._deliver_nowait(env)):
-                await self._hand_over(env)
+            if isinstance(item, Envelope):  # a plain tell
+                if not deliver_nowait(item):
+                    await self._hand_over(item)
+            else:
+                env = self._decode(*item)
+                if env is not None and not (env.reply is None and deliver_nowait(env)):
+                    await self._hand_over(env)
             self._credit_owed += 1
             # Credit goes back in bulk: when a quarter of the window is owed, or when
             # nothing more is waiting (a frame per envelope would cost a write each).
-            if self._credit_owed >= self._credit_batch or not self._inbound:
+            if self._credit_owed >= self._credit_batch or not inbound:
                 self._wake.set()
 
     async def _control_delivery(self) -> None:
