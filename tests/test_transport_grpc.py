@@ -105,6 +105,20 @@ async def test_an_unpicklable_tell_fails_alone_among_batched_ones(linked: Linked
     assert link.frames_sent - before < 10  # they did share frames
 
 
+async def test_tells_to_several_agents_in_one_frame_keep_their_order(linked: Linked) -> None:
+    driver, host, near, _ = linked
+    small = _seen_from(driver, await host.spawn(Counter, mailbox_size=3))
+    roomy = _seen_from(driver, await host.spawn(Counter))
+    await small.get()  # connect
+    link = near.links[host.node_id]
+    before = link.frames_sent
+    for i in range(500):  # queued at once: a few frames, the small mailbox full often
+        (small if i % 3 else roomy).record.tell_nowait(i)
+    assert await small.items() == [i for i in range(500) if i % 3]
+    assert await roomy.items() == [i for i in range(500) if not i % 3]
+    assert link.frames_sent - before < 10
+
+
 async def test_plain_tells_larger_than_reckoned_are_spread_over_frames() -> None:
     near, far = GrpcTransport(window=20_000), GrpcTransport(window=20_000)
     async with (

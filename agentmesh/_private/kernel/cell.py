@@ -146,6 +146,33 @@ class Cell(Lifecycle):
             self._ensure_runner()
         return True
 
+    def offer_tells(self, tells: list[Any], start: int) -> int:
+        """Queue the tells (`TellRecord` tuples) of ``tells`` from index ``start`` on
+        that are addressed to this agent, as far as the mailbox has room now; return
+        the index of the first one not queued. Queues none if the agent does not take
+        messages now or senders wait for room (`offer` then says why). A run of
+        `offer` calls, for tells a peer sent in one frame."""
+        mailbox = self.mailbox
+        if self.state not in _OPEN or mailbox.putters:
+            return start
+        items = mailbox.items
+        if items is None:
+            mailbox.items = items = deque()
+        end = min(len(tells), start + mailbox.capacity - len(items) - mailbox.reserved)
+        me = self.id
+        append = items.append
+        i = start
+        while i < end:
+            tell = tells[i]
+            if type(tell) is not tuple or tell[0] != me:
+                break
+            target, method, args, kwargs, chain, sender = tell
+            append(Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender))
+            i += 1
+        if i > start and self._runner is None and self.instance is not None:
+            self._ensure_runner()
+        return i
+
     def post_nowait(self, env: Envelope) -> None:
         """Queue ``env`` (or run it at once if reentrant); raise `MailboxFull`."""
         if (self.current or self.active or self.state is not State.RUNNING) and self.accepts(env):

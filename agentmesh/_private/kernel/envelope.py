@@ -15,6 +15,7 @@ __all__ = [
     "Envelope",
     "RemoteReply",
     "Reply",
+    "TellRecord",
     "chains",
     "new_chain",
     "tell_envelope",
@@ -27,6 +28,11 @@ chains = itertools.count(random.getrandbits(62) | 1)
 #: Shared by every envelope without keyword arguments (never mutated): one container
 #: less per queued message for the garbage collector to track.
 NO_KWARGS: dict[str, Any] = {}
+
+
+#: A tell in the compact form transports carry plain tells in, one tuple each:
+#: (target, method, args, kwargs or None, chain, sender). See `Node.offer_tells`.
+TellRecord = tuple[str, str, tuple[Any, ...], dict[str, Any] | None, int, str | None]
 
 
 def new_chain() -> int:

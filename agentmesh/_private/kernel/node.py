@@ -521,6 +521,27 @@ class Node:
             # Nobody waits for a tell: its sender learns nothing, the dead letters do.
             self.undeliverable(env.target, env, str(exc))
 
+    def offer_tells(self, tells: list[Any], start: int) -> int:
+        """Deliver the tells (`TellRecord` tuples) a peer sent in one frame, from
+        ``tells[start]`` on, while each can be queued at once; return the index of the
+        first one not delivered (its agent is full, not here or not running, or it is
+        not a tell tuple): the transport delivers that one as an `Envelope`, through
+        `offer_from_peer` or `deliver_from_peer`, which wait or report as they must."""
+        cells = self.cells
+        i, end = start, len(tells)
+        while i < end:
+            tell = tells[i]
+            if type(tell) is not tuple:
+                break
+            cell = cells.get(tell[0])
+            if cell is None:
+                break
+            taken = cell.offer_tells(tells, i)
+            if taken == i:
+                break
+            i = taken
+        return i
+
     def offer_from_peer(self, env: Envelope) -> bool:
         """Deliver a peer's tell if that needs no waiting; False otherwise (then
         `deliver_from_peer` does it). Node-level requests are never taken here."""

@@ -256,6 +256,7 @@ class GrpcTransport(Transport):
             window,
             node.bind_refs,
             node.offer_from_peer,
+            node.offer_tells,
         )
         current = self.links.get(peer)
         if current is None or current.closed:

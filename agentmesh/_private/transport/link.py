@@ -135,41 +135,57 @@ class MalformedFrame(AgentmeshError):
     no longer known) and the frame counted as rejected."""
 
 
-#: An envelope received and not yet delivered: a plain tell, decoded with its frame,
-#: or an envelope to decode in its turn and when its ask expires.
-Inbound = Envelope | tuple[wire_pb2.Envelope | bytes, float]
+class _Run:
+    """Envelopes received in one pickle, delivered from ``entries[next]`` on: plain
+    tells (`TellRecord` tuples) and envelopes pickled alone (bytes)."""
+
+    __slots__ = ("arrived", "entries", "next")
+
+    def __init__(self, entries: list[Any], arrived: float) -> None:
+        self.entries = entries
+        self.next = 0
+        self.arrived = arrived  # asks among them expire from here
+
+
+#: Received, not yet delivered: a run of pickled envelopes, or a typed envelope and
+#: when it expires.
+Inbound = _Run | tuple[wire_pb2.Envelope, float]
 
 
 def _unpickle(batch: wire_pb2.Batch, now: float) -> list[Inbound]:
     """The batch's envelopes in the order they were sent; raises `MalformedFrame`."""
-    items: list[Inbound] = []
+    entries: list[Any] = []
     if batch.pickled:
         try:
             entries = pickle.loads(batch.pickled)
-            for entry in entries:
-                if type(entry) is tuple:  # a plain tell
-                    target, method, args, kwargs, chain, sender = entry
-                    items.append(
-                        Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender)
-                    )
-                elif type(entry) is bytes and len(entry) >= _HEADER.size:
-                    items.append((entry, _deadline(entry, now)))
-                else:
-                    raise TypeError(f"a {type(entry).__name__} is not an envelope")
         except Exception as exc:
             raise MalformedFrame(f"a batch that cannot be unpickled: {exc!r}") from None
+        if type(entries) is not list:
+            raise MalformedFrame(f"a batch of a {type(entries).__name__}, not a list")
     if not batch.envelopes:
-        return items
-    typed = [(item, _deadline(item, now)) for item in batch.envelopes]
-    if not items:
-        return list(typed)
-    if len(batch.order) != len(items) + len(typed):
+        return [_Run(entries, now)] if entries else []
+    typed: list[Inbound] = [(item, _deadline(item, now)) for item in batch.envelopes]
+    if not entries:
+        return typed
+    # Interleaved as `order` says: typed envelopes between runs of pickled ones.
+    out: list[Inbound] = []
+    first = taken = next_typed = 0
+    for is_pickled in batch.order:
+        if is_pickled:
+            taken += 1
+            continue
+        if taken > first:
+            out.append(_Run(entries[first:taken], now))
+        if next_typed == len(typed):
+            break
+        out.append(typed[next_typed])
+        next_typed += 1
+        first = taken
+    if taken != len(entries) or next_typed != len(typed):
         raise MalformedFrame("a batch whose order does not match its envelopes")
-    pickled, proto = iter(items), iter(typed)
-    try:
-        return [next(pickled) if is_pickled else next(proto) for is_pickled in batch.order]
-    except StopIteration:
-        raise MalformedFrame("a batch whose order does not match its envelopes") from None
+    if taken > first:
+        out.append(_Run(entries[first:taken], now))
+    return out
 
 
 class Link:
@@ -184,10 +200,12 @@ class Link:
         window: int,
         bind_refs: Callable[[], AbstractContextManager[None]],
         deliver_nowait: Callable[[Envelope], bool] = lambda _env: False,
+        offer_tells: Callable[[list[Any], int], int] = lambda _tells, start: start,
     ) -> None:
         self.peer = peer
         self._bind_refs = bind_refs  # refs decoded here belong to this node
         self._deliver_nowait = deliver_nowait
+        self._offer_tells = offer_tells  # delivers plain tells while there is room
         self._read = read
         self._write = write
         self._deliver = deliver
@@ -553,25 +571,53 @@ class Link:
         # In order, one at a time: a full mailbox holds back this stream's later
         # envelopes (and their credit), never its replies, which the reader handles.
         inbound = self._inbound
-        deliver_nowait = self._deliver_nowait
         while True:
             while not inbound:
                 self._inbound_ready.clear()
                 await self._inbound_ready.wait()
-            item = inbound.popleft()
-            # A tell to an agent with room is taken at once; the rest may wait.
-            if isinstance(item, Envelope):  # a plain tell
-                if not deliver_nowait(item):
-                    await self._hand_over(item)
+            item = inbound[0]
+            if isinstance(item, _Run):
+                # Plain tells to agents with room are taken at once, many in a call;
+                # the first envelope that is not goes on its own, and may wait.
+                entries, first = item.entries, item.next
+                try:
+                    taken = self._offer_tells(entries, first)
+                except (ValueError, TypeError) as exc:
+                    raise MalformedFrame(f"an envelope that is not one: {exc}") from None
+                self._credit_owed += taken - first
+                if taken == len(entries):
+                    inbound.popleft()
+                else:
+                    item.next = taken + 1
+                    if item.next == len(entries):
+                        inbound.popleft()
+                    await self._deliver_one(self._entry(entries[taken], item.arrived))
             else:
-                env = self._decode(*item)
-                if env is not None and not (env.reply is None and deliver_nowait(env)):
-                    await self._hand_over(env)
-            self._credit_owed += 1
+                inbound.popleft()
+                await self._deliver_one(self._decode(*item))
             # Credit goes back in bulk: when a quarter of the window is owed, or when
             # nothing more is waiting (a frame per envelope would cost a write each).
             if self._credit_owed >= self._credit_batch or not inbound:
                 self._wake.set()
+
+    async def _deliver_one(self, env: Envelope | None) -> None:
+        """Deliver one envelope, waiting for room if need be; it is then owed credit."""
+        if env is not None and not (env.reply is None and self._deliver_nowait(env)):
+            if env.reply is None and self._credit_owed:
+                # A tell for a full mailbox: credit for what was delivered goes back
+                # while it waits, so the sender can go on with other agents' traffic.
+                self._wake.set()
+            await self._hand_over(env)
+        self._credit_owed += 1
+
+    def _entry(self, entry: Any, arrived: float) -> Envelope | None:
+        """One envelope of a run, decoded (see `_decode`)."""
+        if type(entry) is tuple and len(entry) == 6:
+            target, method, args, kwargs, chain, sender = entry
+            return Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender)
+        if type(entry) is bytes and len(entry) >= _HEADER.size:
+            return self._decode(entry, _deadline(entry, arrived))
+        raise MalformedFrame(f"a {type(entry).__name__} where an envelope should be")
 
     async def _control_delivery(self) -> None:
         self._bind_refs().__enter__()
