@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .context import current_cell, current_chain
-from .envelope import NO_KWARGS, Envelope
+from .envelope import NO_KWARGS, Envelope, TellEnvelope, chains
 from .errors import AgentmeshError, AgentUnavailable, BadArguments
 from .lifecycle import Lifecycle, State
 from .mailbox import Mailbox
@@ -161,13 +162,18 @@ class Cell(Lifecycle):
         end = min(len(tells), start + mailbox.capacity - len(items) - mailbox.reserved)
         me = self.id
         append = items.append
+        new = object.__new__
         i = start
-        while i < end:
-            tell = tells[i]
+        for tell in islice(tells, start, end):
             if type(tell) is not tuple or tell[0] != me:
                 break
-            target, method, args, kwargs, chain, sender = tell
-            append(Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender))
+            # A TellEnvelope set field by field: cheaper than Envelope(...), whose
+            # __init__ is a Python call (this runs once per tell from a peer).
+            env = new(TellEnvelope)
+            env.target, env.method, env.args, kwargs, env.sender = tell
+            env.kwargs = kwargs or NO_KWARGS
+            env.chain = next(chains)
+            append(env)
             i += 1
         if i > start and self._runner is None and self.instance is not None:
             self._ensure_runner()

@@ -6,7 +6,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .context import current_cell, current_node
-from .envelope import chains, tell_envelope
+from .envelope import tell_envelope
 from .errors import AgentUnavailable, MailboxFull, UnknownMethod
 
 if TYPE_CHECKING:
@@ -169,12 +169,7 @@ class MethodRef:
             if route is not None:
                 sender = current_cell.get()
                 if route.offer_tell(
-                    ref._id,
-                    self._method,
-                    args,
-                    kwargs,
-                    next(chains),  # a tell starts a new call chain
-                    None if sender is None else sender.id,
+                    ref._id, self._method, args, kwargs, None if sender is None else sender.id
                 ):
                     return
             await ref._bind().tell(ref, self._method, args, kwargs)
@@ -192,12 +187,7 @@ class MethodRef:
             if route is not None:
                 sender = current_cell.get()
                 if route.offer_tell(
-                    ref._id,
-                    self._method,
-                    args,
-                    kwargs,
-                    next(chains),
-                    None if sender is None else sender.id,
+                    ref._id, self._method, args, kwargs, None if sender is None else sender.id
                 ):
                     return
             ref._bind().tell_nowait(ref, self._method, args, kwargs)

@@ -35,11 +35,11 @@ class Route(Protocol):
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        chain: int,
         sender: str | None,
     ) -> bool:
-        """Queue the tell if that needs no waiting; False if it cannot be taken so
-        (then the node sends an `Envelope`, which waits or raises as it must)."""
+        """Queue the tell (it starts a new call chain) if that needs no waiting; False
+        if it cannot be taken so (then the node sends an `Envelope`, which waits or
+        raises as it must)."""
         ...
 
 

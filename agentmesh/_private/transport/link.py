@@ -29,7 +29,7 @@ import pydantic
 from google.protobuf.message import Message
 
 from ...v1 import wire_pb2
-from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply
+from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply, new_chain
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
 from .codec import MAX_VALUE_BYTES, decode, encode
 
@@ -40,8 +40,8 @@ log = logging.getLogger("agentmesh.transport")
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[wire_pb2.Frame], Awaitable[None]]
 Deliver = Callable[[Envelope], Awaitable[None]]
-#: An envelope queued to send: a plain tell as a tuple (target, method, args, kwargs,
-#: chain, sender), or one encoded when it was sent.
+#: An envelope queued to send: a plain tell as a `TellRecord` tuple, or one encoded
+#: when it was sent.
 Outgoing = tuple[Any, ...] | wire_pb2.Envelope | bytes
 
 
@@ -288,7 +288,6 @@ class Link:
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        chain: int,
         sender: str | None,
     ) -> bool:
         """Queue a tell to a user agent if the window has room, nobody waits for room,
@@ -305,7 +304,7 @@ class Link:
             return False
         self.window -= 1
         self.envelopes_sent += 1
-        self._envelopes.append((target, method, args, kwargs or None, chain, sender))
+        self._envelopes.append((target, method, args, kwargs or None, sender))
         if not self._woken:  # cheaper than Event.set() once the writer is woken
             self._woken = True
             self._wake.set()
@@ -506,9 +505,9 @@ class Link:
         taken: list[Outgoing] = [next(pickled) if kind else next(proto) for kind in order]
         for item in reversed(taken):
             if isinstance(item, tuple):
-                target, method, args, kwargs, chain, sender = item
+                target, method, args, kwargs, sender = item
                 try:
-                    item = pack((target, method, args, kwargs, 0, chain, sender, 0.0))
+                    item = pack((target, method, args, kwargs, 0, new_chain(), sender, 0.0))
                 except SerializationError as exc:
                     log.warning("tell %s.%s to node %s dropped: %s", target, method, self.peer, exc)
                     self._grant(1)  # it will not be delivered, so never credited
@@ -612,9 +611,9 @@ class Link:
 
     def _entry(self, entry: Any, arrived: float) -> Envelope | None:
         """One envelope of a run, decoded (see `_decode`)."""
-        if type(entry) is tuple and len(entry) == 6:
-            target, method, args, kwargs, chain, sender = entry
-            return Envelope(target, method, args, kwargs or NO_KWARGS, None, chain, sender)
+        if type(entry) is tuple and len(entry) == 5:
+            target, method, args, kwargs, sender = entry
+            return Envelope(target, method, args, kwargs or NO_KWARGS, None, new_chain(), sender)
         if type(entry) is bytes and len(entry) >= _HEADER.size:
             return self._decode(entry, _deadline(entry, arrived))
         raise MalformedFrame(f"a {type(entry).__name__} where an envelope should be")
