@@ -22,7 +22,8 @@ from ..kernel.envelope import Envelope
 from ..kernel.errors import AgentUnavailable, AuthError, MailboxFull
 from ..kernel.transport import Transport
 from .auth import check_listen_address, new_nonce, prove, verify
-from .link import Link, MalformedFrame
+from .frames import MalformedFrame
+from .link import Link
 
 __all__ = ["DEFAULT_WINDOW", "TLS", "GrpcTransport"]
 

@@ -6,9 +6,7 @@ are flow-controlled by credit: a side may have at most ``window`` envelopes that
 other has not yet delivered into a mailbox, so a fast sender never grows a slow
 receiver's memory; replies and credit are never held back.
 
-Tells whose values are all plain (see `plain_tell`) are queued as tuples and pickled
-together, one pickle per frame: a value of any other kind is pickled when it is sent,
-so one that cannot travel fails the call that sent it.
+How envelopes are encoded into a frame and read back is `frames`' business.
 """
 
 from __future__ import annotations
@@ -19,87 +17,43 @@ import functools
 import itertools
 import logging
 import pickle
-import struct
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-import cloudpickle
 import pydantic
 from google.protobuf.message import Message
 
 from ...v1 import wire_pb2
 from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply, new_chain
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
-from .codec import MAX_VALUE_BYTES, decode, encode
+from .codec import decode, encode
+from .frames import (
+    FRAME_BUDGET,
+    HEADER,
+    PLAIN_TYPES,
+    SHORT,
+    SHORT_TYPES,
+    MalformedFrame,
+    Outbox,
+    Run,
+    deadline,
+    pack,
+    plain_tell,
+    unpickle,
+)
 
-__all__ = ["Link", "MalformedFrame", "plain_tell"]
+__all__ = ["Link"]
 
 log = logging.getLogger("agentmesh.transport")
 
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[wire_pb2.Frame], Awaitable[None]]
 Deliver = Callable[[Envelope], Awaitable[None]]
-#: An envelope queued to send: a plain tell as a `TellRecord` tuple, or one encoded
-#: when it was sent.
-Outgoing = tuple[Any, ...] | wire_pb2.Envelope | bytes
 
 
 #: Values that travel with a codec of their own (JSON, protobuf), not pickled.
 TYPED = (pydantic.BaseModel, Message)
-
-#: Types whose values always pickle, and pickle small: a tell of only these (strings
-#: and bytes up to `_SHORT` long) is queued as it is and pickled with its frame.
-_PLAIN = frozenset({int, float, bool, type(None)})
-_SHORT_TYPES = frozenset({str, bytes})
-_SHORT = 1024
-#: What a queued plain tell is reckoned to add to a frame (the frame budget's unit).
-_PLAIN_SIZE = 64
-
-
-def plain_tell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether every value is plain: None, a bool, int or float, or a str or bytes of
-    at most 1 KiB (exact types: a subclass may not pickle). Such values cannot fail to
-    pickle and are immutable, so pickling them later, with the frame, is safe."""
-    for value in args:
-        kind = type(value)
-        if kind not in _PLAIN and (kind not in _SHORT_TYPES or len(value) > _SHORT):
-            return False
-    if kwargs:
-        for value in kwargs.values():
-            kind = type(value)
-            if kind not in _PLAIN and (kind not in _SHORT_TYPES or len(value) > _SHORT):
-                return False
-    return True
-
-
-def pack(entry: tuple[Any, ...]) -> bytes:
-    """One envelope as bytes: its correlation id (8 bytes, so a callee that cannot
-    unpickle the rest can still answer the asker), then the envelope pickled.
-
-    Plain pickle when it can, cloudpickle for what it cannot take or would name by
-    reference where the peer cannot find it (classes and functions of ``__main__``).
-    """
-    try:
-        data = pickle.dumps(entry, protocol=5)
-        if b"__main__" in data:
-            raise pickle.PicklingError("refers to __main__")
-    except Exception:
-        try:
-            data = cloudpickle.dumps(entry, protocol=5)
-        except Exception as exc:
-            raise SerializationError(
-                f"arguments of {entry[1]}() cannot be encoded: {type(exc).__name__}: {exc}"
-            ) from exc
-    if len(data) > MAX_VALUE_BYTES:
-        raise SerializationError(f"arguments of {entry[1]}() encode to {len(data):,} bytes")
-    return _HEADER.pack(entry[4], entry[7]) + data
-
-
-# A packed envelope starts with its correlation id and the time its asker still waits.
-_HEADER = struct.Struct("<Qd")
-#: Bytes of envelopes and replies per frame, at most (a frame may hold 64 MiB).
-_FRAME_BUDGET = 8 * 1024 * 1024
 
 
 def _has_typed(env: Envelope) -> bool:
@@ -119,73 +73,6 @@ def _is_control(env: Envelope) -> bool:
     """Messages for the framework's own agents, except publications (user traffic,
     which keeps its order and flow control)."""
     return env.target.startswith("sys.") and env.method != "!node.publish"
-
-
-def _deadline(item: wire_pb2.Envelope | bytes, now: float) -> float:
-    """When an ask expires, measured from when its frame arrived (0.0 for a tell)."""
-    if isinstance(item, bytes):
-        corr, time_left = _HEADER.unpack_from(item)
-    else:
-        corr, time_left = item.corr, item.time_left
-    return now + time_left if corr else 0.0
-
-
-class MalformedFrame(AgentmeshError):
-    """A peer sent a frame this node cannot read: the stream is ended (its state is
-    no longer known) and the frame counted as rejected."""
-
-
-class _Run:
-    """Envelopes received in one pickle, delivered from ``entries[next]`` on: plain
-    tells (`TellRecord` tuples) and envelopes pickled alone (bytes)."""
-
-    __slots__ = ("arrived", "entries", "next")
-
-    def __init__(self, entries: list[Any], arrived: float) -> None:
-        self.entries = entries
-        self.next = 0
-        self.arrived = arrived  # asks among them expire from here
-
-
-#: Received, not yet delivered: a run of pickled envelopes, or a typed envelope and
-#: when it expires.
-Inbound = _Run | tuple[wire_pb2.Envelope, float]
-
-
-def _unpickle(batch: wire_pb2.Batch, now: float) -> list[Inbound]:
-    """The batch's envelopes in the order they were sent; raises `MalformedFrame`."""
-    entries: list[Any] = []
-    if batch.pickled:
-        try:
-            entries = pickle.loads(batch.pickled)
-        except Exception as exc:
-            raise MalformedFrame(f"a batch that cannot be unpickled: {exc!r}") from None
-        if type(entries) is not list:
-            raise MalformedFrame(f"a batch of a {type(entries).__name__}, not a list")
-    if not batch.envelopes:
-        return [_Run(entries, now)] if entries else []
-    typed: list[Inbound] = [(item, _deadline(item, now)) for item in batch.envelopes]
-    if not entries:
-        return typed
-    # Interleaved as `order` says: typed envelopes between runs of pickled ones.
-    out: list[Inbound] = []
-    first = taken = next_typed = 0
-    for is_pickled in batch.order:
-        if is_pickled:
-            taken += 1
-            continue
-        if taken > first:
-            out.append(_Run(entries[first:taken], now))
-        if next_typed == len(typed):
-            break
-        out.append(typed[next_typed])
-        next_typed += 1
-        first = taken
-    if taken != len(entries) or next_typed != len(typed):
-        raise MalformedFrame("a batch whose order does not match its envelopes")
-    if taken > first:
-        out.append(_Run(entries[first:taken], now))
-    return out
 
 
 class Link:
@@ -210,18 +97,16 @@ class Link:
         self._write = write
         self._deliver = deliver
         self.window = window  # envelopes we may still send before credit comes back
-        # Queued to send, in order: plain tells as tuples (pickled with their frame),
-        # other envelopes pickled alone (bytes) or as protobuf (typed values). Only the
-        # latter two are counted in _queued_bytes and _queued_typed: the writer takes
-        # a queue of plain tells whole without looking at each.
-        self._envelopes: collections.deque[Outgoing] = collections.deque()
-        self._queued_bytes = 0
-        self._queued_typed = 0
+        self._outbox = Outbox(peer, self._grant)  # envelopes queued to send, in order
+        self._queue = self._outbox.queue  # where offer_tell appends plain tells
         self._replies: collections.deque[wire_pb2.Reply] = collections.deque()
         self._credit_owed = 0
-        # Received, not yet delivered: (envelope, deadline), for user agents (in order,
-        # flow-controlled) and for the framework's own agents (never behind those).
-        self._inbound: collections.deque[Inbound] = collections.deque()
+        # Received, not yet delivered, for user agents (in order, flow-controlled) and
+        # for the framework's own agents (never behind those): runs of pickled
+        # envelopes and typed envelopes, or packed envelopes; with when asks expire.
+        self._inbound: collections.deque[Run | tuple[wire_pb2.Envelope, float]] = (
+            collections.deque()
+        )
         self._inbound_ready = asyncio.Event()
         self._control_in: collections.deque[tuple[Any, float]] = collections.deque()
         self._control_ready = asyncio.Event()
@@ -298,13 +183,13 @@ class Link:
             return False
         for value in args:  # plain_tell(args, kwargs), inlined for the arguments
             kind = type(value)
-            if kind not in _PLAIN and (kind not in _SHORT_TYPES or len(value) > _SHORT):
+            if kind not in PLAIN_TYPES and (kind not in SHORT_TYPES or len(value) > SHORT):
                 return False
         if kwargs and not plain_tell((), kwargs):
             return False
         self.window -= 1
         self.envelopes_sent += 1
-        self._envelopes.append((target, method, args, kwargs or None, sender))
+        self._queue.append((target, method, args, kwargs or None, sender))
         if not self._woken:  # cheaper than Event.set() once the writer is woken
             self._woken = True
             self._wake.set()
@@ -324,12 +209,7 @@ class Link:
         wire = self._encode(env)
         self.window -= 1
         self.envelopes_sent += 1
-        if isinstance(wire, bytes):
-            self._queued_bytes += len(wire)
-        else:
-            self._queued_typed += 1
-            self._queued_bytes += wire.ByteSize()
-        self._envelopes.append(wire)
+        self._outbox.push(wire)
         self._wake.set()
 
     async def send(self, env: Envelope) -> None:
@@ -395,9 +275,9 @@ class Link:
             fut = self._room.popleft()
             if not fut.done():
                 fut.set_exception(AgentUnavailable(reason))
-        if self._envelopes:
+        if self._outbox.queue:
             log.warning(
-                "%d messages to node %s not sent: %s", len(self._envelopes), self.peer, reason
+                "%d messages to node %s not sent: %s", len(self._outbox.queue), self.peer, reason
             )
         self._wake.set()
 
@@ -406,18 +286,18 @@ class Link:
             await self._wake.wait()
             self._wake.clear()
             self._woken = False
-            while self._envelopes or self._replies or self._credit_owed or self._control_out:
+            while self._outbox.queue or self._replies or self._credit_owed or self._control_out:
                 await self._write(wire_pb2.Frame(batch=self._next_batch()))
                 self.frames_sent += 1
 
     def _next_batch(self) -> wire_pb2.Batch:
         """Take what is queued, up to the frame budget, as one batch."""
-        budget = _FRAME_BUDGET
+        budget = FRAME_BUDGET
         control: list[bytes] = []
         while self._control_out and (budget > 0 or not control):
             control.append(self._control_out.popleft())
             budget -= len(control[-1])
-        pickled, typed, order, budget = self._take_envelopes(budget)
+        pickled, typed, order, budget = self._outbox.take(budget)
         replies: list[wire_pb2.Reply] = []
         while self._replies and (budget > 0 or not replies):
             replies.append(self._replies.popleft())
@@ -431,93 +311,6 @@ class Link:
             credit=credit,
             control=control,
         )
-
-    def _take_envelopes(
-        self, budget: int
-    ) -> tuple[bytes, list[wire_pb2.Envelope], list[bool], int]:
-        """Take queued envelopes up to ``budget`` bytes (at least one): the pickle of
-        the pickled ones, the typed ones, how they interleave, and the budget left."""
-        queue = self._envelopes
-        while True:
-            cost = len(queue) * _PLAIN_SIZE + self._queued_bytes
-            if not self._queued_typed and cost <= budget:
-                # The common case: everything queued fits, and nothing is typed.
-                items: list[Any] = list(queue)
-                queue.clear()
-                self._queued_bytes = 0
-                typed: list[wire_pb2.Envelope] = []
-                order: list[bool] = []
-                budget -= cost
-            else:
-                items, typed, order, budget = self._take_some(budget)
-            if not items:
-                return b"", typed, order, budget
-            try:
-                pickled = pickle.dumps(items, protocol=5)
-            except Exception:  # plain tells always pickle; should never happen
-                log.exception("a batch of envelopes to node %s did not pickle", self.peer)
-                pickled = b""
-            if pickled and (len(pickled) <= _FRAME_BUDGET or not self._has_plain(items)):
-                return pickled, typed, order, budget
-            if not self._has_plain(items):  # a list of bytes always pickles
-                raise AgentmeshError(f"envelopes to node {self.peer} did not pickle")
-            # Larger than reckoned (or unpicklable): requeue its envelopes, the plain
-            # tells each pickled alone, at their real size, and take again.
-            self._requeue(items, typed, order)
-
-    def _take_some(self, budget: int) -> tuple[list[Any], list[wire_pb2.Envelope], list[bool], int]:
-        queue = self._envelopes
-        items: list[Any] = []
-        typed: list[wire_pb2.Envelope] = []
-        order: list[bool] = []
-        while queue and (budget > 0 or not order):
-            item = queue.popleft()
-            if isinstance(item, tuple):
-                budget -= _PLAIN_SIZE
-                items.append(item)
-                order.append(True)
-                continue
-            if isinstance(item, bytes):
-                size = len(item)
-                items.append(item)
-                order.append(True)
-            else:
-                size = item.ByteSize()
-                typed.append(item)
-                order.append(False)
-                self._queued_typed -= 1
-            self._queued_bytes -= size
-            budget -= size
-        if not typed or not items:
-            order = []  # one kind only: no need to say how they interleave
-        return items, typed, order, budget
-
-    @staticmethod
-    def _has_plain(items: list[Any]) -> bool:
-        return any(type(item) is tuple for item in items)
-
-    def _requeue(self, items: list[Any], typed: list[wire_pb2.Envelope], order: list[bool]) -> None:
-        """Put taken envelopes back at the head of the queue, in order, each plain
-        tell pickled alone; one that cannot be is logged and dropped."""
-        if not order:
-            order = [True] * len(items) + [False] * len(typed)
-        pickled, proto = iter(items), iter(typed)
-        taken: list[Outgoing] = [next(pickled) if kind else next(proto) for kind in order]
-        for item in reversed(taken):
-            if isinstance(item, tuple):
-                target, method, args, kwargs, sender = item
-                try:
-                    item = pack((target, method, args, kwargs, 0, new_chain(), sender, 0.0))
-                except SerializationError as exc:
-                    log.warning("tell %s.%s to node %s dropped: %s", target, method, self.peer, exc)
-                    self._grant(1)  # it will not be delivered, so never credited
-                    continue
-            if isinstance(item, bytes):
-                self._queued_bytes += len(item)
-            else:
-                self._queued_typed += 1
-                self._queued_bytes += item.ByteSize()
-            self._envelopes.appendleft(item)
 
     async def _reader(self) -> None:
         self._bind_refs().__enter__()  # refs decoded in this task belong to this node
@@ -534,10 +327,10 @@ class Link:
                 self._resolve(reply)
             now = asyncio.get_running_loop().time()
             if batch.control:
-                self._control_in.extend((item, _deadline(item, now)) for item in batch.control)
+                self._control_in.extend((item, deadline(item, now)) for item in batch.control)
                 self._control_ready.set()
             if batch.pickled or batch.envelopes:
-                self._inbound.extend(_unpickle(batch, now))
+                self._inbound.extend(unpickle(batch, now))
                 self._inbound_ready.set()
 
     def _grant(self, credit: int) -> None:
@@ -575,7 +368,7 @@ class Link:
                 self._inbound_ready.clear()
                 await self._inbound_ready.wait()
             item = inbound[0]
-            if isinstance(item, _Run):
+            if isinstance(item, Run):
                 # Plain tells to agents with room are taken at once, many in a call;
                 # the first envelope that is not goes on its own, and may wait.
                 entries, first = item.entries, item.next
@@ -614,8 +407,8 @@ class Link:
         if type(entry) is tuple and len(entry) == 5:
             target, method, args, kwargs, sender = entry
             return Envelope(target, method, args, kwargs or NO_KWARGS, None, new_chain(), sender)
-        if type(entry) is bytes and len(entry) >= _HEADER.size:
-            return self._decode(entry, _deadline(entry, arrived))
+        if type(entry) is bytes and len(entry) >= HEADER.size:
+            return self._decode(entry, deadline(entry, arrived))
         raise MalformedFrame(f"a {type(entry).__name__} where an envelope should be")
 
     async def _control_delivery(self) -> None:
@@ -632,10 +425,10 @@ class Link:
     def _decode(self, wire: wire_pb2.Envelope | bytes, deadline: float) -> Envelope | None:
         """The envelope a peer sent, decoded once; None if it cannot be (an ask then
         gets a `SerializationError` back, a tell is logged and dropped)."""
-        corr = _HEADER.unpack_from(wire)[0] if isinstance(wire, bytes) else wire.corr
+        corr = HEADER.unpack_from(wire)[0] if isinstance(wire, bytes) else wire.corr
         try:
             if isinstance(wire, bytes):
-                entry = pickle.loads(memoryview(wire)[_HEADER.size :])
+                entry = pickle.loads(memoryview(wire)[HEADER.size :])
                 target, method, args, kwargs, _, chain, sender, _ = entry
                 kwargs = kwargs or NO_KWARGS
             else:
