@@ -81,6 +81,74 @@ async def test_unpicklable_arguments_fail_at_the_sender(linked: Linked) -> None:
     assert await counter.get() == 0  # nothing lost, nobody crashed
 
 
+async def test_an_unpicklable_tell_fails_alone_among_batched_ones(linked: Linked) -> None:
+    driver, host, near, _ = linked
+    counter = _seen_from(driver, await host.spawn(Counter))
+    await counter.get()  # connect
+    link = near.links[host.node_id]
+    before = link.frames_sent
+    # Queued together: plain values (pickled with their frame), others (pickled each
+    # when sent) and a pydantic model (its own codec). The one that cannot travel
+    # fails its own call, at once; the others arrive, in order.
+    sent: list[object] = []
+    for i in range(300):
+        if i == 150:
+            with pytest.raises(am.SerializationError, match="lock"):
+                counter.record.tell_nowait(threading.Lock())
+            continue
+        item: object = i if i % 3 else ("tuple", i) if i % 2 else Quote(symbol="Q", price=i)
+        counter.record.tell_nowait(item)
+        sent.append(item)
+    with pytest.raises(am.SerializationError, match="lock"):
+        await counter.record.tell(threading.Lock())
+    assert await counter.items() == sent
+    assert link.frames_sent - before < 10  # they did share frames
+
+
+async def test_tells_to_several_agents_in_one_frame_keep_their_order(linked: Linked) -> None:
+    driver, host, near, _ = linked
+    small = _seen_from(driver, await host.spawn(Counter, mailbox_size=3))
+    roomy = _seen_from(driver, await host.spawn(Counter))
+    await small.get()  # connect
+    link = near.links[host.node_id]
+    before = link.frames_sent
+    for i in range(500):  # queued at once: a few frames, the small mailbox full often
+        (small if i % 3 else roomy).record.tell_nowait(i)
+    assert await small.items() == [i for i in range(500) if i % 3]
+    assert await roomy.items() == [i for i in range(500) if not i % 3]
+    assert link.frames_sent - before < 10
+
+
+async def test_plain_tells_larger_than_reckoned_are_spread_over_frames() -> None:
+    near, far = GrpcTransport(window=20_000), GrpcTransport(window=20_000)
+    async with (
+        am.Mesh(_transport=near, ask_timeout=5) as driver,
+        am.Mesh(_transport=far, ask_timeout=5) as host,
+    ):
+        near.add_peer(host.node_id, far.address)
+        sizes = _seen_from(driver, await host.spawn(Sizes, mailbox_size=20_000))
+        await sizes.seen()  # connect
+        link = near.links[host.node_id]
+        before = link.frames_sent
+        for i in range(12_000):  # 12 MB queued at once: over one frame's budget
+            # Plain, but far more than a plain tell is reckoned to take (and each its
+            # own object: pickle would send the same one once).
+            sizes.take.tell_nowait(b"%05d" % i + b"x" * 995)
+        assert await sizes.seen() == [1000] * 12_000
+        assert link.frames_sent - before >= 2
+
+
+async def test_a_malformed_frame_ends_the_stream_and_is_counted(linked: Linked) -> None:
+    driver, host, near, far = linked
+    counter = _seen_from(driver, await host.spawn(Counter))
+    assert await counter.add(1) == 1
+    link = near.links[host.node_id]
+    await link._write(wire_pb2.Frame(batch=wire_pb2.Batch(pickled=b"not a pickle")))
+    await wait_for(lambda: far.rejected == 1, what="the receiver counted it")
+    await wait_for(lambda: link.closed, what="the stream ended")
+    assert await counter.add(1) == 2  # a new stream; both nodes live on
+
+
 async def test_a_wrong_token_is_refused_and_counted() -> None:
     right, wrong = GrpcTransport(token="right"), GrpcTransport(token="wrong")
     async with (

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .context import current_cell, current_chain
-from .envelope import NO_KWARGS, Envelope
+from .envelope import NO_KWARGS, Envelope, TellEnvelope, chains
 from .errors import AgentmeshError, AgentUnavailable, BadArguments
 from .lifecycle import Lifecycle, State
 from .mailbox import Mailbox
@@ -146,6 +147,38 @@ class Cell(Lifecycle):
         if self._runner is None and self.instance is not None:
             self._ensure_runner()
         return True
+
+    def offer_tells(self, tells: list[Any], start: int) -> int:
+        """Queue the tells (`TellRecord` tuples) of ``tells`` from index ``start`` on
+        that are addressed to this agent, as far as the mailbox has room now; return
+        the index of the first one not queued. Queues none if the agent does not take
+        messages now or senders wait for room (`offer` then says why). A run of
+        `offer` calls, for tells a peer sent in one frame."""
+        mailbox = self.mailbox
+        if self.state not in _OPEN or mailbox.putters:
+            return start
+        items = mailbox.items
+        if items is None:
+            mailbox.items = items = deque()
+        end = min(len(tells), start + mailbox.capacity - len(items) - mailbox.reserved)
+        me = self.id
+        append = items.append
+        new = object.__new__
+        i = start
+        for tell in islice(tells, start, end):
+            if type(tell) is not tuple or tell[0] != me:
+                break
+            # A TellEnvelope set field by field: cheaper than Envelope(...), whose
+            # __init__ is a Python call (this runs once per tell from a peer).
+            env = new(TellEnvelope)
+            env.target, env.method, env.args, kwargs, env.sender = tell
+            env.kwargs = kwargs or NO_KWARGS
+            env.chain = next(chains)
+            append(env)
+            i += 1
+        if i > start and self._runner is None and self.instance is not None:
+            self._ensure_runner()
+        return i
 
     def post_nowait(self, env: Envelope) -> None:
         """Queue ``env`` (or run it at once if reentrant); raise `MailboxFull`."""

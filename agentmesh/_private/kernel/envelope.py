@@ -15,6 +15,8 @@ __all__ = [
     "Envelope",
     "RemoteReply",
     "Reply",
+    "TellEnvelope",
+    "TellRecord",
     "chains",
     "new_chain",
     "tell_envelope",
@@ -27,6 +29,12 @@ chains = itertools.count(random.getrandbits(62) | 1)
 #: Shared by every envelope without keyword arguments (never mutated): one container
 #: less per queued message for the garbage collector to track.
 NO_KWARGS: dict[str, Any] = {}
+
+
+#: A tell in the compact form transports carry plain tells in, one tuple each:
+#: (target, method, args, kwargs or None, sender). It has no call chain: a tell starts
+#: a new one, so the node that delivers it makes one. See `Node.offer_tells`.
+TellRecord = tuple[str, str, tuple[Any, ...], dict[str, Any] | None, str | None]
 
 
 def new_chain() -> int:
@@ -79,6 +87,15 @@ class Envelope:
     def __repr__(self) -> str:
         kind = "tell" if self.reply is None else "ask"
         return f"<Envelope {kind} {self.target}.{self.method} chain={self.chain:x}>"
+
+
+class TellEnvelope(Envelope):
+    """The envelope of a tell a peer sent (`TellRecord`): no reply, no deadline, as
+    class defaults, so it is made field by field without a call to ``__init__``."""
+
+    __slots__ = ()
+    reply: Reply | None = None
+    deadline: float = 0.0
 
 
 def tell_envelope(

@@ -455,12 +455,13 @@ class Node:
             await cell.post(env)
             return
         transport = self._transport(ref)
-        try:  # the common case: the stream is open and has room; no waiting
+        try:  # the stream is open and has room; no waiting
             transport.send_nowait(ref._node_id, env)
-            return
         except (MailboxFull, AgentUnavailable):
-            pass  # connect, or wait for room, on the waiting path
-        await transport.send(ref._node_id, env)
+            # Connect, or wait for room, on the waiting path.
+            await transport.send(ref._node_id, env)
+        # Later tells from this ref take the transport's fast path, if it has one.
+        ref._route = transport.route(ref._node_id, ref._id)
 
     def tell_nowait(
         self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -468,7 +469,9 @@ class Node:
         env = self._tell_envelope(ref, method, args, kwargs)
         cell = self._cell_of(ref) if ref._node_id == self.id else None
         if cell is None:
-            self._transport(ref).send_nowait(ref._node_id, env)
+            transport = self._transport(ref)
+            transport.send_nowait(ref._node_id, env)
+            ref._route = transport.route(ref._node_id, ref._id)
         else:
             cell.post_nowait(env)
 
@@ -526,6 +529,27 @@ class Node:
                 raise
             # Nobody waits for a tell: its sender learns nothing, the dead letters do.
             self.undeliverable(env.target, env, str(exc))
+
+    def offer_tells(self, tells: list[Any], start: int) -> int:
+        """Deliver the tells (`TellRecord` tuples) a peer sent in one frame, from
+        ``tells[start]`` on, while each can be queued at once; return the index of the
+        first one not delivered (its agent is full, not here or not running, or it is
+        not a tell tuple): the transport delivers that one as an `Envelope`, through
+        `offer_from_peer` or `deliver_from_peer`, which wait or report as they must."""
+        cells = self.cells
+        i, end = start, len(tells)
+        while i < end:
+            tell = tells[i]
+            if type(tell) is not tuple:
+                break
+            cell = cells.get(tell[0])
+            if cell is None:
+                break
+            taken = cell.offer_tells(tells, i)
+            if taken == i:
+                break
+            i = taken
+        return i
 
     def offer_from_peer(self, env: Envelope) -> bool:
         """Deliver a peer's tell if that needs no waiting; False otherwise (then

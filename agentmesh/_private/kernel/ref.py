@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .context import current_node
+from .context import current_cell, current_node
 from .envelope import tell_envelope
 from .errors import AgentUnavailable, MailboxFull, UnknownMethod
 
 if TYPE_CHECKING:
     from .cell import Cell
     from .node import Node
+    from .transport import Route
 
 __all__ = ["AgentRef", "MethodRef"]
 
@@ -31,13 +32,15 @@ class AgentRef:
     # MethodRefs are cached in __dict__ (made on first use), so that after the first
     # ``ref.method`` the plain attribute lookup finds them: __getattr__ runs only after
     # a failed lookup, which costs an AttributeError each time.
-    __slots__ = ("__dict__", "_cell", "_id", "_name", "_node", "_node_id")
+    __slots__ = ("__dict__", "_cell", "_id", "_name", "_node", "_node_id", "_route")
 
     _id: str
     _name: str | None
     _node_id: str
     _node: Node | None
     _cell: Cell | None
+    #: The transport's fast path to a remote agent, set by the node after a tell.
+    _route: Route | None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("AgentRef has no public constructor: use mesh.spawn() or mesh.get()")
@@ -50,6 +53,7 @@ class AgentRef:
         ref._node_id = node_id
         ref._node = node
         ref._cell = None
+        ref._route = None
         return ref
 
     @property
@@ -161,6 +165,13 @@ class MethodRef:
         ref = self._ref
         cell = ref._cell
         if cell is None:
+            route = ref._route
+            if route is not None:
+                sender = current_cell.get()
+                if route.offer_tell(
+                    ref._id, self._method, args, kwargs, None if sender is None else sender.id
+                ):
+                    return
             await ref._bind().tell(ref, self._method, args, kwargs)
             return
         env = tell_envelope(ref._id, self._method, args, kwargs)
@@ -172,6 +183,13 @@ class MethodRef:
         ref = self._ref
         cell = ref._cell
         if cell is None:
+            route = ref._route
+            if route is not None:
+                sender = current_cell.get()
+                if route.offer_tell(
+                    ref._id, self._method, args, kwargs, None if sender is None else sender.id
+                ):
+                    return
             ref._bind().tell_nowait(ref, self._method, args, kwargs)
             return
         env = tell_envelope(ref._id, self._method, args, kwargs)

@@ -13,7 +13,7 @@ import abc
 import asyncio
 import functools
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
@@ -23,7 +23,24 @@ from .errors import AgentUnavailable, SerializationError
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["MemoryNetwork", "MemoryTransport", "Transport"]
+__all__ = ["MemoryNetwork", "MemoryTransport", "Route", "Transport"]
+
+
+class Route(Protocol):
+    """A transport's fast path for tells to one agent on one peer, cached by refs."""
+
+    def offer_tell(
+        self,
+        target: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        sender: str | None,
+    ) -> bool:
+        """Queue the tell (it starts a new call chain) if that needs no waiting; False
+        if it cannot be taken so (then the node sends an `Envelope`, which waits or
+        raises as it must)."""
+        ...
 
 
 class Transport(abc.ABC):
@@ -49,6 +66,13 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def send_nowait(self, peer: str, env: Envelope) -> None: ...
+
+    def route(self, peer: str, target: str) -> Route | None:
+        """A fast path for tells to agent ``target`` on ``peer`` (refs cache it after
+        a tell), or None. Optional: without one every tell is an `Envelope` sent by
+        ``send`` or ``send_nowait``; a route that can no longer take tells (its stream
+        closed) only ever answers False."""
+        return None
 
     @abc.abstractmethod
     async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:

@@ -22,6 +22,7 @@ from ..kernel.envelope import Envelope
 from ..kernel.errors import AgentUnavailable, AuthError, MailboxFull
 from ..kernel.transport import Transport
 from .auth import check_listen_address, new_nonce, prove, verify
+from .frames import MalformedFrame
 from .link import Link
 
 __all__ = ["DEFAULT_WINDOW", "TLS", "GrpcTransport"]
@@ -154,6 +155,12 @@ class GrpcTransport(Transport):
             raise MailboxFull(f"no stream to node {peer} yet (connecting); retry, or tell()")
         link.send_nowait(env)
 
+    def route(self, peer: str, target: str) -> Link | None:
+        if target.startswith("sys."):  # the framework's own traffic: not windowed
+            return None
+        link = self.links.get(peer)
+        return None if link is None or link.closed else link
+
     async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -250,6 +257,7 @@ class GrpcTransport(Transport):
             window,
             node.bind_refs,
             node.offer_from_peer,
+            node.offer_tells,
         )
         current = self.links.get(peer)
         if current is None or current.closed:
@@ -259,6 +267,8 @@ class GrpcTransport(Transport):
     async def _serve(self, link: Link, cancel: Any) -> None:
         try:
             await link.run()
+        except MalformedFrame as exc:
+            self._malformed(link, exc)
         except Exception as exc:
             log.warning("stream with node %s failed: %s", link.peer, exc)
         finally:
@@ -289,9 +299,15 @@ class GrpcTransport(Transport):
         link = self._register(peer, read, context.write, window)
         try:
             await link.run()
+        except MalformedFrame as exc:
+            self._malformed(link, exc)
         finally:
             if self.links.get(peer) is link:
                 del self.links[peer]
+
+    def _malformed(self, link: Link, exc: MalformedFrame) -> None:
+        self.rejected += 1
+        log.warning("node %s sent a malformed frame, stream ended: %s", link.peer, exc)
 
     async def _listener_handshake(self, context: Any) -> tuple[str, int]:
         frame = await context.read()

@@ -5,6 +5,8 @@ message goes out at once at low load and many share a frame at high load. Envelo
 are flow-controlled by credit: a side may have at most ``window`` envelopes that the
 other has not yet delivered into a mailbox, so a fast sender never grows a slow
 receiver's memory; replies and credit are never held back.
+
+How envelopes are encoded into a frame and read back is `frames`' business.
 """
 
 from __future__ import annotations
@@ -15,19 +17,31 @@ import functools
 import itertools
 import logging
 import pickle
-import struct
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-import cloudpickle
 import pydantic
 from google.protobuf.message import Message
 
 from ...v1 import wire_pb2
-from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply
+from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply, new_chain
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
-from .codec import MAX_VALUE_BYTES, decode, encode
+from .codec import decode, encode
+from .frames import (
+    FRAME_BUDGET,
+    HEADER,
+    PLAIN_TYPES,
+    SHORT,
+    SHORT_TYPES,
+    MalformedFrame,
+    Outbox,
+    Run,
+    deadline,
+    pack,
+    plain_tell,
+    unpickle,
+)
 
 __all__ = ["Link"]
 
@@ -40,35 +54,6 @@ Deliver = Callable[[Envelope], Awaitable[None]]
 
 #: Values that travel with a codec of their own (JSON, protobuf), not pickled.
 TYPED = (pydantic.BaseModel, Message)
-
-
-def pack(entry: tuple[Any, ...]) -> bytes:
-    """One envelope as bytes: its correlation id (8 bytes, so a callee that cannot
-    unpickle the rest can still answer the asker), then the envelope pickled.
-
-    Plain pickle when it can, cloudpickle for what it cannot take or would name by
-    reference where the peer cannot find it (classes and functions of ``__main__``).
-    """
-    try:
-        data = pickle.dumps(entry, protocol=5)
-        if b"__main__" in data:
-            raise pickle.PicklingError("refers to __main__")
-    except Exception:
-        try:
-            data = cloudpickle.dumps(entry, protocol=5)
-        except Exception as exc:
-            raise SerializationError(
-                f"arguments of {entry[1]}() cannot be encoded: {type(exc).__name__}: {exc}"
-            ) from exc
-    if len(data) > MAX_VALUE_BYTES:
-        raise SerializationError(f"arguments of {entry[1]}() encode to {len(data):,} bytes")
-    return _HEADER.pack(entry[4], entry[7]) + data
-
-
-# A packed envelope starts with its correlation id and the time its asker still waits.
-_HEADER = struct.Struct("<Qd")
-#: Bytes of envelopes and replies per frame, at most (a frame may hold 64 MiB).
-_FRAME_BUDGET = 8 * 1024 * 1024
 
 
 def _has_typed(env: Envelope) -> bool:
@@ -90,23 +75,6 @@ def _is_control(env: Envelope) -> bool:
     return env.target.startswith("sys.") and env.method != "!node.publish"
 
 
-def _deadline(item: wire_pb2.Envelope | bytes, now: float) -> float:
-    """When an ask expires, measured from when its frame arrived (0.0 for a tell)."""
-    if isinstance(item, bytes):
-        corr, time_left = _HEADER.unpack_from(item)
-    else:
-        corr, time_left = item.corr, item.time_left
-    return now + time_left if corr else 0.0
-
-
-def _merge(batch: wire_pb2.Batch) -> list[wire_pb2.Envelope | bytes]:
-    """The batch's envelopes in the order they were sent."""
-    if not batch.order:
-        return [*batch.envelopes, *batch.packed]
-    typed, packed = iter(batch.envelopes), iter(batch.packed)
-    return [next(packed) if is_packed else next(typed) for is_packed in batch.order]
-
-
 class Link:
     """A stream to ``peer`` after the handshake; `run` serves it until it breaks."""
 
@@ -119,25 +87,32 @@ class Link:
         window: int,
         bind_refs: Callable[[], AbstractContextManager[None]],
         deliver_nowait: Callable[[Envelope], bool] = lambda _env: False,
+        offer_tells: Callable[[list[Any], int], int] = lambda _tells, start: start,
     ) -> None:
         self.peer = peer
         self._bind_refs = bind_refs  # refs decoded here belong to this node
         self._deliver_nowait = deliver_nowait
+        self._offer_tells = offer_tells  # delivers plain tells while there is room
         self._read = read
         self._write = write
         self._deliver = deliver
         self.window = window  # envelopes we may still send before credit comes back
-        self._envelopes: collections.deque[wire_pb2.Envelope | bytes] = collections.deque()
+        self._outbox = Outbox(peer, self._grant)  # envelopes queued to send, in order
+        self._queue = self._outbox.queue  # where offer_tell appends plain tells
         self._replies: collections.deque[wire_pb2.Reply] = collections.deque()
         self._credit_owed = 0
-        # Received, not yet delivered: (envelope, deadline), for user agents (in order,
-        # flow-controlled) and for the framework's own agents (never behind those).
-        self._inbound: collections.deque[tuple[Any, float]] = collections.deque()
+        # Received, not yet delivered, for user agents (in order, flow-controlled) and
+        # for the framework's own agents (never behind those): runs of pickled
+        # envelopes and typed envelopes, or packed envelopes; with when asks expire.
+        self._inbound: collections.deque[Run | tuple[wire_pb2.Envelope, float]] = (
+            collections.deque()
+        )
         self._inbound_ready = asyncio.Event()
         self._control_in: collections.deque[tuple[Any, float]] = collections.deque()
         self._control_ready = asyncio.Event()
         self._control_out: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
+        self._woken = False  # True: _wake is set (other paths may set it without this)
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._corr = itertools.count(1)
@@ -192,6 +167,34 @@ class Link:
     def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:
         self.pending.pop(corr, None)
 
+    def offer_tell(
+        self,
+        target: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        sender: str | None,
+    ) -> bool:
+        """Queue a tell to a user agent if the window has room, nobody waits for room,
+        and its values are plain (`plain_tell`); False otherwise, and then `send` or
+        `send_nowait` with an envelope does it. The hot path of a cross-node tell (a
+        `Route`, cached by refs)."""
+        if self.window <= 0 or self.closed or self._room:
+            return False
+        for value in args:  # plain_tell(args, kwargs), inlined for the arguments
+            kind = type(value)
+            if kind not in PLAIN_TYPES and (kind not in SHORT_TYPES or len(value) > SHORT):
+                return False
+        if kwargs and not plain_tell((), kwargs):
+            return False
+        self.window -= 1
+        self.envelopes_sent += 1
+        self._queue.append((target, method, args, kwargs or None, sender))
+        if not self._woken:  # cheaper than Event.set() once the writer is woken
+            self._woken = True
+            self._wake.set()
+        return True
+
     def send_nowait(self, env: Envelope) -> None:
         """Queue ``env`` if the peer has room for it; raise `MailboxFull` if not."""
         self._check_open()
@@ -206,7 +209,7 @@ class Link:
         wire = self._encode(env)
         self.window -= 1
         self.envelopes_sent += 1
-        self._envelopes.append(wire)
+        self._outbox.push(wire)
         self._wake.set()
 
     async def send(self, env: Envelope) -> None:
@@ -235,20 +238,30 @@ class Link:
     # -- serving ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the stream until either side ends it; then fail what waits on it."""
+        """Serve the stream until either side ends it; then fail what waits on it.
+
+        Raises `MalformedFrame` if it ended because the peer sent one."""
         tasks = [
             asyncio.ensure_future(self._writer()),
             asyncio.ensure_future(self._reader()),
             asyncio.ensure_future(self._delivery()),
             asyncio.ensure_future(self._control_delivery()),
         ]
+        reason = f"the connection to node {self.peer} was lost"
+        malformed = None
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and isinstance(task.exception(), MalformedFrame):
+                    malformed = task.exception()
+                    reason = f"node {self.peer} sent a malformed frame: {malformed}"
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.close(f"the connection to node {self.peer} was lost")
+            self.close(reason)
+        if malformed is not None:
+            raise malformed
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -262,9 +275,9 @@ class Link:
             fut = self._room.popleft()
             if not fut.done():
                 fut.set_exception(AgentUnavailable(reason))
-        if self._envelopes:
+        if self._outbox.queue:
             log.warning(
-                "%d messages to node %s not sent: %s", len(self._envelopes), self.peer, reason
+                "%d messages to node %s not sent: %s", len(self._outbox.queue), self.peer, reason
             )
         self._wake.set()
 
@@ -272,33 +285,28 @@ class Link:
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
-            while self._envelopes or self._replies or self._credit_owed or self._control_out:
+            self._woken = False
+            while self._outbox.queue or self._replies or self._credit_owed or self._control_out:
                 await self._write(wire_pb2.Frame(batch=self._next_batch()))
                 self.frames_sent += 1
 
     def _next_batch(self) -> wire_pb2.Batch:
         """Take what is queued, up to the frame budget, as one batch."""
-        budget = _FRAME_BUDGET
+        budget = FRAME_BUDGET
         control: list[bytes] = []
         while self._control_out and (budget > 0 or not control):
             control.append(self._control_out.popleft())
             budget -= len(control[-1])
-        outgoing: list[wire_pb2.Envelope | bytes] = []
-        while self._envelopes and (budget > 0 or not outgoing):
-            outgoing.append(self._envelopes.popleft())
-            item = outgoing[-1]
-            budget -= len(item) if isinstance(item, bytes) else item.ByteSize()
+        pickled, typed, order, budget = self._outbox.take(budget)
         replies: list[wire_pb2.Reply] = []
         while self._replies and (budget > 0 or not replies):
             replies.append(self._replies.popleft())
             budget -= replies[-1].ByteSize()
-        packed = [e for e in outgoing if isinstance(e, bytes)]
-        mixed = 0 < len(packed) < len(outgoing)  # then say how they interleave
         credit, self._credit_owed = self._credit_owed, 0
         return wire_pb2.Batch(
-            envelopes=[e for e in outgoing if not isinstance(e, bytes)],
-            packed=packed,
-            order=[isinstance(e, bytes) for e in outgoing] if mixed else [],
+            envelopes=typed,
+            pickled=pickled,
+            order=order,
             replies=replies,
             credit=credit,
             control=control,
@@ -311,24 +319,27 @@ class Link:
             if frame is None:
                 return  # the peer ended the stream
             if frame.WhichOneof("body") != "batch":
-                raise AgentmeshError(f"node {self.peer} sent {frame.WhichOneof('body')} mid-stream")
+                raise MalformedFrame(f"a {frame.WhichOneof('body')} frame mid-stream")
             batch = frame.batch
             if batch.credit:
-                self.window += batch.credit
-                while self._room and self.window > 0:
-                    fut = self._room.popleft()
-                    if not fut.done():
-                        fut.set_result(None)
+                self._grant(batch.credit)
             for reply in batch.replies:
                 self._resolve(reply)
             now = asyncio.get_running_loop().time()
             if batch.control:
-                self._control_in.extend((item, _deadline(item, now)) for item in batch.control)
+                self._control_in.extend((item, deadline(item, now)) for item in batch.control)
                 self._control_ready.set()
-            if batch.packed or batch.envelopes:
-                items = batch.packed if not batch.envelopes else _merge(batch)
-                self._inbound.extend((item, _deadline(item, now)) for item in items)
+            if batch.pickled or batch.envelopes:
+                self._inbound.extend(unpickle(batch, now))
                 self._inbound_ready.set()
+
+    def _grant(self, credit: int) -> None:
+        """Room for ``credit`` more envelopes: wake senders waiting for it."""
+        self.window += credit
+        while self._room and self.window > 0:
+            fut = self._room.popleft()
+            if not fut.done():
+                fut.set_result(None)
 
     def _resolve(self, reply: wire_pb2.Reply) -> None:
         fut = self.pending.pop(reply.corr, None)
@@ -351,20 +362,54 @@ class Link:
         self._bind_refs().__enter__()  # once for the task, not once per envelope
         # In order, one at a time: a full mailbox holds back this stream's later
         # envelopes (and their credit), never its replies, which the reader handles.
+        inbound = self._inbound
         while True:
-            while not self._inbound:
+            while not inbound:
                 self._inbound_ready.clear()
                 await self._inbound_ready.wait()
-            wire, deadline = self._inbound.popleft()
-            env = self._decode(wire, deadline)
-            # A tell to an agent with room is taken at once; the rest may wait.
-            if env is not None and not (env.reply is None and self._deliver_nowait(env)):
-                await self._hand_over(env)
-            self._credit_owed += 1
+            item = inbound[0]
+            if isinstance(item, Run):
+                # Plain tells to agents with room are taken at once, many in a call;
+                # the first envelope that is not goes on its own, and may wait.
+                entries, first = item.entries, item.next
+                try:
+                    taken = self._offer_tells(entries, first)
+                except (ValueError, TypeError) as exc:
+                    raise MalformedFrame(f"an envelope that is not one: {exc}") from None
+                self._credit_owed += taken - first
+                if taken == len(entries):
+                    inbound.popleft()
+                else:
+                    item.next = taken + 1
+                    if item.next == len(entries):
+                        inbound.popleft()
+                    await self._deliver_one(self._entry(entries[taken], item.arrived))
+            else:
+                inbound.popleft()
+                await self._deliver_one(self._decode(*item))
             # Credit goes back in bulk: when a quarter of the window is owed, or when
             # nothing more is waiting (a frame per envelope would cost a write each).
-            if self._credit_owed >= self._credit_batch or not self._inbound:
+            if self._credit_owed >= self._credit_batch or not inbound:
                 self._wake.set()
+
+    async def _deliver_one(self, env: Envelope | None) -> None:
+        """Deliver one envelope, waiting for room if need be; it is then owed credit."""
+        if env is not None and not (env.reply is None and self._deliver_nowait(env)):
+            if env.reply is None and self._credit_owed:
+                # A tell for a full mailbox: credit for what was delivered goes back
+                # while it waits, so the sender can go on with other agents' traffic.
+                self._wake.set()
+            await self._hand_over(env)
+        self._credit_owed += 1
+
+    def _entry(self, entry: Any, arrived: float) -> Envelope | None:
+        """One envelope of a run, decoded (see `_decode`)."""
+        if type(entry) is tuple and len(entry) == 5:
+            target, method, args, kwargs, sender = entry
+            return Envelope(target, method, args, kwargs or NO_KWARGS, None, new_chain(), sender)
+        if type(entry) is bytes and len(entry) >= HEADER.size:
+            return self._decode(entry, deadline(entry, arrived))
+        raise MalformedFrame(f"a {type(entry).__name__} where an envelope should be")
 
     async def _control_delivery(self) -> None:
         self._bind_refs().__enter__()
@@ -380,10 +425,10 @@ class Link:
     def _decode(self, wire: wire_pb2.Envelope | bytes, deadline: float) -> Envelope | None:
         """The envelope a peer sent, decoded once; None if it cannot be (an ask then
         gets a `SerializationError` back, a tell is logged and dropped)."""
-        corr = _HEADER.unpack_from(wire)[0] if isinstance(wire, bytes) else wire.corr
+        corr = HEADER.unpack_from(wire)[0] if isinstance(wire, bytes) else wire.corr
         try:
             if isinstance(wire, bytes):
-                entry = pickle.loads(memoryview(wire)[_HEADER.size :])
+                entry = pickle.loads(memoryview(wire)[HEADER.size :])
                 target, method, args, kwargs, _, chain, sender, _ = entry
                 kwargs = kwargs or NO_KWARGS
             else:
