@@ -4,7 +4,6 @@ the cluster layer (the multi-process ones are in test_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 import agentmesh as am
 from agentmesh._private.transport.grpc_transport import DEFAULT_WINDOW
 
-from .agents import Counter, Gate, Recorder
+from .agents import Recorder
 from .conftest import recorded, wait_for
 
 
@@ -228,44 +227,3 @@ async def test_failure_detection_time_is_configurable() -> None:
 
 async def _declared_dead(head: am.Mesh, node_id: str) -> bool:
     return any(n.id == node_id and not n.alive for n in await head.nodes())
-
-
-async def test_a_full_agent_does_not_hold_back_others_on_its_node(
-    pair: tuple[am.Mesh, am.Mesh],
-) -> None:
-    head, driver = pair
-    local_gate = await head.spawn(Gate, mailbox_size=2, name="gate")
-    await head.spawn(Counter, name="counter")
-    gate, counter = await driver.get("gate"), await driver.get("counter")
-    link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
-    instance = head._node.cells[local_gate.id].instance
-    await gate.wait.tell("blocker")
-    await wait_for(lambda: instance.running == 1, what="the gate blocked")
-    sent = 0
-
-    async def flood() -> None:
-        nonlocal sent
-        while True:  # until flow control makes the driver wait, and on after
-            await gate.note.tell(sent)
-            sent += 1
-
-    # The gate's mailbox (2) fills; the head parks what follows and asks the driver
-    # to hold its tells to the gate: the flood waits, nothing else does.
-    flooding = asyncio.create_task(flood())
-    await wait_for(lambda: gate.id in link._stopped, what="the head asked to hold")
-    await wait_for(lambda: link.held_senders > 0, what="the flood held")
-    with pytest.raises(am.MailboxFull, match="full"):
-        gate.note.tell_nowait("refused")
-    assert await counter.add(5) == 5  # an ask to another agent of that node
-    counter.add.tell_nowait(1)  # and a tell
-    assert await counter.get() == 6
-    instance.gate.set()
-    held_at = sent
-    await wait_for(lambda: sent > held_at + 100, what="the flood flowing again")
-    flooding.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await flooding
-    calls = await gate.calls_so_far()
-    assert calls[0] == "blocker"
-    assert calls[1:] == list(range(len(calls) - 1))  # in order, none lost
-    assert len(calls) > held_at

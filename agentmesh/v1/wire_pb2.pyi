@@ -52,30 +52,20 @@ class Reply(_message.Message):
     def __init__(self, corr: _Optional[int] = ..., ok: _Optional[bool] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("envelopes", "replies", "credit", "order", "control", "pickled", "flow")
+    __slots__ = ("envelopes", "replies", "credit", "order", "control", "pickled")
     ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     PICKLED_FIELD_NUMBER: _ClassVar[int]
-    FLOW_FIELD_NUMBER: _ClassVar[int]
     envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
     replies: _containers.RepeatedCompositeFieldContainer[Reply]
     credit: int
     order: _containers.RepeatedScalarFieldContainer[bool]
     control: _containers.RepeatedScalarFieldContainer[bytes]
     pickled: bytes
-    flow: _containers.RepeatedCompositeFieldContainer[Flow]
-    def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ..., credit: _Optional[int] = ..., order: _Optional[_Iterable[bool]] = ..., control: _Optional[_Iterable[bytes]] = ..., pickled: _Optional[bytes] = ..., flow: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ...) -> None: ...
-
-class Flow(_message.Message):
-    __slots__ = ("target", "stop")
-    TARGET_FIELD_NUMBER: _ClassVar[int]
-    STOP_FIELD_NUMBER: _ClassVar[int]
-    target: str
-    stop: bool
-    def __init__(self, target: _Optional[str] = ..., stop: _Optional[bool] = ...) -> None: ...
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ..., credit: _Optional[int] = ..., order: _Optional[_Iterable[bool]] = ..., control: _Optional[_Iterable[bytes]] = ..., pickled: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_id", "nonce")

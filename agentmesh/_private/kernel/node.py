@@ -551,25 +551,6 @@ class Node:
             i = taken
         return i
 
-    def room_for_peer(self, env: Envelope) -> bool | None:
-        """For a transport holding a peer's envelope: whether its agent's mailbox has
-        room now (False: delivering it would wait); None when it is not a matter of
-        room (a node-level request, an unknown or ended agent, a call that runs at once
-        by call-chain reentrancy), so it should be delivered as it is, now."""
-        if env.method.startswith("!node."):
-            return None
-        cell = self.cells.get(env.target)
-        if cell is None:
-            return None
-        try:  # the test `Cell.post` makes
-            if (cell.current or cell.active or cell.state is not State.RUNNING) and cell.accepts(
-                env
-            ):
-                return None
-        except AgentUnavailable:
-            return None
-        return cell.mailbox.has_room()
-
     def offer_from_peer(self, env: Envelope) -> bool:
         """Deliver a peer's tell if that needs no waiting; False otherwise (then
         `deliver_from_peer` does it). Node-level requests are never taken here."""

@@ -258,7 +258,6 @@ class GrpcTransport(Transport):
             node.bind_refs,
             node.offer_from_peer,
             node.offer_tells,
-            node.room_for_peer,
         )
         current = self.links.get(peer)
         if current is None or current.closed:

@@ -6,12 +6,6 @@ are flow-controlled by credit: a side may have at most ``window`` envelopes that
 other has not yet delivered into a mailbox, so a fast sender never grows a slow
 receiver's memory; replies and credit are never held back.
 
-One full mailbox does not hold back the stream: the receiver parks that agent's
-envelopes (in order) and tells the sender to hold its tells to that agent (``stop``)
-until they are delivered (``go``), while everything else flows. Parked envelopes are
-credited at once up to one window's worth, so other agents' traffic keeps its room;
-beyond that, credit waits for delivery, which bounds what a peer can park.
-
 How envelopes are encoded into a frame and read back is `frames`' business.
 """
 
@@ -94,10 +88,8 @@ class Link:
         bind_refs: Callable[[], AbstractContextManager[None]],
         deliver_nowait: Callable[[Envelope], bool] = lambda _env: False,
         offer_tells: Callable[[list[Any], int], int] = lambda _tells, start: start,
-        room_for: Callable[[Envelope], bool | None] = lambda _env: None,
     ) -> None:
         self.peer = peer
-        self._room_for = room_for  # whether an envelope's agent has room now
         self._bind_refs = bind_refs  # refs decoded here belong to this node
         self._deliver_nowait = deliver_nowait
         self._offer_tells = offer_tells  # delivers plain tells while there is room
@@ -119,7 +111,6 @@ class Link:
         self._control_in: collections.deque[tuple[Any, float]] = collections.deque()
         self._control_ready = asyncio.Event()
         self._control_out: collections.deque[bytes] = collections.deque()
-        self._flow_out: list[wire_pb2.Flow] = []
         self._wake = asyncio.Event()
         self._woken = False  # True: _wake is set (other paths may set it without this)
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -127,14 +118,6 @@ class Link:
         self._corr = itertools.count(1)
         self.closed = False
         self._credit_batch = max(1, window // 4)
-        # Receiving: envelopes parked per agent whose mailbox was full, in order, each
-        # with whether it was credited already; how many are parked; the drains.
-        self._parked: dict[str, collections.deque[tuple[Envelope, bool]]] = {}
-        self._parked_count = 0
-        self._park_budget = window
-        self._drains: set[asyncio.Task[None]] = set()
-        # Sending: agents the peer asked us to hold tells for, and who waits on each.
-        self._stopped: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self.frames_sent = 0
         self.envelopes_sent = 0
 
@@ -196,7 +179,7 @@ class Link:
         and its values are plain (`plain_tell`); False otherwise, and then `send` or
         `send_nowait` with an envelope does it. The hot path of a cross-node tell (a
         `Route`, cached by refs)."""
-        if self.window <= 0 or self.closed or self._room or target in self._stopped:
+        if self.window <= 0 or self.closed or self._room:
             return False
         for value in args:  # plain_tell(args, kwargs), inlined for the arguments
             kind = type(value)
@@ -223,8 +206,6 @@ class Link:
             return
         if self.window <= 0:
             raise MailboxFull(f"no room on the stream to node {self.peer} (flow control)")
-        if env.reply is None and env.target in self._stopped:
-            raise MailboxFull(f"agent {env.target} on node {self.peer} is full (flow control)")
         wire = self._encode(env)
         self.window -= 1
         self.envelopes_sent += 1
@@ -232,29 +213,13 @@ class Link:
         self._wake.set()
 
     async def send(self, env: Envelope) -> None:
-        """Queue ``env``, first waiting for the peer to grant room (on the stream, and
-        for a tell, at its agent)."""
-        if not _is_control(env):
-            loop = asyncio.get_running_loop()
-            while True:
-                self._check_open()
-                held = self._stopped.get(env.target) if env.reply is None else None
-                if held is not None:
-                    fut: asyncio.Future[None] = loop.create_future()
-                    held.append(fut)
-                    await fut
-                elif self.window <= 0:
-                    fut = loop.create_future()
-                    self._room.append(fut)
-                    await fut
-                else:
-                    break
+        """Queue ``env``, first waiting for the peer to grant room."""
+        while self.window <= 0 and not _is_control(env):
+            self._check_open()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._room.append(fut)
+            await fut
         self.send_nowait(env)
-
-    @property
-    def held_senders(self) -> int:
-        """How many sends wait for room (on the stream or at an agent)."""
-        return len(self._room) + sum(len(held) for held in self._stopped.values())
 
     def reply(self, corr: int, ok: bool, value: Any) -> None:
         if self.closed:
@@ -306,14 +271,10 @@ class Link:
             if not fut.done():
                 fut.set_exception(AgentUnavailable(reason))
         self.pending.clear()
-        waiting = [*self._room, *(f for held in self._stopped.values() for f in held)]
-        self._room.clear()
-        self._stopped.clear()
-        for fut in waiting:
+        while self._room:
+            fut = self._room.popleft()
             if not fut.done():
                 fut.set_exception(AgentUnavailable(reason))
-        for task in self._drains:
-            task.cancel()
         if self._outbox.queue:
             log.warning(
                 "%d messages to node %s not sent: %s", len(self._outbox.queue), self.peer, reason
@@ -325,13 +286,7 @@ class Link:
             await self._wake.wait()
             self._wake.clear()
             self._woken = False
-            while (
-                self._outbox.queue
-                or self._replies
-                or self._credit_owed
-                or self._control_out
-                or self._flow_out
-            ):
+            while self._outbox.queue or self._replies or self._credit_owed or self._control_out:
                 await self._write(wire_pb2.Frame(batch=self._next_batch()))
                 self.frames_sent += 1
 
@@ -348,9 +303,7 @@ class Link:
             replies.append(self._replies.popleft())
             budget -= replies[-1].ByteSize()
         credit, self._credit_owed = self._credit_owed, 0
-        flow, self._flow_out = self._flow_out, []
         return wire_pb2.Batch(
-            flow=flow,
             envelopes=typed,
             pickled=pickled,
             order=order,
@@ -368,17 +321,14 @@ class Link:
             if frame.WhichOneof("body") != "batch":
                 raise MalformedFrame(f"a {frame.WhichOneof('body')} frame mid-stream")
             batch = frame.batch
-            now = asyncio.get_running_loop().time()
-            for flow in batch.flow:
-                # First: a stop must hold back the tells this frame's credit lets go.
-                self._on_flow(flow.target, flow.stop)
-            if batch.control:
-                self._control_in.extend((item, deadline(item, now)) for item in batch.control)
-                self._control_ready.set()
             if batch.credit:
                 self._grant(batch.credit)
             for reply in batch.replies:
                 self._resolve(reply)
+            now = asyncio.get_running_loop().time()
+            if batch.control:
+                self._control_in.extend((item, deadline(item, now)) for item in batch.control)
+                self._control_ready.set()
             if batch.pickled or batch.envelopes:
                 self._inbound.extend(unpickle(batch, now))
                 self._inbound_ready.set()
@@ -418,15 +368,7 @@ class Link:
                 self._inbound_ready.clear()
                 await self._inbound_ready.wait()
             item = inbound[0]
-            if isinstance(item, Run) and self._parked:
-                # Some agent's envelopes are parked: these go one by one, so none
-                # overtakes those parked for its agent.
-                entry = item.entries[item.next]
-                item.next += 1
-                if item.next == len(item.entries):
-                    inbound.popleft()
-                await self._deliver_one(self._entry(entry, item.arrived))
-            elif isinstance(item, Run):
+            if isinstance(item, Run):
                 # Plain tells to agents with room are taken at once, many in a call;
                 # the first envelope that is not goes on its own, and may wait.
                 entries, first = item.entries, item.next
@@ -451,59 +393,14 @@ class Link:
                 self._wake.set()
 
     async def _deliver_one(self, env: Envelope | None) -> None:
-        """Deliver one envelope if its agent has room (it is then owed credit), else
-        park it behind that agent's parked envelopes."""
-        if env is None:
-            self._credit_owed += 1
-            return
-        room = self._room_for(env)
-        parked = self._parked.get(env.target)
-        if room is None or (room and parked is None):
-            # Room now, or not a matter of room (reentrant, node-level, unknown agent).
-            if not (env.reply is None and self._deliver_nowait(env)):
-                await self._hand_over(env)
-            self._credit_owed += 1
-            return
-        credited = self._parked_count < self._park_budget
-        if credited:
-            self._credit_owed += 1
-            self._wake.set()  # so the sender can go on with other agents' traffic
-        self._parked_count += 1
-        if parked is None:
-            parked = self._parked[env.target] = collections.deque()
-            task = asyncio.ensure_future(self._drain(env.target, parked))
-            self._drains.add(task)
-            task.add_done_callback(self._drains.discard)
-            self._flow(env.target, stop=True)
-        parked.append((env, credited))
-
-    async def _drain(self, target: str, parked: collections.deque[tuple[Envelope, bool]]) -> None:
-        """Deliver an agent's parked envelopes in order as its mailbox makes room;
-        then let the peer send it tells again."""
-        while parked:
-            env, credited = parked[0]
-            await self._hand_over(env)
-            parked.popleft()
-            self._parked_count -= 1
-            if not credited:
-                self._credit_owed += 1
+        """Deliver one envelope, waiting for room if need be; it is then owed credit."""
+        if env is not None and not (env.reply is None and self._deliver_nowait(env)):
+            if env.reply is None and self._credit_owed:
+                # A tell for a full mailbox: credit for what was delivered goes back
+                # while it waits, so the sender can go on with other agents' traffic.
                 self._wake.set()
-        del self._parked[target]
-        self._flow(target, stop=False)
-
-    def _flow(self, target: str, stop: bool) -> None:
-        """Ask the peer to hold (``stop``) or resume its tells to ``target``; sent with
-        the next frame, never held back."""
-        self._flow_out.append(wire_pb2.Flow(target=target, stop=stop))
-        self._wake.set()
-
-    def _on_flow(self, target: str, stop: bool) -> None:
-        if stop:
-            self._stopped.setdefault(target, collections.deque())
-            return
-        for fut in self._stopped.pop(target, ()):
-            if not fut.done():
-                fut.set_result(None)
+            await self._hand_over(env)
+        self._credit_owed += 1
 
     def _entry(self, entry: Any, arrived: float) -> Envelope | None:
         """One envelope of a run, decoded (see `_decode`)."""
@@ -522,9 +419,8 @@ class Link:
                 await self._control_ready.wait()
             item, deadline = self._control_in.popleft()
             env = self._decode(item, deadline)
-            if env is None:
-                continue
-            await self._hand_over(env)
+            if env is not None:
+                await self._hand_over(env)
 
     def _decode(self, wire: wire_pb2.Envelope | bytes, deadline: float) -> Envelope | None:
         """The envelope a peer sent, decoded once; None if it cannot be (an ask then
