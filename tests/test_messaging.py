@@ -34,9 +34,13 @@ async def test_tells_and_asks_from_one_sender_arrive_in_order(world: World) -> N
     assert await counter.items() == expected
 
 
-async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(world: World) -> None:
+async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(
+    world: World, request: pytest.FixtureRequest
+) -> None:
     if world.kind == "process":
-        pytest.xfail("head-of-line: the probe's ask waits behind the gate's tells")
+        # A known limit (docs/cluster.md): the probe's ask to open the gate waits on
+        # the stream behind the gate's tells. Strict: fixing it turns this red.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="head-of-line blocking"))
     gate = await world.spawn(Gate, mailbox_size=2)
     await gate.wait.tell("blocker")
     await wait_for(lambda: _running(world, gate, 1), what="blocker running")
