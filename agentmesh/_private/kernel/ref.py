@@ -160,19 +160,25 @@ class MethodRef:
         ref = self._ref
         return ref._bind().ask(ref, self._method, args, kwargs, timeout)
 
+    def _offer_remote(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Queue a tell on the stream to the agent's node if that needs no waiting
+        (the cached route's fast path); False if it goes the way of an envelope."""
+        ref = self._ref
+        route = ref._route
+        if route is None:
+            return False
+        sender = current_cell.get()
+        return route.offer_tell(
+            ref._id, self._method, args, kwargs, None if sender is None else sender.id
+        )
+
     async def tell(self, *args: Any, **kwargs: Any) -> None:
         """Send without waiting for a result; waits only for room in the mailbox."""
         ref = self._ref
         cell = ref._cell
         if cell is None:
-            route = ref._route
-            if route is not None:
-                sender = current_cell.get()
-                if route.offer_tell(
-                    ref._id, self._method, args, kwargs, None if sender is None else sender.id
-                ):
-                    return
-            await ref._bind().tell(ref, self._method, args, kwargs)
+            if not self._offer_remote(args, kwargs):
+                await ref._bind().tell(ref, self._method, args, kwargs)
             return
         env = tell_envelope(ref._id, self._method, args, kwargs)
         if not cell.offer(env):
@@ -183,14 +189,8 @@ class MethodRef:
         ref = self._ref
         cell = ref._cell
         if cell is None:
-            route = ref._route
-            if route is not None:
-                sender = current_cell.get()
-                if route.offer_tell(
-                    ref._id, self._method, args, kwargs, None if sender is None else sender.id
-                ):
-                    return
-            ref._bind().tell_nowait(ref, self._method, args, kwargs)
+            if not self._offer_remote(args, kwargs):
+                ref._bind().tell_nowait(ref, self._method, args, kwargs)
             return
         env = tell_envelope(ref._id, self._method, args, kwargs)
         if not cell.offer(env):
