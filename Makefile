@@ -19,7 +19,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check agentmesh tests examples benchmarks
 	$(BIN)/ruff format --check agentmesh tests examples benchmarks
-	$(BIN)/mypy --strict agentmesh
+	$(BIN)/mypy --strict agentmesh benchmarks
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
