@@ -147,12 +147,6 @@ class RemotePlacer:
         self.membership = membership
         self.timeout = timeout
 
-    def _service(self) -> AgentRef:
-        directory = self.membership.directory
-        assert directory is not None
-        node = self.membership.node
-        return AgentRef._create(placement_id(directory.node), None, directory.node, node)
-
     async def reserve(
         self,
         request: PlacementRequest,
@@ -162,7 +156,7 @@ class RemotePlacer:
     ) -> Ticket:
         timeout = request.timeout if timeout is None else timeout
         timeout = self.timeout if timeout is None else timeout
-        outcome = await self._service().reserve.ask(
+        outcome = await self.membership.placement_service().reserve.ask(
             request, exclude, timeout, timeout=timeout + _SLACK
         )
         if isinstance(outcome, AgentmeshError):
@@ -174,7 +168,7 @@ class RemotePlacer:
         self, requests: list[PlacementRequest], strategy: GangStrategy, timeout: float | None
     ) -> list[Ticket]:
         timeout = self.timeout if timeout is None else timeout
-        outcome = await self._service().reserve_gang.ask(
+        outcome = await self.membership.placement_service().reserve_gang.ask(
             requests, strategy, timeout, timeout=timeout + _SLACK
         )
         if isinstance(outcome, AgentmeshError):
@@ -184,7 +178,7 @@ class RemotePlacer:
 
     def release(self, key: str) -> None:
         try:
-            self._service().release.tell_nowait(key)
+            self.membership.placement_service().release.tell_nowait(key)
         except AgentmeshError as exc:  # the head is away: it rebuilds from registrations
             log.info("could not release reservation %s: %s", key, exc)
 
@@ -440,11 +434,14 @@ class Membership:
             raise AgentNotFound(f"no agent named {name!r} in the cluster")
         return ref
 
-    async def placement_report(self) -> tuple[int, list[str]]:
+    def placement_service(self) -> AgentRef:
+        """The head's `PlacementService` (whichever head serves now)."""
         assert self.directory is not None
         head = self.directory.node
-        service = AgentRef._create(placement_id(head), None, head, self.node)
-        report: tuple[int, list[str]] = await service.report()
+        return AgentRef._create(placement_id(head), None, head, self.node)
+
+    async def placement_report(self) -> tuple[int, list[str]]:
+        report: tuple[int, list[str]] = await self.placement_service().report()
         return report
 
     async def nodes(self) -> list[NodeInfo]:
