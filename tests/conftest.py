@@ -88,7 +88,7 @@ class World:
         if self.kind in ("grpc", "process"):
             peer = self.far_node if self.probe is not None else self.host.node_id
             link = self.driver._node.transport.links.get(peer)  # type: ignore[union-attr]
-            return link is not None and bool(link._room)
+            return link is not None and link.held_senders > 0
         return bool(self.host._node.cells[ref.id].mailbox.putters)
 
     def _cell(self, ref: am.AgentRef) -> Any:

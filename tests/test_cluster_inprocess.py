@@ -4,6 +4,7 @@ the cluster layer (the multi-process ones are in test_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 import agentmesh as am
 from agentmesh._private.transport.grpc_transport import DEFAULT_WINDOW
 
-from .agents import Recorder
+from .agents import Counter, Gate, Recorder
 from .conftest import recorded, wait_for
 
 
@@ -29,6 +30,38 @@ class Announcer(am.Agent):
     async def announce(self, n: int) -> None:
         for i in range(n):
             await self.publish("from.head.items", i)
+
+
+class Caller(am.Agent):
+    """Asks another agent from within a handler, with a small mailbox behind it."""
+
+    mailbox_size = 2
+
+    def __init__(self) -> None:
+        self.answer: int | None = None
+        self.notes: list[int] = []
+
+    async def call(self, relay: am.AgentRef, back: bool = False) -> None:
+        self.answer = await relay.relay(self.ref if back else None)
+
+    async def note(self, i: int) -> None:
+        self.notes.append(i)
+
+    async def get(self) -> int:
+        return 7
+
+
+class Relay(am.Agent):
+    """Answers with what ``source.get()`` says once its gate opens."""
+
+    def __init__(self, source: am.AgentRef | None = None) -> None:
+        self.source = source
+        self.gate = asyncio.Event()
+
+    async def relay(self, source: am.AgentRef | None = None) -> int:
+        await self.gate.wait()
+        answer: int = await (source or self.source).get()  # type: ignore[union-attr]
+        return answer
 
 
 @pytest.fixture
@@ -127,12 +160,12 @@ async def test_the_control_plane_is_never_stuck_behind_user_traffic(
     head, driver = pair
     slow = await driver.spawn(Slow, node=head.node_id)
     gate = head._node.cells[slow.id].instance.gate  # type: ignore[union-attr]
-    # More tells than the mailbox (2) and the stream's window hold: it stalls.
+    # More tells than the mailbox (2) and the agent's window hold: the flood stalls.
     total = DEFAULT_WINDOW + 100
     flood = asyncio.create_task(_tell_many(slow, total))
     try:
         link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
-        await wait_for(lambda: bool(link._room), what="the stream to the head is full")
+        await wait_for(lambda: link.held_senders > 0, what="the flood held")
         async with asyncio.timeout(2):  # membership still answers at once
             roles = {n.role for n in await driver.nodes()}
         assert roles == {"head", "driver"}
@@ -227,3 +260,112 @@ async def test_failure_detection_time_is_configurable() -> None:
 
 async def _declared_dead(head: am.Mesh, node_id: str) -> bool:
     return any(n.id == node_id and not n.alive for n in await head.nodes())
+
+
+async def test_a_full_agent_does_not_hold_back_others_on_its_node(
+    pair: tuple[am.Mesh, am.Mesh],
+) -> None:
+    head, driver = pair
+    local_gate = await head.spawn(Gate, mailbox_size=2, name="gate")
+    await head.spawn(Counter, name="counter")
+    gate, counter = await driver.get("gate"), await driver.get("counter")
+    link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
+    instance = head._node.cells[local_gate.id].instance
+    await gate.wait.tell("blocker")
+    await wait_for(lambda: instance.running == 1, what="the gate blocked")
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        while True:  # until flow control makes the driver wait, and on after
+            await gate.note.tell(sent)
+            sent += 1
+
+    # The gate's mailbox (2) fills; the head parks what follows until the driver has
+    # used up its window of tells to the gate: the flood waits, nothing else does.
+    flooding = asyncio.create_task(flood())
+    try:
+        await wait_for(lambda: gate.id in link._held, what="the flood held")
+        with pytest.raises(am.MailboxFull, match="full"):
+            gate.note.tell_nowait("refused")
+        assert await counter.add(5) == 5  # an ask to another agent of that node
+        counter.add.tell_nowait(1)  # and a tell
+        assert await counter.get() == 6
+        assert link.window > 0  # the gate's parked tells hold none of the stream's room
+        instance.gate.set()
+        held_at = sent
+        await wait_for(lambda: sent > held_at + 3 * DEFAULT_WINDOW, what="the flood flowing")
+    finally:
+        instance.gate.set()
+        flooding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flooding
+    calls = await gate.calls_so_far()
+    assert calls[0] == "blocker"
+    assert calls[1:] == list(range(len(calls) - 1))  # in order, none lost
+    assert len(calls) > held_at + 3 * DEFAULT_WINDOW
+
+
+async def test_a_call_chain_across_nodes_is_not_stuck_behind_a_full_mailbox(
+    pair: tuple[am.Mesh, am.Mesh],
+) -> None:
+    """The chain docs/cluster.md once listed as a deadlock: X on the head, its mailbox
+    full of the driver's tells, asks Y on the driver, whose handler asks Z on the
+    head; Z's ask travels on the stream behind X's tells, and must not wait for them."""
+    head, driver = pair
+    await head.spawn(Counter, 42, name="z")
+    z = await driver.get("z")  # as the driver sees it (not the head's own ref)
+    x = await driver.spawn(Caller, node=head.node_id)
+    y = await driver.spawn(Relay, z, node=driver.node_id)
+    caller = head._node.cells[x.id].instance
+    relay = driver._node.cells[y.id].instance
+    link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
+    await x.call.tell(y)
+    await wait_for(lambda: y.id in _busy(driver), what="X asks Y")
+    flooding = asyncio.create_task(_tell_notes(x, DEFAULT_WINDOW + 100))
+    try:
+        await wait_for(lambda: x.id in link._held, what="X's tells held at the driver")
+        relay.gate.set()  # Y now asks Z, on the stream behind X's tells
+        await wait_for(lambda: caller.answer == 42, what="the chain answered")
+        await asyncio.wait_for(flooding, 10)
+    finally:
+        relay.gate.set()
+        flooding.cancel()
+    await wait_for(lambda: len(caller.notes) == DEFAULT_WINDOW + 100, what="every tell")
+    assert caller.notes == list(range(DEFAULT_WINDOW + 100))  # in order
+
+
+def _busy(mesh: am.Mesh) -> set[str]:
+    """Ids of the mesh's agents running a handler now."""
+    return {cell.id for cell in mesh._node.cells.values() if cell.busy()}
+
+
+async def test_a_reentrant_call_reaches_an_agent_behind_its_full_mailbox(
+    pair: tuple[am.Mesh, am.Mesh],
+) -> None:
+    """X on the head, its mailbox and what the head parks for it full, asks Y on the
+    driver, which asks X back in the same call chain: that call runs at once."""
+    head, driver = pair
+    x = await driver.spawn(Caller, node=head.node_id)
+    y = await driver.spawn(Relay, node=driver.node_id)
+    caller = head._node.cells[x.id].instance
+    relay = driver._node.cells[y.id].instance
+    link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
+    await x.call.tell(y, True)
+    await wait_for(lambda: y.id in _busy(driver), what="X asks Y")
+    flooding = asyncio.create_task(_tell_notes(x, DEFAULT_WINDOW + 100))
+    try:
+        await wait_for(lambda: x.id in link._held, what="X's tells held at the driver")
+        relay.gate.set()  # Y now calls X back, on the stream behind X's tells
+        await wait_for(lambda: caller.answer == 7, what="the call back answered")
+        await asyncio.wait_for(flooding, 10)
+    finally:
+        relay.gate.set()
+        flooding.cancel()
+    await wait_for(lambda: len(caller.notes) == DEFAULT_WINDOW + 100, what="every tell")
+    assert caller.notes == list(range(DEFAULT_WINDOW + 100))  # in order
+
+
+async def _tell_notes(ref: am.AgentRef, n: int) -> None:
+    for i in range(n):
+        await ref.note.tell(i)

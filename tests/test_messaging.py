@@ -34,13 +34,7 @@ async def test_tells_and_asks_from_one_sender_arrive_in_order(world: World) -> N
     assert await counter.items() == expected
 
 
-async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(
-    world: World, request: pytest.FixtureRequest
-) -> None:
-    if world.kind == "process":
-        # A known limit (docs/cluster.md): the probe's ask to open the gate waits on
-        # the stream behind the gate's tells. Strict: fixing it turns this red.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="head-of-line blocking"))
+async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(world: World) -> None:
     gate = await world.spawn(Gate, mailbox_size=2)
     await gate.wait.tell("blocker")
     await wait_for(lambda: _running(world, gate, 1), what="blocker running")
@@ -52,7 +46,8 @@ async def test_full_mailbox_backpressures_tell_and_refuses_tell_nowait(
             sent.append(f"t{i}")
 
     flooding = asyncio.create_task(flood())
-    # The mailbox (2) fills, then, across nodes, the stream's window; then tell waits.
+    # The mailbox (2) fills, then, across nodes, what the receiver parks for the agent
+    # and the stream's window; then tell waits.
     await wait_for(lambda: world.sender_blocked(gate), what="sender waiting for room")
     assert not flooding.done()
     assert 2 <= len(sent) <= 2 + world.in_flight

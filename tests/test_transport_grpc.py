@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from agentmesh._private.transport.codec import decode, encode
 from agentmesh._private.transport.grpc_transport import GrpcTransport
 from agentmesh.v1 import wire_pb2, wire_pb2_grpc
 
-from .agents import Counter, Forever
+from .agents import Counter, Forever, Gate
 from .conftest import wait_for
 
 
@@ -147,6 +148,56 @@ async def test_a_malformed_frame_ends_the_stream_and_is_counted(linked: Linked) 
     await wait_for(lambda: far.rejected == 1, what="the receiver counted it")
     await wait_for(lambda: link.closed, what="the stream ended")
     assert await counter.add(1) == 2  # a new stream; both nodes live on
+
+
+async def test_a_malformed_tell_parked_behind_a_full_mailbox_ends_the_stream(
+    linked: Linked,
+) -> None:
+    driver, host, near, far = linked
+    gate = _seen_from(driver, await host.spawn(Gate, mailbox_size=1))
+    instance = host._node.cells[gate.id].instance
+    await gate.wait.tell("blocker")
+    await wait_for(lambda: instance.running == 1, what="the gate blocked")
+    await gate.note.tell("a")  # fills the mailbox
+    await gate.note.tell("b")  # waits in the gate's lane on the host
+    inbox = far.links[driver.node_id].inbox
+    await wait_for(lambda: inbox.parked == 1, what="a tell parked")
+    link = near.links[host.node_id]
+    # A tuple for the gate that is no tell: parked behind "b", found out when it is due.
+    await link._write(wire_pb2.Frame(batch=wire_pb2.Batch(pickled=pickle.dumps([(gate.id, 1)]))))
+    await wait_for(lambda: inbox.parked == 2, what="the bad one parked")
+    instance.gate.set()
+    await wait_for(lambda: far.rejected == 1, what="the receiver counted it")
+    await wait_for(lambda: link.closed, what="the stream ended")
+    assert await gate.calls_so_far() == ["blocker", "a", "b"]  # a new stream; all live
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("this value cannot be loaded here")
+
+
+class Unloadable:
+    """Pickles fine; unpickling it on the receiver fails."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse_to_load, ())
+
+
+async def test_tells_a_receiver_cannot_decode_still_return_their_credit() -> None:
+    near, far = GrpcTransport(window=4), GrpcTransport(window=4)
+    async with (
+        am.Mesh(_transport=near, ask_timeout=5) as driver,
+        am.Mesh(_transport=far, ask_timeout=5) as host,
+    ):
+        near.add_peer(host.node_id, far.address)
+        counter = _seen_from(driver, await host.spawn(Counter))
+        with pytest.raises(am.SerializationError, match="cannot be loaded"):
+            await counter.record(Unloadable())  # an ask hears why
+        async with asyncio.timeout(5):
+            for _ in range(3 * 4):  # three windows' worth, each dropped (and logged)
+                await counter.record.tell(Unloadable())
+            await counter.record.tell(1)
+        assert await counter.items() == [1]
 
 
 async def test_a_wrong_token_is_refused_and_counted() -> None:

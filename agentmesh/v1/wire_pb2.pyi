@@ -52,20 +52,24 @@ class Reply(_message.Message):
     def __init__(self, corr: _Optional[int] = ..., ok: _Optional[bool] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("envelopes", "replies", "credit", "order", "control", "pickled")
+    __slots__ = ("envelopes", "replies", "credit", "order", "control", "pickled", "credited", "credits")
     ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     PICKLED_FIELD_NUMBER: _ClassVar[int]
+    CREDITED_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
     envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
     replies: _containers.RepeatedCompositeFieldContainer[Reply]
     credit: int
     order: _containers.RepeatedScalarFieldContainer[bool]
     control: _containers.RepeatedScalarFieldContainer[bytes]
     pickled: bytes
-    def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ..., credit: _Optional[int] = ..., order: _Optional[_Iterable[bool]] = ..., control: _Optional[_Iterable[bytes]] = ..., pickled: _Optional[bytes] = ...) -> None: ...
+    credited: _containers.RepeatedScalarFieldContainer[str]
+    credits: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ..., credit: _Optional[int] = ..., order: _Optional[_Iterable[bool]] = ..., control: _Optional[_Iterable[bytes]] = ..., pickled: _Optional[bytes] = ..., credited: _Optional[_Iterable[str]] = ..., credits: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_id", "nonce")

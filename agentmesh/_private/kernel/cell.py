@@ -189,10 +189,31 @@ class Cell(Lifecycle):
         if self._runner is None and self.instance is not None:
             self._ensure_runner()
 
-    async def post(self, env: Envelope) -> None:
-        """Queue ``env``, waiting for room in the mailbox."""
+    def try_post(self, env: Envelope) -> bool:
+        """Queue ``env`` (or run it at once if reentrant) if that needs no waiting;
+        False if the mailbox is full. Raises `AgentUnavailable`."""
         if (self.current or self.active or self.state is not State.RUNNING) and self.accepts(env):
             self._run_reentrant(env)
+            return True
+        if not self.mailbox.try_put(env):
+            return False
+        if self._runner is None and self.instance is not None:
+            self._ensure_runner()
+        return True
+
+    def runs_at_once(self, env: Envelope) -> bool:
+        """Whether `post` would run ``env`` at once, bypassing the mailbox (call-chain
+        reentrancy), or refuse it (the agent no longer takes messages)."""
+        try:
+            return bool(self.current or self.active or self.state is not State.RUNNING) and (
+                self.accepts(env)
+            )
+        except AgentUnavailable:
+            return True
+
+    async def post(self, env: Envelope) -> None:
+        """Queue ``env``, waiting for room in the mailbox."""
+        if self.try_post(env):
             return
         await self.mailbox.put(env)
         if self._runner is None and self.instance is not None:

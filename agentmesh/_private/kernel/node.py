@@ -13,7 +13,7 @@ import functools
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from typing import TYPE_CHECKING, Any
 
 from .agent import Agent, check_agent_class, method_table
@@ -502,10 +502,62 @@ class Node:
     async def deliver_from_peer(self, env: Envelope) -> None:
         """Deliver an envelope a transport received, waiting for room; node-level
         requests (``!node.*``) are served here rather than by an agent."""
+        rest = self.take_from_peer(env)
+        if rest is not None:
+            await rest()
+
+    def take_from_peer(self, env: Envelope) -> Callable[[], Awaitable[None]] | None:
+        """Deliver an envelope a transport received as far as that needs no waiting:
+        None when done (delivered, run, served, or a tell dead-lettered), else what
+        finishes it, waiting for room. Raises `AgentUnavailable` for an ask to an
+        agent that is not here. The transport keeps the order per agent."""
+        method = env.method
+        if method.startswith("!node."):
+            if method == "!node.publish" and self.bus is not None:
+                topic, payload = env.args
+                rest: Callable[[], Awaitable[None]] | None
+                rest = self.bus.offer_publish(topic, payload, env.sender)
+                return rest
+            if self._node_request(env):
+                return None
+        cell = self.cells.get(env.target)
+        try:
+            if cell is None:
+                raise AgentUnavailable(self._gone(env.target))
+            if cell.try_post(env):
+                return None
+        except AgentUnavailable as exc:
+            self._refused_from_peer(env, exc)
+            return None
+        return functools.partial(self._post_from_peer, cell, env)
+
+    def bypasses_queue(self, env: Envelope) -> bool:
+        """Whether a peer's envelope is served at once, never queued behind an agent's
+        other messages: a node-level request (not a publication), a reentrant call,
+        or one for an agent that is not here or no longer takes messages."""
+        if env.method.startswith("!node."):
+            return env.method != "!node.publish"
+        cell = self.cells.get(env.target)
+        return cell is None or cell.runs_at_once(env)
+
+    async def _post_from_peer(self, cell: Cell, env: Envelope) -> None:
+        try:
+            await cell.post(env)
+        except AgentUnavailable as exc:
+            self._refused_from_peer(env, exc)
+
+    def _refused_from_peer(self, env: Envelope, exc: AgentUnavailable) -> None:
+        if env.reply is not None:
+            raise exc
+        # Nobody waits for a tell: its sender learns nothing, the dead letters do.
+        self.undeliverable(env.target, env, str(exc))
+
+    def _node_request(self, env: Envelope) -> bool:
+        """Serve a node-level request (``!node.stop``, ``!node.monitor``,
+        ``!node.terminated``); False if ``env`` is none of them."""
         if env.method == "!node.stop":
             self._spawn_background(self._stop_for_peer(env))
-            return
-        if env.method == "!node.monitor":
+        elif env.method == "!node.monitor":
             agent_id, watcher_node = env.args
             cell = self.cells.get(agent_id)
             watcher = RemoteWatcher(self, watcher_node)
@@ -514,55 +566,37 @@ class Node:
                 watcher.deliver_notice("!terminated", self._gone_notice(ref))
             else:
                 cell.watch(watcher)
-            return
-        if env.method == "!node.terminated":
+        elif env.method == "!node.terminated":
             self.remote_monitors.notice(env.args[0])
-            return
-        if env.method == "!node.publish" and self.bus is not None:
-            topic, payload = env.args
-            await self.bus.publish(topic, payload, env.sender, local_only=True)
-            return
-        try:
-            await self._target(env).post(env)
-        except AgentUnavailable as exc:
-            if env.reply is not None:
-                raise
-            # Nobody waits for a tell: its sender learns nothing, the dead letters do.
-            self.undeliverable(env.target, env, str(exc))
+        else:
+            return False
+        return True
 
-    def offer_tells(self, tells: list[Any], start: int) -> int:
+    def offer_tells(
+        self, tells: list[Any], start: int, held: Container[str], delivered: dict[str, int]
+    ) -> int:
         """Deliver the tells (`TellRecord` tuples) a peer sent in one frame, from
-        ``tells[start]`` on, while each can be queued at once; return the index of the
-        first one not delivered (its agent is full, not here or not running, or it is
-        not a tell tuple): the transport delivers that one as an `Envelope`, through
-        `offer_from_peer` or `deliver_from_peer`, which wait or report as they must."""
+        ``tells[start]`` on, while each can be queued at once, counting them per
+        agent in ``delivered``; return the index of the first one not delivered (its
+        agent is full, not here, not running or in ``held``, or it is not a tell
+        tuple): the transport delivers that one as an `Envelope`, through
+        `take_from_peer`, which waits or reports as it must."""
         cells = self.cells
         i, end = start, len(tells)
         while i < end:
             tell = tells[i]
             if type(tell) is not tuple:
                 break
-            cell = cells.get(tell[0])
-            if cell is None:
+            target = tell[0]
+            cell = cells.get(target)
+            if cell is None or target in held:
                 break
             taken = cell.offer_tells(tells, i)
             if taken == i:
                 break
+            delivered[target] = delivered.get(target, 0) + taken - i
             i = taken
         return i
-
-    def offer_from_peer(self, env: Envelope) -> bool:
-        """Deliver a peer's tell if that needs no waiting; False otherwise (then
-        `deliver_from_peer` does it). Node-level requests are never taken here."""
-        if env.method.startswith("!node."):
-            return False
-        cell = self.cells.get(env.target)
-        if cell is None:
-            return False
-        try:
-            return cell.offer(env)
-        except AgentUnavailable:
-            return False
 
     async def _stop_for_peer(self, env: Envelope) -> None:
         cell = self.cells.get(env.target)

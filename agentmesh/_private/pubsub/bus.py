@@ -9,6 +9,7 @@ once per interested node.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections import Counter
@@ -167,20 +168,65 @@ class Bus:
         """Deliver ``payload`` to every subscription matching ``topic`` here, then
         (unless ``local_only``) once to every other node with matching subscribers.
         Returns how many subscriptions here it was delivered (or dead-lettered) to."""
+        subs = self._subscriptions(topic)
+        rest = self._offer_to(subs, topic, payload, sender)
+        if rest is not None:
+            await rest()
+        if self.remote_publish is not None and not local_only:
+            await self.remote_publish(topic, payload, sender)
+        return len(subs)
+
+    def offer_publish(
+        self, topic: str, payload: Any, sender: str | None
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Deliver a publication from another node here as far as it needs no waiting:
+        None when done, else what finishes it, waiting where a subscription
+        backpressures (a transport awaits that only for the subscriber it waits on)."""
+        return self._offer_to(self._subscriptions(topic), topic, payload, sender)
+
+    def _subscriptions(self, topic: str) -> list[Subscription]:
         subs = self._cache.get(topic)
         if subs is None:
             check_topic(topic)
             subs = self.matching(topic)
+        return subs
+
+    def _offer_to(
+        self, subs: list[Subscription], topic: str, payload: Any, sender: str | None
+    ) -> Callable[[], Awaitable[None]] | None:
         self.published += 1
+        self.deliveries += len(subs)
         memo: dict[Any, Any] = {}
-        for sub in subs:
+        for i, sub in enumerate(subs):
             pending = sub.offer(self, topic, payload, sender, memo)
             if pending is not None:  # a full buffer with backpressure: wait for room
-                await sub.wait_deliver(self, topic, payload, sender, pending)
-        self.deliveries += len(subs)
-        if self.remote_publish is not None and not local_only:
-            await self.remote_publish(topic, payload, sender)
-        return len(subs)
+                return functools.partial(
+                    self._finish, subs, i, pending, topic, payload, sender, memo
+                )
+        return None
+
+    async def _finish(
+        self,
+        subs: list[Subscription],
+        i: int,
+        pending: Any,
+        topic: str,
+        payload: Any,
+        sender: str | None,
+        memo: dict[Any, Any],
+    ) -> None:
+        """Deliver to ``subs[i]`` (waiting for room) and on, from a publication that
+        `_offer_to` could not finish without waiting."""
+        while True:
+            await subs[i].wait_deliver(self, topic, payload, sender, pending)
+            i += 1
+            while i < len(subs):
+                pending = subs[i].offer(self, topic, payload, sender, memo)
+                if pending is not None:
+                    break
+                i += 1
+            else:
+                return
 
     def dead_letter(
         self,

@@ -35,6 +35,7 @@ __all__ = [
     "deadline",
     "pack",
     "plain_tell",
+    "unpack_header",
     "unpickle",
 ]
 
@@ -71,56 +72,72 @@ def plain_tell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return True
 
 
-#: A packed envelope starts with its correlation id and the time its asker still waits.
-HEADER = struct.Struct("<Qd")
-
-
-def pack(entry: tuple[Any, ...]) -> bytes:
-    """One envelope as bytes: its correlation id (8 bytes, so a callee that cannot
-    unpickle the rest can still answer the asker), then the envelope pickled.
-
-    Plain pickle when it can, cloudpickle for what it cannot take or would name by
-    reference where the peer cannot find it (classes and functions of ``__main__``).
-    """
-    try:
-        data = pickle.dumps(entry, protocol=5)
-        if b"__main__" in data:
-            raise pickle.PicklingError("refers to __main__")
-    except Exception:
-        try:
-            data = cloudpickle.dumps(entry, protocol=5)
-        except Exception as exc:
-            raise SerializationError(
-                f"arguments of {entry[1]}() cannot be encoded: {type(exc).__name__}: {exc}"
-            ) from exc
-    if len(data) > MAX_VALUE_BYTES:
-        raise SerializationError(f"arguments of {entry[1]}() encode to {len(data):,} bytes")
-    return HEADER.pack(entry[4], entry[7]) + data
-
-
-def deadline(item: wire_pb2.Envelope | bytes, now: float) -> float:
-    """When an ask expires, measured from when its frame arrived (0.0 for a tell)."""
-    if isinstance(item, bytes):
-        corr, time_left = HEADER.unpack_from(item)
-    else:
-        corr, time_left = item.corr, item.time_left
-    return now + time_left if corr else 0.0
-
-
 class MalformedFrame(AgentmeshError):
     """A peer sent a frame this node cannot read: the stream is ended (its state is
     no longer known) and the frame counted as rejected."""
 
 
-class Run:
-    """Envelopes received in one pickle, delivered from ``entries[next]`` on: plain
-    tells (`TellRecord` tuples) and envelopes pickled alone (bytes)."""
+#: A packed envelope starts with its correlation id, the seconds its asker still waits
+#: and the length of its target's id; then that id (UTF-8), then the rest pickled.
+HEADER = struct.Struct("<QdH")
 
-    __slots__ = ("arrived", "entries", "next")
+
+def pack(target: str, corr: int, time_left: float, body: tuple[Any, ...]) -> bytes:
+    """One envelope as bytes: in clear what its receiver needs even when it cannot
+    unpickle the rest (the correlation id to answer an asker, the target to return
+    its flow-control credit), then ``body`` (method, args, kwargs, chain, sender).
+
+    Plain pickle when it can, cloudpickle for what it cannot take or would name by
+    reference where the peer cannot find it (classes and functions of ``__main__``).
+    """
+    try:
+        data = pickle.dumps(body, protocol=5)
+        if b"__main__" in data:
+            raise pickle.PicklingError("refers to __main__")
+    except Exception:
+        try:
+            data = cloudpickle.dumps(body, protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"arguments of {body[0]}() cannot be encoded: {type(exc).__name__}: {exc}"
+            ) from exc
+    if len(data) > MAX_VALUE_BYTES:
+        raise SerializationError(f"arguments of {body[0]}() encode to {len(data):,} bytes")
+    name = target.encode()
+    return HEADER.pack(corr, time_left, len(name)) + name + data
+
+
+def unpack_header(wire: bytes) -> tuple[int, float, str, int]:
+    """A packed envelope's correlation id, time left, target, and where its pickle
+    starts; raises `MalformedFrame`."""
+    try:
+        corr, time_left, size = HEADER.unpack_from(wire)
+        start = HEADER.size + size
+        if len(wire) < start:
+            raise ValueError(f"{len(wire)} bytes, its header says at least {start}")
+        target = wire[HEADER.size : start].decode()
+    except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise MalformedFrame(f"an envelope with a malformed header: {exc}") from None
+    return corr, time_left, target, start
+
+
+def deadline(item: wire_pb2.Envelope | bytes, now: float) -> float:
+    """When an ask expires, measured from when its frame arrived (0.0 for a tell)."""
+    if isinstance(item, bytes):
+        corr, time_left, _, _ = unpack_header(item)
+    else:
+        corr, time_left = item.corr, item.time_left
+    return now + time_left if corr else 0.0
+
+
+class Run:
+    """Envelopes received in one pickle: plain tells (`TellRecord` tuples) and
+    envelopes pickled alone (bytes)."""
+
+    __slots__ = ("arrived", "entries")
 
     def __init__(self, entries: list[Any], arrived: float) -> None:
         self.entries = entries
-        self.next = 0
         self.arrived = arrived  # asks among them expire from here
 
 
@@ -175,7 +192,7 @@ class Outbox:
 
     __slots__ = ("_dropped", "_queued_bytes", "_queued_typed", "peer", "queue")
 
-    def __init__(self, peer: str, dropped: Callable[[int], None]) -> None:
+    def __init__(self, peer: str, dropped: Callable[[str], None]) -> None:
         self.peer = peer
         self.queue: collections.deque[Outgoing] = collections.deque()
         self._queued_bytes = 0  # of the queued envelopes that are not plain tells
@@ -264,10 +281,10 @@ class Outbox:
             if isinstance(item, tuple):
                 target, method, args, kwargs, sender = item
                 try:
-                    item = pack((target, method, args, kwargs, 0, new_chain(), sender, 0.0))
+                    item = pack(target, 0, 0.0, (method, args, kwargs, new_chain(), sender))
                 except SerializationError as exc:
                     log.warning("tell %s.%s to node %s dropped: %s", target, method, self.peer, exc)
-                    self._dropped(1)  # it will not be delivered, so never credited
+                    self._dropped(target)  # it will not be delivered, so never credited
                     continue
             if isinstance(item, bytes):
                 self._queued_bytes += len(item)

@@ -256,8 +256,10 @@ class GrpcTransport(Transport):
             node.deliver_from_peer,
             window,
             node.bind_refs,
-            node.offer_from_peer,
+            node.take_from_peer,
+            node.bypasses_queue,
             node.offer_tells,
+            self.window,
         )
         current = self.links.get(peer)
         if current is None or current.closed:

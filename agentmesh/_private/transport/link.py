@@ -2,11 +2,14 @@
 
 Writes batch naturally: the writer takes everything queued when it wakes, so one
 message goes out at once at low load and many share a frame at high load. Envelopes
-are flow-controlled by credit: a side may have at most ``window`` envelopes that the
-other has not yet delivered into a mailbox, so a fast sender never grows a slow
-receiver's memory; replies and credit are never held back.
+are flow-controlled by credit, as HTTP/2 streams are: a side may have at most
+``window`` envelopes that the other has not yet delivered or parked, and at most
+``window`` tells to any one agent that it has not yet delivered into that agent's
+mailbox (see `inbox`). So a fast sender never grows a slow receiver's memory, and one
+slow agent never holds back the others; replies and credit are never held back.
 
-How envelopes are encoded into a frame and read back is `frames`' business.
+How envelopes are encoded into a frame and read back is `frames`' business; how they
+are delivered on the receiving side, `inbox`'s.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ from .frames import (
     SHORT_TYPES,
     MalformedFrame,
     Outbox,
-    Run,
     deadline,
     pack,
     plain_tell,
+    unpack_header,
     unpickle,
 )
+from .inbox import Inbox, OfferTells, Take
 
 __all__ = ["Link"]
 
@@ -86,38 +90,46 @@ class Link:
         deliver: Deliver,
         window: int,
         bind_refs: Callable[[], AbstractContextManager[None]],
-        deliver_nowait: Callable[[Envelope], bool] = lambda _env: False,
-        offer_tells: Callable[[list[Any], int], int] = lambda _tells, start: start,
+        take: Take,
+        bypasses: Callable[[Envelope], bool],
+        offer_tells: OfferTells,
+        receive_window: int | None = None,
     ) -> None:
         self.peer = peer
         self._bind_refs = bind_refs  # refs decoded here belong to this node
-        self._deliver_nowait = deliver_nowait
-        self._offer_tells = offer_tells  # delivers plain tells while there is room
         self._read = read
         self._write = write
-        self._deliver = deliver
+        self._deliver = deliver  # for the framework's own agents
         self.window = window  # envelopes we may still send before credit comes back
-        self._outbox = Outbox(peer, self._grant)  # envelopes queued to send, in order
+        self._per_agent = window  # tells to one agent in flight, at most
+        self._sent: dict[str, int] = {}  # tells in flight per agent (not delivered)
+        self._outbox = Outbox(peer, self._dropped)  # envelopes queued to send, in order
         self._queue = self._outbox.queue  # where offer_tell appends plain tells
         self._replies: collections.deque[wire_pb2.Reply] = collections.deque()
-        self._credit_owed = 0
-        # Received, not yet delivered, for user agents (in order, flow-controlled) and
-        # for the framework's own agents (never behind those): runs of pickled
-        # envelopes and typed envelopes, or packed envelopes; with when asks expire.
-        self._inbound: collections.deque[Run | tuple[wire_pb2.Envelope, float]] = (
-            collections.deque()
+        self._wake = asyncio.Event()
+        self._woken = False  # True: _wake is set (other paths may set it without this)
+        # Received for user agents: delivered in order per agent, flow-controlled.
+        self.inbox = Inbox(
+            window if receive_window is None else receive_window,
+            self._wake.set,
+            bind_refs,
+            self._entry,
+            self._decode,
+            take,
+            bypasses,
+            offer_tells,
+            self._refused,
         )
-        self._inbound_ready = asyncio.Event()
+        # Received for the framework's own agents: never behind user traffic.
         self._control_in: collections.deque[tuple[Any, float]] = collections.deque()
         self._control_ready = asyncio.Event()
         self._control_out: collections.deque[bytes] = collections.deque()
-        self._wake = asyncio.Event()
-        self._woken = False  # True: _wake is set (other paths may set it without this)
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Senders of tells waiting for room at an agent (its credit used up), per agent.
+        self._held: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._corr = itertools.count(1)
         self.closed = False
-        self._credit_batch = max(1, window // 4)
         self.frames_sent = 0
         self.envelopes_sent = 0
 
@@ -146,16 +158,10 @@ class Link:
                 wire.kwargs[key].CopyFrom(encode(value))
         else:
             wire = pack(
-                (
-                    env.target,
-                    env.method,
-                    env.args,
-                    env.kwargs or None,
-                    corr,
-                    env.chain,
-                    env.sender,
-                    time_left,
-                )
+                env.target,
+                corr,
+                time_left,
+                (env.method, env.args, env.kwargs or None, env.chain, env.sender),
             )
         reply = env.reply
         if reply is not None:
@@ -175,11 +181,15 @@ class Link:
         kwargs: dict[str, Any],
         sender: str | None,
     ) -> bool:
-        """Queue a tell to a user agent if the window has room, nobody waits for room,
-        and its values are plain (`plain_tell`); False otherwise, and then `send` or
-        `send_nowait` with an envelope does it. The hot path of a cross-node tell (a
-        `Route`, cached by refs)."""
+        """Queue a tell to a user agent if the stream and the agent have room, nobody
+        waits for either, and its values are plain (`plain_tell`); False otherwise,
+        and then `send` or `send_nowait` with an envelope does it. The hot path of a
+        cross-node tell (a `Route`, cached by refs)."""
         if self.window <= 0 or self.closed or self._room:
+            return False
+        sent = self._sent
+        in_flight = sent.get(target, 0)
+        if in_flight >= self._per_agent or (self._held and target in self._held):
             return False
         for value in args:  # plain_tell(args, kwargs), inlined for the arguments
             kind = type(value)
@@ -188,6 +198,7 @@ class Link:
         if kwargs and not plain_tell((), kwargs):
             return False
         self.window -= 1
+        sent[target] = in_flight + 1
         self.envelopes_sent += 1
         self._queue.append((target, method, args, kwargs or None, sender))
         if not self._woken:  # cheaper than Event.set() once the writer is woken
@@ -197,6 +208,30 @@ class Link:
 
     def send_nowait(self, env: Envelope) -> None:
         """Queue ``env`` if the peer has room for it; raise `MailboxFull` if not."""
+        if env.reply is None and self._held and env.target in self._held:
+            raise MailboxFull(f"agent {env.target} on node {self.peer} is full (flow control)")
+        self._send(env)
+
+    async def send(self, env: Envelope) -> None:
+        """Queue ``env``, first waiting for the peer to grant room: on the stream, and
+        for a tell, at its agent."""
+        if not _is_control(env):
+            tell = env.reply is None
+            while True:
+                self._check_open()
+                waiters: collections.deque[asyncio.Future[None]]
+                if tell and self._sent.get(env.target, 0) >= self._per_agent:
+                    waiters = self._held.setdefault(env.target, collections.deque())
+                elif self.window <= 0:
+                    waiters = self._room
+                else:
+                    break
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                waiters.append(fut)
+                await fut
+        self._send(env)
+
+    def _send(self, env: Envelope) -> None:
         self._check_open()
         if _is_control(env):  # the framework's own traffic: no window
             control = self._encode(env)
@@ -206,20 +241,23 @@ class Link:
             return
         if self.window <= 0:
             raise MailboxFull(f"no room on the stream to node {self.peer} (flow control)")
+        tell = env.reply is None
+        if tell:
+            in_flight = self._sent.get(env.target, 0)
+            if in_flight >= self._per_agent:
+                raise MailboxFull(f"agent {env.target} on node {self.peer} is full (flow control)")
         wire = self._encode(env)
+        if tell:
+            self._sent[env.target] = in_flight + 1
         self.window -= 1
         self.envelopes_sent += 1
         self._outbox.push(wire)
         self._wake.set()
 
-    async def send(self, env: Envelope) -> None:
-        """Queue ``env``, first waiting for the peer to grant room."""
-        while self.window <= 0 and not _is_control(env):
-            self._check_open()
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._room.append(fut)
-            await fut
-        self.send_nowait(env)
+    @property
+    def held_senders(self) -> int:
+        """How many sends wait for room (on the stream, or at an agent)."""
+        return len(self._room) + sum(len(held) for held in self._held.values())
 
     def reply(self, corr: int, ok: bool, value: Any) -> None:
         if self.closed:
@@ -244,7 +282,7 @@ class Link:
         tasks = [
             asyncio.ensure_future(self._writer()),
             asyncio.ensure_future(self._reader()),
-            asyncio.ensure_future(self._delivery()),
+            asyncio.ensure_future(self.inbox.run()),
             asyncio.ensure_future(self._control_delivery()),
         ]
         reason = f"the connection to node {self.peer} was lost"
@@ -271,10 +309,13 @@ class Link:
             if not fut.done():
                 fut.set_exception(AgentUnavailable(reason))
         self.pending.clear()
-        while self._room:
-            fut = self._room.popleft()
+        waiting = [*self._room, *(fut for held in self._held.values() for fut in held)]
+        self._room.clear()
+        self._held.clear()
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(AgentUnavailable(reason))
+        self.inbox.close()
         if self._outbox.queue:
             log.warning(
                 "%d messages to node %s not sent: %s", len(self._outbox.queue), self.peer, reason
@@ -286,7 +327,14 @@ class Link:
             await self._wake.wait()
             self._wake.clear()
             self._woken = False
-            while self._outbox.queue or self._replies or self._credit_owed or self._control_out:
+            inbox = self.inbox
+            while (
+                self._outbox.queue
+                or self._replies
+                or inbox.credit_owed
+                or self._control_out
+                or inbox.target_owed
+            ):
                 await self._write(wire_pb2.Frame(batch=self._next_batch()))
                 self.frames_sent += 1
 
@@ -302,8 +350,12 @@ class Link:
         while self._replies and (budget > 0 or not replies):
             replies.append(self._replies.popleft())
             budget -= replies[-1].ByteSize()
-        credit, self._credit_owed = self._credit_owed, 0
+        inbox = self.inbox
+        credit, inbox.credit_owed = inbox.credit_owed, 0
+        owed, inbox.target_owed = inbox.target_owed, {}
         return wire_pb2.Batch(
+            credited=owed.keys(),
+            credits=owed.values(),
             envelopes=typed,
             pickled=pickled,
             order=order,
@@ -321,6 +373,9 @@ class Link:
             if frame.WhichOneof("body") != "batch":
                 raise MalformedFrame(f"a {frame.WhichOneof('body')} frame mid-stream")
             batch = frame.batch
+            if batch.credited:
+                for target, credit in zip(batch.credited, batch.credits, strict=False):
+                    self._grant_to(target, credit)
             if batch.credit:
                 self._grant(batch.credit)
             for reply in batch.replies:
@@ -330,8 +385,7 @@ class Link:
                 self._control_in.extend((item, deadline(item, now)) for item in batch.control)
                 self._control_ready.set()
             if batch.pickled or batch.envelopes:
-                self._inbound.extend(unpickle(batch, now))
-                self._inbound_ready.set()
+                self.inbox.put(unpickle(batch, now))
 
     def _grant(self, credit: int) -> None:
         """Room for ``credit`` more envelopes: wake senders waiting for it."""
@@ -340,6 +394,31 @@ class Link:
             fut = self._room.popleft()
             if not fut.done():
                 fut.set_result(None)
+
+    def _grant_to(self, target: str, credit: int) -> None:
+        """Room for ``credit`` more tells to ``target``: wake senders waiting for it."""
+        in_flight = self._sent.get(target, 0) - credit
+        if in_flight > 0:
+            self._sent[target] = in_flight
+        else:  # (never below zero, whatever the peer says)
+            self._sent.pop(target, None)
+            in_flight = 0
+        waiters = self._held.get(target)
+        if waiters is None:
+            return
+        room = self._per_agent - in_flight
+        while waiters and room > 0:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                room -= 1
+        if not waiters:
+            del self._held[target]
+
+    def _dropped(self, target: str) -> None:
+        """A tell taken back from the outbox and never sent: its credit is free."""
+        self._grant(1)
+        self._grant_to(target, 1)
 
     def _resolve(self, reply: wire_pb2.Reply) -> None:
         fut = self.pending.pop(reply.corr, None)
@@ -357,50 +436,6 @@ class Link:
             fut.set_exception(value)
         else:
             fut.set_exception(AgentmeshError(f"node {self.peer} sent a malformed error: {value!r}"))
-
-    async def _delivery(self) -> None:
-        self._bind_refs().__enter__()  # once for the task, not once per envelope
-        # In order, one at a time: a full mailbox holds back this stream's later
-        # envelopes (and their credit), never its replies, which the reader handles.
-        inbound = self._inbound
-        while True:
-            while not inbound:
-                self._inbound_ready.clear()
-                await self._inbound_ready.wait()
-            item = inbound[0]
-            if isinstance(item, Run):
-                # Plain tells to agents with room are taken at once, many in a call;
-                # the first envelope that is not goes on its own, and may wait.
-                entries, first = item.entries, item.next
-                try:
-                    taken = self._offer_tells(entries, first)
-                except (ValueError, TypeError) as exc:
-                    raise MalformedFrame(f"an envelope that is not one: {exc}") from None
-                self._credit_owed += taken - first
-                if taken == len(entries):
-                    inbound.popleft()
-                else:
-                    item.next = taken + 1
-                    if item.next == len(entries):
-                        inbound.popleft()
-                    await self._deliver_one(self._entry(entries[taken], item.arrived))
-            else:
-                inbound.popleft()
-                await self._deliver_one(self._decode(*item))
-            # Credit goes back in bulk: when a quarter of the window is owed, or when
-            # nothing more is waiting (a frame per envelope would cost a write each).
-            if self._credit_owed >= self._credit_batch or not inbound:
-                self._wake.set()
-
-    async def _deliver_one(self, env: Envelope | None) -> None:
-        """Deliver one envelope, waiting for room if need be; it is then owed credit."""
-        if env is not None and not (env.reply is None and self._deliver_nowait(env)):
-            if env.reply is None and self._credit_owed:
-                # A tell for a full mailbox: credit for what was delivered goes back
-                # while it waits, so the sender can go on with other agents' traffic.
-                self._wake.set()
-            await self._hand_over(env)
-        self._credit_owed += 1
 
     def _entry(self, entry: Any, arrived: float) -> Envelope | None:
         """One envelope of a run, decoded (see `_decode`)."""
@@ -425,14 +460,16 @@ class Link:
     def _decode(self, wire: wire_pb2.Envelope | bytes, deadline: float) -> Envelope | None:
         """The envelope a peer sent, decoded once; None if it cannot be (an ask then
         gets a `SerializationError` back, a tell is logged and dropped)."""
-        corr = HEADER.unpack_from(wire)[0] if isinstance(wire, bytes) else wire.corr
+        if isinstance(wire, bytes):
+            corr, _, target, start = unpack_header(wire)
+        else:
+            corr, target = wire.corr, wire.target
         try:
             if isinstance(wire, bytes):
-                entry = pickle.loads(memoryview(wire)[HEADER.size :])
-                target, method, args, kwargs, _, chain, sender, _ = entry
+                method, args, kwargs, chain, sender = pickle.loads(memoryview(wire)[start:])
                 kwargs = kwargs or NO_KWARGS
             else:
-                target, method, chain, sender = wire.target, wire.method, wire.chain, wire.sender
+                method, chain, sender = wire.method, wire.chain, wire.sender
                 args = tuple(decode(a) for a in wire.args)
                 kwargs = {k: decode(v) for k, v in wire.kwargs.items()} or NO_KWARGS
         except Exception as exc:
@@ -440,19 +477,23 @@ class Link:
             if corr:
                 self.reply(corr, False, SerializationError(reason))
             else:
-                log.warning("%s (a tell, dropped)", reason)
+                log.warning("%s (a tell to %s, dropped)", reason, target)
+                self.inbox.settled(target)
             return None
         reply = RemoteReply(self.reply, corr, deadline) if corr else None
         return Envelope(target, method, args, kwargs, reply, chain, sender or None, deadline)
 
     async def _hand_over(self, env: Envelope) -> None:
-        """Deliver, waiting for room; a refusal goes back to an asker or to the log."""
+        """Deliver a control envelope; a refusal goes back to an asker or to the log."""
         try:
             await self._deliver(env)
         except AgentmeshError as exc:
-            if env.reply is not None:
-                env.reply.set_exception(exc)
-            else:
-                log.warning(
-                    "tell %s.%s from node %s dropped: %s", env.target, env.method, self.peer, exc
-                )
+            self._refused(env, exc)
+
+    def _refused(self, env: Envelope, exc: AgentmeshError) -> None:
+        if env.reply is not None:
+            env.reply.set_exception(exc)
+        else:
+            log.warning(
+                "tell %s.%s from node %s dropped: %s", env.target, env.method, self.peer, exc
+            )

@@ -1,0 +1,273 @@
+"""`Inbox`: what a stream received for user agents, delivered in order per agent.
+
+An envelope goes into its agent's mailbox at once when there is room. When there is
+not, that agent's envelopes wait in a lane of their own, in the order they came,
+and the stream's other envelopes go on: one full mailbox never holds back another
+agent's messages (no head-of-line blocking).
+
+Credit comes back two ways, as HTTP/2 has a window per stream besides the
+connection's. The stream's, as soon as an envelope is delivered or parked, so parked
+envelopes never hold back the stream. Each agent's, as its tells are delivered into
+its mailbox: a sender may have at most a window of tells to one agent that are not
+yet delivered, so a lane holds at most that many tells. Asks are not counted (a
+reentrant one must run at once); a lane past twice the window, which only asks or a
+peer that ignores its credit can make, keeps its stream credit until it drains, so
+what a peer can park stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import operator
+from collections.abc import Awaitable, Callable, Container
+from contextlib import AbstractContextManager
+from itertools import islice
+from typing import Any
+
+from ...v1 import wire_pb2
+from ..kernel.envelope import Envelope
+from ..kernel.errors import AgentmeshError
+from .frames import Inbound, MalformedFrame, Run
+
+__all__ = ["Inbox"]
+
+log = logging.getLogger("agentmesh.transport")
+
+#: What finishes a delivery that must wait for room (`Node.take_from_peer`).
+Rest = Callable[[], Awaitable[None]]
+Take = Callable[[Envelope], Rest | None]
+OfferTells = Callable[[list[Any], int, Container[str], dict[str, int]], int]
+
+
+class Lane:
+    """One agent's envelopes that wait for room, oldest at ``items[head]``: `TellRecord`
+    tuples, envelopes, and first the `Rest` of the one that found the mailbox full."""
+
+    __slots__ = ("head", "items", "withheld")
+
+    def __init__(self, first: Rest) -> None:
+        self.items: list[Any] = [first]
+        self.head = 0
+        self.withheld = 0  # parked envelopes not yet credited to the stream (too many)
+
+    def __len__(self) -> int:
+        return len(self.items) - self.head
+
+
+class Inbox:
+    """Delivers what a stream received for user agents; `run` is its task."""
+
+    def __init__(
+        self,
+        window: int,
+        wake: Callable[[], None],
+        bind_refs: Callable[[], AbstractContextManager[None]],
+        decode_entry: Callable[[Any, float], Envelope | None],
+        decode_typed: Callable[[wire_pb2.Envelope, float], Envelope | None],
+        take: Take,
+        bypasses: Callable[[Envelope], bool],
+        offer_tells: OfferTells,
+        refused: Callable[[Envelope, AgentmeshError], None],
+    ) -> None:
+        self._wake = wake  # the writer: credit or a flow request to send
+        self._bind_refs = bind_refs
+        self._decode_entry = decode_entry
+        self._decode_typed = decode_typed
+        self._take = take
+        self._bypasses = bypasses
+        self._offer_tells = offer_tells
+        self._refused = refused
+        self._hard = 2 * max(1, window)  # a lane longer keeps its stream credit
+        self._credit_batch = max(1, window // 4)
+        self._inbound: collections.deque[Inbound] = collections.deque()
+        self._ready = asyncio.Event()
+        self._lanes: dict[str, Lane] = {}
+        self._drains: set[asyncio.Task[None]] = set()
+        self._failure: MalformedFrame | None = None
+        self.credit_owed = 0  # envelopes delivered or parked, not yet credited
+        self.target_owed: dict[str, int] = {}  # tells delivered, not yet credited
+
+    def put(self, items: list[Inbound]) -> None:
+        """Envelopes of one frame, in the order they were sent."""
+        self._inbound.extend(items)
+        self._ready.set()
+
+    @property
+    def parked(self) -> int:
+        """How many envelopes wait in lanes."""
+        return sum(len(lane) for lane in self._lanes.values())
+
+    def close(self) -> None:
+        for task in self._drains:
+            task.cancel()
+
+    def _fail(self, exc: MalformedFrame) -> None:
+        """End the stream from a lane: `run` raises ``exc``."""
+        self._failure = exc
+        self._ready.set()
+
+    async def run(self) -> None:
+        """Deliver or park what arrives, in order; raises `MalformedFrame`."""
+        self._bind_refs().__enter__()  # once for the task, not once per envelope
+        inbound = self._inbound
+        while True:
+            if not inbound:
+                self._ready.clear()
+                await self._ready.wait()
+            if self._failure is not None:
+                raise self._failure
+            if not inbound:
+                continue
+            item = inbound.popleft()
+            if isinstance(item, Run):
+                self._take_run(item.entries, item.arrived)
+            else:
+                self.credit_owed += 1
+                env = self._decode_typed(*item)
+                if env is not None:
+                    self._take_one(env)
+            # Credit goes back in bulk: when a quarter of the window is owed, or when
+            # nothing more is waiting (a frame per envelope would cost a write each).
+            if self.credit_owed >= self._credit_batch or not inbound:
+                self._wake()
+
+    def _take_run(self, entries: list[Any], arrived: float) -> None:
+        """Deliver a frame's pickled envelopes: plain tells to agents with room many
+        in a call, the rest one by one or into their agent's lane."""
+        lanes = self._lanes
+        self.credit_owed += len(entries)
+        i, end = 0, len(entries)
+        while i < end:
+            try:
+                i = self._offer_tells(entries, i, lanes, self.target_owed)
+            except (LookupError, ValueError, TypeError) as exc:
+                raise MalformedFrame(f"an envelope that is not one: {exc!r}") from None
+            if i == end:
+                return
+            entry = entries[i]
+            if lanes and type(entry) is tuple:  # (offer_tells checked its target)
+                target = entry[0]
+                lane = lanes.get(target)
+                if lane is not None:  # this agent's tells that follow, parked at once
+                    j = _same_target(entries, i, target)
+                    self._park(lane, entries[i:j])
+                    i = j
+                    continue
+            i += 1
+            env = self._decode_entry(entry, arrived)
+            if env is not None:
+                self._take_one(env)
+
+    def _take_one(self, env: Envelope) -> None:
+        lane = self._lanes.get(env.target) if self._lanes else None
+        if lane is not None and not self._bypasses(env):
+            self._park(lane, [env])
+            return
+        try:
+            rest = self._take(env)
+        except AgentmeshError as exc:
+            self._refused(env, exc)
+            rest = None
+        if rest is None:
+            if env.reply is None:
+                self.settled(env.target)
+        else:
+            lane = self._lanes[env.target] = Lane(rest)
+            task = asyncio.ensure_future(self._drain(env.target, lane, env))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+
+    def settled(self, target: str, count: int = 1) -> None:
+        """Tells to ``target`` delivered (or dropped): credit to return for it."""
+        owed = self.target_owed
+        owed[target] = owed.get(target, 0) + count
+
+    def _park(self, lane: Lane, items: list[Any]) -> None:
+        room = self._hard - len(lane)
+        lane.items.extend(items)
+        if room < len(items):
+            withheld = len(items) - max(0, room)
+            lane.withheld += withheld
+            self.credit_owed -= withheld
+
+    async def _drain(self, target: str, lane: Lane, first: Envelope) -> None:
+        """Deliver a lane in order as its agent makes room; then close it."""
+        items = lane.items
+        await self._finish(first, items[0])
+        self._advance(target, lane, 1)
+        while lane.head < len(items):
+            item = items[lane.head]
+            if type(item) is tuple:
+                try:
+                    taken = self._offer_tells(items, lane.head, (), self.target_owed)
+                except (LookupError, ValueError, TypeError) as exc:
+                    self._fail(MalformedFrame(f"an envelope that is not one: {exc!r}"))
+                    return
+                if taken > lane.head:
+                    self._advance(target, lane, taken - lane.head)
+                    continue
+            if not isinstance(item, Envelope):
+                try:  # a tell tuple, or (from a peer that breaks the protocol) not
+                    item = self._decode_entry(item, 0.0)
+                except MalformedFrame as exc:
+                    self._fail(exc)
+                    return
+            if item is not None:
+                try:
+                    rest = self._take(item)
+                except AgentmeshError as exc:
+                    self._refused(item, exc)
+                    rest = None
+                if rest is None:
+                    if item.reply is None:
+                        self.settled(target)
+                else:
+                    await self._finish(item, rest)
+            self._advance(target, lane, 1)
+        del self._lanes[target]
+        self._wake()  # what the lane's agent is owed goes back now
+
+    async def _finish(self, env: Envelope, rest: Rest) -> None:
+        try:
+            await rest()
+        except AgentmeshError as exc:
+            self._refused(env, exc)
+        if env.reply is None:
+            self.settled(env.target)
+
+    def _advance(self, target: str, lane: Lane, delivered: int) -> None:
+        lane.head += delivered
+        if lane.head >= 1024 and 2 * lane.head >= len(lane.items):
+            del lane.items[: lane.head]  # drop what was delivered (amortized)
+            lane.head = 0
+        left = len(lane)
+        if lane.withheld and left < self._hard:
+            give = min(lane.withheld, self._hard - left)
+            lane.withheld -= give
+            self.credit_owed += give
+            self._wake()
+        # An agent's credit goes back in bulk too, as the stream's does.
+        if self.target_owed.get(target, 0) >= self._credit_batch:
+            self._wake()
+
+
+_first = operator.itemgetter(0)
+
+
+def _same_target(entries: list[Any], start: int, target: str) -> int:
+    """The end of the run of entries from ``start`` on whose first item is
+    ``target`` (the tells to one agent). Counted in C when the whole rest is (a
+    flood of tells to one agent); the target of a frame's tells is one object."""
+    try:
+        if list(map(_first, entries[start:])).count(target) == len(entries) - start:
+            return len(entries)
+    except (LookupError, TypeError):
+        pass  # an entry that has no first item: not a tell
+    end = start + 1
+    for entry in islice(entries, start + 1, None):
+        if type(entry) is not tuple or not entry or entry[0] != target:
+            break
+        end += 1
+    return end
