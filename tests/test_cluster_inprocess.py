@@ -369,3 +369,19 @@ async def test_a_reentrant_call_reaches_an_agent_behind_its_full_mailbox(
 async def _tell_notes(ref: am.AgentRef, n: int) -> None:
     for i in range(n):
         await ref.note.tell(i)
+
+
+async def test_what_a_driver_told_before_closing_is_delivered() -> None:
+    async with am.Mesh(listen="127.0.0.1:0") as head:
+        assert head.address is not None
+        counter = await head.spawn(Counter, name="counter", mailbox_size=10)
+        async with am.Mesh(join=head.address) as driver:
+            far = await driver.get("counter")
+            for i in range(3000):  # most still on their way when the driver closes
+                await far.record.tell(i)
+        await wait_for(lambda: _count(counter, 3000), what="every tell delivered")
+        assert await counter.items() == list(range(3000))
+
+
+async def _count(counter: am.AgentRef, n: int) -> bool:
+    return len(await counter.items()) >= n

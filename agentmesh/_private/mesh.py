@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -39,6 +40,8 @@ from .supervision.supervisor import Supervisor
 from .transport.grpc_transport import TLS, GrpcTransport
 
 __all__ = ["Mesh"]
+
+log = logging.getLogger("agentmesh.cluster")
 
 A = TypeVar("A", bound=Agent)
 
@@ -231,6 +234,7 @@ class Mesh:
             # The root first: it stops children on other nodes while still a member.
             if self._root_ref is not None:
                 await self._root_ref.stop()
+            await self._flush()
             if self._membership is not None:
                 await self._membership.stop()
             await self._node.close()
@@ -244,6 +248,21 @@ class Mesh:
                 with contextlib.suppress(ValueError):
                     current_node.reset(self._token)
                 self._token = None
+
+    async def _flush(self) -> None:
+        """Before leaving: wait (up to the shutdown timeout) until what this node told
+        agents on other nodes is in their mailboxes, so closing loses none of it."""
+        transport = self._node.transport
+        if transport is None:
+            return
+        timeout = self._node.shutdown_timeout
+        left = await transport.flush(timeout)
+        if left:
+            log.warning(
+                "%d tells to agents on other nodes not yet delivered after %ss; closing",
+                left,
+                timeout,
+            )
 
     def _root_exited(self, cell: Cell, reason: ExitReason, error: str | None) -> bool:
         if reason == "crash" and self._failure is not None and not self._failure.done():

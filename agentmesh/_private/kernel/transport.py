@@ -74,6 +74,12 @@ class Transport(abc.ABC):
         closed) only ever answers False."""
         return None
 
+    async def flush(self, timeout: float) -> int:
+        """Wait, at most ``timeout`` seconds, until the tells this node sent are in
+        their agents' mailboxes; return how many are not (a closing node waits so, so
+        that what it told before closing is not lost). Asks need no such wait."""
+        return 0
+
     @abc.abstractmethod
     async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:
         """Stop an agent that lives on ``peer``; returns when it has stopped."""

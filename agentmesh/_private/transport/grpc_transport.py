@@ -9,6 +9,7 @@ asks waiting on it at once (`AgentUnavailable`) and is redialed on the next send
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -127,6 +128,14 @@ class GrpcTransport(Transport):
         link = self.links.pop(node_id, None)
         if link is not None:
             link.close(reason)
+
+    async def flush(self, timeout: float) -> int:
+        links = [link for link in self.links.values() if not link.closed]
+        if links:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*(link.flushed() for link in links))
+        return sum(link.undelivered for link in links)
 
     async def aclose(self) -> None:
         for link in list(self.links.values()):

@@ -127,6 +127,7 @@ class Link:
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
         # Senders of tells waiting for room at an agent (its credit used up), per agent.
         self._held: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._flush_waiters: list[asyncio.Future[None]] = []  # see `flushed`
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._corr = itertools.count(1)
         self.closed = False
@@ -255,6 +256,19 @@ class Link:
         self._wake.set()
 
     @property
+    def undelivered(self) -> int:
+        """Tells sent (or queued) that the peer has not yet delivered into a mailbox."""
+        return sum(self._sent.values())
+
+    async def flushed(self) -> None:
+        """Return once every tell sent so far is in its agent's mailbox (or the stream
+        is closed)."""
+        while self._sent and not self.closed:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._flush_waiters.append(fut)
+            await fut
+
+    @property
     def held_senders(self) -> int:
         """How many sends wait for room (on the stream, or at an agent)."""
         return len(self._room) + sum(len(held) for held in self._held.values())
@@ -312,6 +326,7 @@ class Link:
         waiting = [*self._room, *(fut for held in self._held.values() for fut in held)]
         self._room.clear()
         self._held.clear()
+        self._wake_flushers()
         for fut in waiting:
             if not fut.done():
                 fut.set_exception(AgentUnavailable(reason))
@@ -403,6 +418,8 @@ class Link:
         else:  # (never below zero, whatever the peer says)
             self._sent.pop(target, None)
             in_flight = 0
+            if not self._sent and self._flush_waiters:
+                self._wake_flushers()
         waiters = self._held.get(target)
         if waiters is None:
             return
@@ -414,6 +431,12 @@ class Link:
                 room -= 1
         if not waiters:
             del self._held[target]
+
+    def _wake_flushers(self) -> None:
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def _dropped(self, target: str) -> None:
         """A tell taken back from the outbox and never sent: its credit is free."""
