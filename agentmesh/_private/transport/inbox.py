@@ -18,11 +18,9 @@ what a peer can park stays bounded.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import operator
 from collections.abc import Awaitable, Callable, Container
-from contextlib import AbstractContextManager
 from itertools import islice
 from typing import Any
 
@@ -57,13 +55,12 @@ class Lane:
 
 
 class Inbox:
-    """Delivers what a stream received for user agents; `run` is its task."""
+    """Delivers what a stream received for user agents (`put`), in order per agent."""
 
     def __init__(
         self,
         window: int,
         wake: Callable[[], None],
-        bind_refs: Callable[[], AbstractContextManager[None]],
         decode_entry: Callable[[Any, float], Envelope | None],
         decode_typed: Callable[[wire_pb2.Envelope, float], Envelope | None],
         take: Take,
@@ -72,7 +69,6 @@ class Inbox:
         refused: Callable[[Envelope, AgentmeshError], None],
     ) -> None:
         self._wake = wake  # the writer: credit or a flow request to send
-        self._bind_refs = bind_refs
         self._decode_entry = decode_entry
         self._decode_typed = decode_typed
         self._take = take
@@ -81,18 +77,26 @@ class Inbox:
         self._refused = refused
         self._hard = 2 * max(1, window)  # a lane longer keeps its stream credit
         self._credit_batch = max(1, window // 4)
-        self._inbound: collections.deque[Inbound] = collections.deque()
-        self._ready = asyncio.Event()
         self._lanes: dict[str, Lane] = {}
         self._drains: set[asyncio.Task[None]] = set()
-        self._failure: MalformedFrame | None = None
+        #: Ends with `MalformedFrame` if an entry in a lane turns out to be none.
+        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.credit_owed = 0  # envelopes delivered or parked, not yet credited
         self.target_owed: dict[str, int] = {}  # tells delivered, not yet credited
 
     def put(self, items: list[Inbound]) -> None:
-        """Envelopes of one frame, in the order they were sent."""
-        self._inbound.extend(items)
-        self._ready.set()
+        """Deliver or park the envelopes of one frame, in the order they were sent
+        (never waiting: the stream's reader calls this, in its task, which binds refs
+        to this node); raises `MalformedFrame`."""
+        for item in items:
+            if isinstance(item, Run):
+                self._take_run(item.entries, item.arrived)
+            else:
+                self.credit_owed += 1
+                env = self._decode_typed(*item)
+                if env is not None:
+                    self._take_one(env)
+        self._wake()  # the credit for them goes back in one frame
 
     @property
     def parked(self) -> int:
@@ -104,34 +108,9 @@ class Inbox:
             task.cancel()
 
     def _fail(self, exc: MalformedFrame) -> None:
-        """End the stream from a lane: `run` raises ``exc``."""
-        self._failure = exc
-        self._ready.set()
-
-    async def run(self) -> None:
-        """Deliver or park what arrives, in order; raises `MalformedFrame`."""
-        self._bind_refs().__enter__()  # once for the task, not once per envelope
-        inbound = self._inbound
-        while True:
-            if not inbound:
-                self._ready.clear()
-                await self._ready.wait()
-            if self._failure is not None:
-                raise self._failure
-            if not inbound:
-                continue
-            item = inbound.popleft()
-            if isinstance(item, Run):
-                self._take_run(item.entries, item.arrived)
-            else:
-                self.credit_owed += 1
-                env = self._decode_typed(*item)
-                if env is not None:
-                    self._take_one(env)
-            # Credit goes back in bulk: when a quarter of the window is owed, or when
-            # nothing more is waiting (a frame per envelope would cost a write each).
-            if self.credit_owed >= self._credit_batch or not inbound:
-                self._wake()
+        """End the stream from a lane (`failed` ends with ``exc``)."""
+        if not self.failed.done():
+            self.failed.set_exception(exc)
 
     def _take_run(self, entries: list[Any], arrived: float) -> None:
         """Deliver a frame's pickled envelopes: plain tells to agents with room many

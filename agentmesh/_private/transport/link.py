@@ -112,7 +112,6 @@ class Link:
         self.inbox = Inbox(
             window if receive_window is None else receive_window,
             self._wake.set,
-            bind_refs,
             self._entry,
             self._decode,
             take,
@@ -296,7 +295,7 @@ class Link:
         tasks = [
             asyncio.ensure_future(self._writer()),
             asyncio.ensure_future(self._reader()),
-            asyncio.ensure_future(self.inbox.run()),
+            self.inbox.failed,
             asyncio.ensure_future(self._control_delivery()),
         ]
         reason = f"the connection to node {self.peer} was lost"
