@@ -232,6 +232,27 @@ async def test_hostile_input_never_crashes_a_node(linked: Linked) -> None:
     assert await counter.add(2) == 2  # still serving
 
 
+async def test_tells_with_fields_of_the_wrong_type_are_rejected(linked: Linked) -> None:
+    driver, host, near, _ = linked
+    local = await host.spawn(Counter)
+    counter = _seen_from(driver, local)
+    assert await counter.add(1) == 1
+    link = near.links[host.node_id]
+    hostile = [
+        (local.id, ["add"], (), None, None),  # a method name that is no name
+        (local.id, "add", 5, None, None),  # arguments that are no tuple
+        (local.id, "add", (), [1], None),  # keyword arguments that are no dict
+    ]
+    await link._write(wire_pb2.Frame(batch=wire_pb2.Batch(pickled=pickle.dumps(hostile))))
+    await wait_for(lambda: _rejected(host, local, 3), what="all three rejected")
+    assert await counter.add(1) == 2  # the agent carries on, on the same stream
+    assert not link.closed
+
+
+async def _rejected(mesh: am.Mesh, ref: am.AgentRef, n: int) -> bool:
+    return (await mesh.info(ref)).rejected == n
+
+
 async def test_natural_batching(linked: Linked) -> None:
     driver, host, near, _ = linked
     counter = _seen_from(driver, await host.spawn(Counter))

@@ -345,9 +345,12 @@ class Cell(Lifecycle):
             reply = env.reply
             if reply is not None and reply.done():
                 continue  # the asker gave up before this message started
-            handler = handlers.get(env.method)
+            try:
+                handler = handlers.get(env.method)
+            except TypeError:  # not a name at all: from a peer that breaks the protocol
+                handler = None
             if handler is None:
-                self._reject(env, self.methods.unknown(env.method))
+                self._reject(env, self.methods.unknown(str(env.method)))
                 continue
             self.chain = env.chain  # cheaper than a context variable; see chain_of
             self.current = env
@@ -398,9 +401,12 @@ class Cell(Lifecycle):
         reply = env.reply
         if reply is not None and reply.done():
             return  # the asker gave up before this message started: never run it
-        handler = self.methods.handlers.get(env.method)
+        try:
+            handler = self.methods.handlers.get(env.method)
+        except TypeError:  # not a name at all (see _drain_serial)
+            handler = None
         if handler is None:
-            self._reject(env, self.methods.unknown(env.method))
+            self._reject(env, self.methods.unknown(str(env.method)))
             return
         current_chain.set(env.chain)
         active = self.active
