@@ -417,7 +417,11 @@ class Node:
             if cell is None and ref._node_id == self.id:
                 cell = self._cell_of(ref)
             if cell is None:
-                await self._await_or_expire(self._send_remote(ref, env), fut)
+                transport = self._transport(ref)
+                try:  # the stream is open and has room: no task, no waiting
+                    transport.send_nowait(ref._node_id, env)
+                except MailboxFull:  # connect, or wait for room, unless the ask expires
+                    await self._await_or_expire(transport.send(ref._node_id, env), fut)
             elif cell.mailbox.has_room():
                 cell.post_nowait(env)
             else:
@@ -487,9 +491,6 @@ class Node:
         if self.transport is None:
             raise AgentUnavailable(f"{ref!r} lives on node {ref.node}, which is not reachable")
         return self.transport
-
-    async def _send_remote(self, ref: AgentRef, env: Envelope) -> None:
-        await self._transport(ref).send(ref._node_id, env)
 
     def deliver_nowait(self, env: Envelope) -> None:
         """Deliver an envelope from a peer; raises `MailboxFull` or `AgentUnavailable`."""
