@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import cloudpickle
@@ -120,13 +121,20 @@ async def test_tells_to_several_agents_in_one_frame_keep_their_order(linked: Lin
     assert link.frames_sent - before < 10
 
 
-async def test_plain_tells_larger_than_reckoned_are_spread_over_frames() -> None:
-    near, far = GrpcTransport(window=20_000), GrpcTransport(window=20_000)
+@asynccontextmanager
+async def _linked_with(window: int) -> AsyncIterator[tuple[am.Mesh, am.Mesh, GrpcTransport]]:
+    """A driver and a host whose streams have flow-control window ``window``."""
+    near, far = GrpcTransport(window=window), GrpcTransport(window=window)
     async with (
         am.Mesh(_transport=near, ask_timeout=5) as driver,
         am.Mesh(_transport=far, ask_timeout=5) as host,
     ):
         near.add_peer(host.node_id, far.address)
+        yield driver, host, near
+
+
+async def test_plain_tells_larger_than_reckoned_are_spread_over_frames() -> None:
+    async with _linked_with(20_000) as (driver, host, near):
         sizes = _seen_from(driver, await host.spawn(Sizes, mailbox_size=20_000))
         await sizes.seen()  # connect
         link = near.links[host.node_id]
@@ -184,12 +192,7 @@ class Unloadable:
 
 
 async def test_tells_a_receiver_cannot_decode_still_return_their_credit() -> None:
-    near, far = GrpcTransport(window=4), GrpcTransport(window=4)
-    async with (
-        am.Mesh(_transport=near, ask_timeout=5) as driver,
-        am.Mesh(_transport=far, ask_timeout=5) as host,
-    ):
-        near.add_peer(host.node_id, far.address)
+    async with _linked_with(4) as (driver, host, _):
         counter = _seen_from(driver, await host.spawn(Counter))
         with pytest.raises(am.SerializationError, match="cannot be loaded"):
             await counter.record(Unloadable())  # an ask hears why

@@ -144,19 +144,24 @@ class Inbox:
         if lane is not None and not self._bypasses(env):
             self._park(lane, [env])
             return
+        rest = self._deliver(env)
+        if rest is not None:
+            lane = self._lanes[env.target] = Lane(rest)
+            task = asyncio.ensure_future(self._drain(env.target, lane, env))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+
+    def _deliver(self, env: Envelope) -> Rest | None:
+        """Deliver ``env`` if that needs no waiting (a tell is then owed credit), or
+        refuse it; else what finishes it, waiting for room."""
         try:
             rest = self._take(env)
         except AgentmeshError as exc:
             self._refused(env, exc)
             rest = None
-        if rest is None:
-            if env.reply is None:
-                self.settled(env.target)
-        else:
-            lane = self._lanes[env.target] = Lane(rest)
-            task = asyncio.ensure_future(self._drain(env.target, lane, env))
-            self._drains.add(task)
-            task.add_done_callback(self._drains.discard)
+        if rest is None and env.reply is None:
+            self.settled(env.target)
+        return rest
 
     def settled(self, target: str, count: int = 1) -> None:
         """Tells to ``target`` delivered (or dropped): credit to return for it."""
@@ -194,15 +199,8 @@ class Inbox:
                     self._fail(exc)
                     return
             if item is not None:
-                try:
-                    rest = self._take(item)
-                except AgentmeshError as exc:
-                    self._refused(item, exc)
-                    rest = None
-                if rest is None:
-                    if item.reply is None:
-                        self.settled(target)
-                else:
+                rest = self._deliver(item)
+                if rest is not None:
                     await self._finish(item, rest)
             self._advance(target, lane, 1)
         del self._lanes[target]
