@@ -379,3 +379,36 @@ async def test_what_a_driver_told_before_closing_is_delivered() -> None:
 
 async def _count(counter: am.AgentRef, n: int) -> bool:
     return len(await counter.items()) >= n
+
+
+class SlowReader(am.Agent):
+    """Subscribes with backpressure and reads one message at a time, once opened."""
+
+    mailbox_size = 1
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.read: list[int] = []
+
+    @am.subscribe("slow.news")
+    async def on_news(self, item: int) -> None:
+        await self.gate.wait()
+        self.read.append(item)
+
+
+async def test_a_slow_subscriber_holds_back_only_the_publications(
+    pair: tuple[am.Mesh, am.Mesh],
+) -> None:
+    head, driver = pair
+    local = await head.spawn(SlowReader)
+    reader = head._node.cells[local.id].instance
+    await head.spawn(Counter, name="counter")
+    counter = await driver.get("counter")
+    await counter.get()  # the stream is open
+    for i in range(5):  # one handled (stuck), one in the mailbox, three held back
+        await driver.publish("slow.news", i)
+    inbox = head._node.transport.links[driver.node_id].inbox  # type: ignore[union-attr]
+    await wait_for(lambda: inbox.parked == 3, what="publications held back on the head")
+    assert await counter.add(5) == 5  # the stream still carries everything else
+    reader.gate.set()
+    await wait_for(lambda: reader.read == [0, 1, 2, 3, 4], what="every publication, in order")
