@@ -150,11 +150,17 @@ async def test_plain_tells_larger_than_reckoned_are_spread_over_frames() -> None
 async def test_a_malformed_frame_ends_the_stream_and_is_counted(linked: Linked) -> None:
     driver, host, near, far = linked
     counter = _seen_from(driver, await host.spawn(Counter))
+    forever = _seen_from(driver, await host.spawn(Forever))
     assert await counter.add(1) == 1
     link = near.links[host.node_id]
+    waiting = asyncio.create_task(forever.hang())
+    await wait_for(lambda: bool(link.pending), what="an ask on its way")
     await link._write(wire_pb2.Frame(batch=wire_pb2.Batch(pickled=b"not a pickle")))
     await wait_for(lambda: far.rejected == 1, what="the receiver counted it")
     await wait_for(lambda: link.closed, what="the stream ended")
+    with pytest.raises(am.AgentUnavailable, match="could not read a frame from this node"):
+        await waiting  # the sender hears why
+    assert near.rejected == 0  # a refusal is no malformed frame
     assert await counter.add(1) == 2  # a new stream; both nodes live on
 
 

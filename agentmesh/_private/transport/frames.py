@@ -29,6 +29,7 @@ __all__ = [
     "PLAIN_TYPES",
     "SHORT",
     "SHORT_TYPES",
+    "StreamRefused",
     "MalformedFrame",
     "Outbox",
     "Run",
@@ -70,6 +71,11 @@ def plain_tell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
             if kind not in PLAIN_TYPES and (kind not in SHORT_TYPES or len(value) > SHORT):
                 return False
     return True
+
+
+class StreamRefused(AgentmeshError):
+    """The peer ended the stream, saying why (a `Refusal`: it could not read a frame
+    this node sent)."""
 
 
 class MalformedFrame(AgentmeshError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import itertools
 import logging
@@ -39,6 +40,7 @@ from .frames import (
     SHORT_TYPES,
     MalformedFrame,
     Outbox,
+    StreamRefused,
     deadline,
     pack,
     plain_tell,
@@ -303,16 +305,29 @@ class Link:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if not task.cancelled() and isinstance(task.exception(), MalformedFrame):
-                    malformed = task.exception()
+                error = None if task.cancelled() else task.exception()
+                if isinstance(error, MalformedFrame):
+                    malformed = error
                     reason = f"node {self.peer} sent a malformed frame: {malformed}"
+                elif isinstance(error, StreamRefused):
+                    reason = f"node {self.peer} ended the stream: {error}"
+                    log.warning("%s", reason)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if malformed is not None:
+                await self._refuse(f"it could not read a frame from this node: {malformed}")
             self.close(reason)
         if malformed is not None:
             raise malformed
+
+    async def _refuse(self, reason: str) -> None:
+        """Tell the peer why this side ends the stream, if it still can."""
+        refusal = wire_pb2.Frame(refusal=wire_pb2.Refusal(reason=reason))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await self._write(refusal)
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -384,8 +399,11 @@ class Link:
             frame = await self._read()
             if frame is None:
                 return  # the peer ended the stream
-            if frame.WhichOneof("body") != "batch":
-                raise MalformedFrame(f"a {frame.WhichOneof('body')} frame mid-stream")
+            body = frame.WhichOneof("body")
+            if body == "refusal":
+                raise StreamRefused(frame.refusal.reason)
+            if body != "batch":
+                raise MalformedFrame(f"a {body} frame mid-stream")
             batch = frame.batch
             if batch.credited:
                 for target, credit in zip(batch.credited, batch.credits, strict=False):
