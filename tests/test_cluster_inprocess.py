@@ -405,10 +405,10 @@ async def test_a_slow_subscriber_holds_back_only_the_publications(
     await head.spawn(Counter, name="counter")
     counter = await driver.get("counter")
     await counter.get()  # the stream is open
-    for i in range(5):  # one handled (stuck), one in the mailbox, three held back
+    for i in range(5):  # at most one handled (stuck), one in the mailbox, the rest held
         await driver.publish("slow.news", i)
     inbox = head._node.transport.links[driver.node_id].inbox  # type: ignore[union-attr]
-    await wait_for(lambda: inbox.parked == 3, what="publications held back on the head")
+    await wait_for(lambda: inbox.parked >= 3, what="publications held back on the head")
     assert await counter.add(5) == 5  # the stream still carries everything else
     reader.gate.set()
     await wait_for(lambda: reader.read == [0, 1, 2, 3, 4], what="every publication, in order")
