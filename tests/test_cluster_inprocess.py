@@ -11,6 +11,7 @@ import pytest
 
 import agentmesh as am
 from agentmesh._private.transport.grpc_transport import DEFAULT_WINDOW
+from agentmesh.v1 import wire_pb2
 
 from .agents import Counter, Gate, Recorder
 from .conftest import recorded, wait_for
@@ -288,6 +289,7 @@ async def test_a_full_agent_does_not_hold_back_others_on_its_node(
         await wait_for(lambda: gate.id in link._held, what="the flood held")
         with pytest.raises(am.MailboxFull, match="full"):
             gate.note.tell_nowait("refused")
+        await wait_for(lambda: _head_reports(driver, "held", DEFAULT_WINDOW), what="held")
         assert await counter.add(5) == 5  # an ask to another agent of that node
         counter.add.tell_nowait(1)  # and a tell
         assert await counter.get() == 6
@@ -412,3 +414,22 @@ async def test_a_slow_subscriber_holds_back_only_the_publications(
     assert await counter.add(5) == 5  # the stream still carries everything else
     reader.gate.set()
     await wait_for(lambda: reader.read == [0, 1, 2, 3, 4], what="every publication, in order")
+
+
+async def _head_reports(mesh: am.Mesh, field: str, value: int) -> bool:
+    """Whether the head's last heartbeat (`mesh.nodes()`) says ``field == value``."""
+    try:
+        nodes = await mesh.nodes()
+    except am.AgentUnavailable:  # asked while a stream was ending: ask again
+        return False
+    return any(n.role == "head" and getattr(n, field) == value for n in nodes)
+
+
+async def test_the_head_reports_frames_it_refused(pair: tuple[am.Mesh, am.Mesh]) -> None:
+    head, driver = pair
+    counter = await driver.spawn(Counter, node=head.node_id)
+    assert await counter.add(1) == 1
+    link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]
+    await link._write(wire_pb2.Frame(batch=wire_pb2.Batch(pickled=b"not a pickle")))
+    await wait_for(lambda: _head_reports(driver, "refused", 1), what="one refused frame")
+    assert await counter.add(1) == 2  # over a new stream

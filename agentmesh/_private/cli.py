@@ -68,8 +68,8 @@ async def _status(address: str, token: str | None, as_json: bool, tls: TLS | Non
         print(json.dumps(view, indent=2))
         return
     print(
-        f"{'node':10} {'role':7} {'state':5} {'address':22} {'agents':>6} {'queued':>6}  "
-        "resources used/total, labels"
+        f"{'node':10} {'role':7} {'state':5} {'address':22} {'agents':>6} {'queued':>6} "
+        f"{'held':>5} {'refused':>7}  resources used/total, labels"
     )
     for n in nodes:
         state = "up" if n.alive else "down"
@@ -80,7 +80,7 @@ async def _status(address: str, token: str | None, as_json: bool, tls: TLS | Non
             extra += "  " + ", ".join(f"{k}={v}" for k, v in n.labels.items())
         print(
             f"{n.id:10} {n.role:7} {state:5} {n.address:22} {n.agents:>6} "
-            f"{n.mailbox_depth:>6}  {extra}"
+            f"{n.mailbox_depth:>6} {n.held:>5} {n.refused:>7}  {extra}"
         )
     print(f"placement: {waiting} spawn(s) waiting for room")
     if failures:

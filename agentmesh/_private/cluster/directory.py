@@ -37,6 +37,10 @@ class NodeInfo:
     labels: dict[str, str] = field(default_factory=dict)
     agents: int = 0
     mailbox_depth: int = 0
+    #: Messages from other nodes waiting for room in full mailboxes here.
+    held: int = 0
+    #: Frames and handshakes this node refused (malformed, wrong token).
+    refused: int = 0
     alive: bool = True
     last_seen: float = 0.0
     #: Of ``resources``, how much placement has reserved for agents.
@@ -101,7 +105,7 @@ class Directory(Agent):
         return AgentRef._create(f"sys.node.{node_id}", None, node_id, self._am_cell.node)
 
     async def heartbeat(
-        self, node_id: str, agents: int, mailbox_depth: int
+        self, node_id: str, agents: int, mailbox_depth: int, held: int = 0, refused: int = 0
     ) -> dict[str, str] | None:
         """A node is alive; returns the live members, or None if it is not registered
         (a new head, or it was declared dead): it must register again."""
@@ -109,7 +113,12 @@ class Directory(Agent):
         if node is None or not node.alive:
             return None
         self.nodes[node_id] = replace(
-            node, agents=agents, mailbox_depth=mailbox_depth, last_seen=self._now()
+            node,
+            agents=agents,
+            mailbox_depth=mailbox_depth,
+            held=held,
+            refused=refused,
+            last_seen=self._now(),
         )
         return self._members()
 

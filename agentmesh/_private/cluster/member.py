@@ -45,7 +45,7 @@ log = logging.getLogger("agentmesh.cluster")
 
 
 class NodeService(Agent):
-    """Acts on its node for others: spawn here, report load."""
+    """Acts on its node for others: spawn here, act on children, take interest."""
 
     def __init__(self, spawn: Callable[..., Any], membership: Membership) -> None:
         self._spawn = spawn
@@ -101,11 +101,6 @@ class NodeService(Agent):
         except AgentmeshError as exc:
             return exc
         return ref
-
-    async def load(self) -> tuple[int, int]:
-        """(agents, messages queued) on this node."""
-        cells = self._am_cell.node.cells.values()
-        return len(cells), sum(len(c.mailbox) for c in cells)
 
 
 class PlacementService(Agent):
@@ -367,9 +362,10 @@ class Membership:
         assert self.directory is not None
         cells = [c for c in self.node.cells.values() if not c.id.startswith("sys.")]
         depth = sum(len(c.mailbox) for c in cells)
+        held, refused = self.transport.counters()
         try:
             members = await self.directory.heartbeat.ask(
-                self.node.id, len(cells), depth, timeout=self.dead_after
+                self.node.id, len(cells), depth, held, refused, timeout=self.dead_after
             )
         except AgentNotFound:
             members = None

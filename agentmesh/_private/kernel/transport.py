@@ -74,6 +74,11 @@ class Transport(abc.ABC):
         closed) only ever answers False."""
         return None
 
+    def counters(self) -> tuple[int, int]:
+        """(messages from peers waiting for room in this node's mailboxes, frames and
+        handshakes refused): what ``agentmesh status`` shows as held and refused."""
+        return 0, 0
+
     async def flush(self, timeout: float) -> int:
         """Wait, at most ``timeout`` seconds, until the tells this node sent are in
         their agents' mailboxes; return how many are not (a closing node waits so, so

@@ -129,6 +129,10 @@ class GrpcTransport(Transport):
         if link is not None:
             link.close(reason)
 
+    def counters(self) -> tuple[int, int]:
+        held = sum(link.inbox.parked for link in self.links.values() if not link.closed)
+        return held, self.rejected
+
     async def flush(self, timeout: float) -> int:
         links = [link for link in self.links.values() if not link.closed]
         if links:
