@@ -209,6 +209,23 @@ async def test_tells_a_receiver_cannot_decode_still_return_their_credit() -> Non
         assert await counter.items() == [1]
 
 
+async def test_room_given_to_a_cancelled_sender_passes_to_the_next() -> None:
+    async with _linked_with(4) as (driver, host, near):
+        local = await host.spawn(Counter)
+        counter = _seen_from(driver, local)
+        assert await counter.add(0) == 0  # connect
+        link = near.links[host.node_id]
+        link._sent[local.id] = 4  # as if a window's worth of tells were on their way
+        first = asyncio.create_task(counter.add.tell(1))
+        second = asyncio.create_task(counter.add.tell(2))
+        await wait_for(lambda: len(link._held.get(local.id, ())) == 2, what="both wait")
+        link._grant_to(local.id, 1)  # room for one: the first sender is woken ...
+        first.cancel()  # ... and cancelled before it could use it
+        await asyncio.wait_for(second, 5)  # the room went to the second
+        assert await counter.get() == 2
+        link._grant_to(local.id, 3)  # the tells that never were
+
+
 async def test_a_wrong_token_is_refused_and_counted() -> None:
     right, wrong = GrpcTransport(token="right"), GrpcTransport(token="wrong")
     async with (

@@ -18,7 +18,6 @@ what a peer can park stays bounded.
 from __future__ import annotations
 
 import asyncio
-import logging
 import operator
 from collections.abc import Awaitable, Callable, Container
 from itertools import islice
@@ -30,8 +29,6 @@ from ..kernel.errors import AgentmeshError
 from .frames import Inbound, MalformedFrame, Run
 
 __all__ = ["Inbox"]
-
-log = logging.getLogger("agentmesh.transport")
 
 #: What finishes a delivery that must wait for room (`Node.take_from_peer`).
 Rest = Callable[[], Awaitable[None]]
@@ -68,7 +65,7 @@ class Inbox:
         offer_tells: OfferTells,
         refused: Callable[[Envelope, AgentmeshError], None],
     ) -> None:
-        self._wake = wake  # the writer: credit or a flow request to send
+        self._wake = wake  # the writer: credit to send
         self._decode_entry = decode_entry
         self._decode_typed = decode_typed
         self._take = take

@@ -230,8 +230,26 @@ class Link:
                     break
                 fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 waiters.append(fut)
-                await fut
+                try:
+                    await fut
+                except BaseException:
+                    self._gave_up(env.target, waiters, fut)
+                    raise
         self._send(env)
+
+    def _gave_up(
+        self, target: str, waiters: collections.deque[asyncio.Future[None]], fut: Any
+    ) -> None:
+        """A sender waiting for room was cancelled: leave no trace that would keep
+        others off the fast path, and pass on the room it may have been given."""
+        if fut in waiters:
+            waiters.remove(fut)
+        if waiters is self._room:
+            self._grant(0)
+            return
+        if not waiters and self._held.get(target) is waiters:
+            del self._held[target]
+        self._grant_to(target, 0)
 
     def _send(self, env: Envelope) -> None:
         self._check_open()
