@@ -19,7 +19,7 @@ import pytest
 
 import agentmesh as am
 from agentmesh._private.transport.codec import decode, encode
-from agentmesh._private.transport.grpc_transport import GrpcTransport
+from agentmesh._private.transport.grpc_transport import GrpcTransport, advertised_address
 from agentmesh.v1 import wire_pb2, wire_pb2_grpc
 
 from .agents import Counter, Forever, Gate
@@ -316,6 +316,27 @@ def test_no_token_means_loopback_only() -> None:
         GrpcTransport("0.0.0.0:0")
     GrpcTransport("127.0.0.1:0")
     GrpcTransport("0.0.0.0:0", token="t")
+
+
+def test_the_address_other_nodes_dial() -> None:
+    assert advertised_address("127.0.0.1:0", 7000, None) == "127.0.0.1:7000"
+    assert advertised_address("0.0.0.0:0", 7000, None) == f"{socket.gethostname()}:7000"
+    assert advertised_address("[::]:0", 7000, None) == f"{socket.gethostname()}:7000"
+    assert advertised_address("0.0.0.0:0", 7000, "10.0.0.5") == "10.0.0.5:7000"
+    assert advertised_address("0.0.0.0:0", 7000, "gw.example:9000") == "gw.example:9000"
+    assert advertised_address("[::]:0", 7000, "fd00::5") == "[fd00::5]:7000"
+    assert advertised_address("[::]:0", 7000, "[fd00::5]:9000") == "[fd00::5]:9000"
+
+
+async def test_a_head_on_every_interface_is_reached_where_it_advertises() -> None:
+    async with am.Mesh(listen="0.0.0.0:0", token="t", advertise="127.0.0.1") as head:
+        assert head.address is not None
+        assert head.address.startswith("127.0.0.1:")
+        async with am.Mesh(join=head.address, token="t") as driver:
+            nodes = {n.role: n.address for n in await driver.nodes()}
+            assert nodes["head"] == head.address
+            counter = await driver.spawn(Counter, node=head.node_id)
+            assert await counter.add(3) == 3
 
 
 def _make_certificates(folder: Path) -> am.TLS:

@@ -108,8 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="agentmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     token_help = "cluster token (default: $AGENTMESH_TOKEN); needed beyond loopback"
+    advertise_help = (
+        "HOST or HOST:PORT other nodes dial (default: the --listen host; this machine's "
+        "hostname if that is 0.0.0.0 or ::)"
+    )
     head = commands.add_parser("head", help="run a head node (control plane and agents)")
     head.add_argument("--listen", default="127.0.0.1:7470", help="HOST:PORT (port 0: any)")
+    head.add_argument("--advertise", help=advertise_help)
     head.add_argument("--token", help=token_help)
     head.add_argument(
         "--resources", type=_resources, help="e.g. cpu=8,gpu=1 (default: this machine)"
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     node = commands.add_parser("node", help="run a worker node that joins a head")
     node.add_argument("--join", required=True, help="the head's HOST:PORT")
     node.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT this node serves")
+    node.add_argument("--advertise", help=advertise_help)
     node.add_argument(
         "--resources", type=_resources, help="e.g. cpu=8,gpu=1 (default: this machine)"
     )
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "head":
             mesh = Mesh(
                 listen=args.listen,
+                advertise=args.advertise,
                 token=args.token,
                 resources=args.resources,
                 labels=args.labels,
@@ -153,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             mesh = Mesh(
                 join=args.join,
                 listen=args.listen,
+                advertise=args.advertise,
                 token=args.token,
                 resources=resources,
                 labels=args.labels,

@@ -81,6 +81,7 @@ class Mesh:
         restart_period: float = 5.0,
         listen: str | None = None,
         join: str | None = None,
+        advertise: str | None = None,
         token: str | None = None,
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
@@ -102,7 +103,9 @@ class Mesh:
         grpc_transport: GrpcTransport | None = None
         if listen is not None or join is not None:
             token = token if token is not None else os.environ.get("AGENTMESH_TOKEN")
-            grpc_transport = GrpcTransport(listen or "127.0.0.1:0", token=token, tls=tls)
+            grpc_transport = GrpcTransport(
+                listen or "127.0.0.1:0", token=token, tls=tls, advertise=advertise
+            )
             _transport = grpc_transport
         self._node = Node(
             node_id=node_id,
@@ -188,7 +191,8 @@ class Mesh:
 
     @property
     def address(self) -> str | None:
-        """The address this node listens on (``host:port``), or None if embedded."""
+        """The address other nodes dial to reach this one (``host:port``: see
+        ``advertise``), or None if embedded."""
         membership = self._membership
         return None if membership is None else membership.transport.address
 

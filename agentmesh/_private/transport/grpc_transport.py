@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +69,36 @@ class TLS:
         )
 
 
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def advertised_address(listen: str, port: int, advertise: str | None) -> str:
+    """The ``host:port`` other nodes dial: ``advertise`` (its port, or the one bound),
+    else the host listened on, or this machine's hostname if that is a wildcard."""
+    if advertise:
+        if advertise.startswith("["):  # IPv6: "[addr]" or "[addr]:port"
+            return advertise if "]:" in advertise else f"{advertise}:{port}"
+        if advertise.count(":") == 1:  # "host:port"
+            return advertise
+        if ":" in advertise:  # IPv6 without brackets
+            return f"[{advertise}]:{port}"
+        return f"{advertise}:{port}"
+    host = listen.rsplit(":", 1)[0]
+    if host in _WILDCARDS:
+        host = socket.gethostname()
+        log.info("listening on %s: advertised as %s (set advertise= to change it)", listen, host)
+    return f"{host}:{port}"
+
+
 class GrpcTransport(Transport):
     """Streams to peer nodes over gRPC, authenticated with the cluster token.
 
     ``listen`` is ``host:port`` (port 0: the OS chooses; see `address` after
-    `start`). Without a ``token`` it listens on loopback only. Peers are made known
-    with `add_peer` (the cluster layer does it from the head's membership).
+    `start`). Without a ``token`` it listens on loopback only. ``advertise`` is the
+    ``host`` or ``host:port`` other nodes dial, when that is not the one listened on
+    (a wildcard such as ``0.0.0.0``, a NAT); by default the listening host, or this
+    machine's hostname for a wildcard. Peers are made known with `add_peer` (the
+    cluster layer does it from the head's membership).
     """
 
     def __init__(
@@ -83,9 +108,11 @@ class GrpcTransport(Transport):
         token: str | None = None,
         window: int = DEFAULT_WINDOW,
         tls: TLS | None = None,
+        advertise: str | None = None,
     ) -> None:
         check_listen_address(listen, token)
         self.listen = listen
+        self.advertise = advertise
         self.tls = tls
         self.token = token or ""
         self.window = window
@@ -114,8 +141,7 @@ class GrpcTransport(Transport):
             port = server.add_secure_port(self.listen, self.tls.server_credentials())
         await server.start()
         self._server = server
-        host = self.listen.rsplit(":", 1)[0]
-        self.address = f"{host}:{port}"
+        self.address = advertised_address(self.listen, port, self.advertise)
 
     def add_peer(self, node_id: str, address: str) -> None:
         self.peers[node_id] = address
