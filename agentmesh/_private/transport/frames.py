@@ -33,7 +33,6 @@ __all__ = [
     "MalformedFrame",
     "Outbox",
     "Run",
-    "deadline",
     "pack",
     "plain_tell",
     "unpack_header",
@@ -127,15 +126,6 @@ def unpack_header(wire: bytes) -> tuple[int, float, str, int]:
     return corr, time_left, target, start
 
 
-def deadline(item: wire_pb2.Envelope | bytes, now: float) -> float:
-    """When an ask expires, measured from when its frame arrived (0.0 for a tell)."""
-    if isinstance(item, bytes):
-        corr, time_left, _, _ = unpack_header(item)
-    else:
-        corr, time_left = item.corr, item.time_left
-    return now + time_left if corr else 0.0
-
-
 class Run:
     """Envelopes received in one pickle: plain tells (`TellRecord` tuples) and
     envelopes pickled alone (bytes)."""
@@ -148,7 +138,7 @@ class Run:
 
 
 #: Received, not yet delivered: a run of pickled envelopes, or a typed envelope and
-#: when it expires.
+#: when its frame arrived (its asker's time left counts from then).
 Inbound = Run | tuple[wire_pb2.Envelope, float]
 
 
@@ -164,7 +154,7 @@ def unpickle(batch: wire_pb2.Batch, now: float) -> list[Inbound]:
             raise MalformedFrame(f"a batch of a {type(entries).__name__}, not a list")
     if not batch.envelopes:
         return [Run(entries, now)] if entries else []
-    typed: list[Inbound] = [(item, deadline(item, now)) for item in batch.envelopes]
+    typed: list[Inbound] = [(item, now) for item in batch.envelopes]
     if not entries:
         return typed
     # Interleaved as `order` says: typed envelopes between runs of pickled ones.

@@ -34,14 +34,12 @@ from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, Seria
 from .codec import decode, encode
 from .frames import (
     FRAME_BUDGET,
-    HEADER,
     PLAIN_TYPES,
     SHORT,
     SHORT_TYPES,
     MalformedFrame,
     Outbox,
     StreamRefused,
-    deadline,
     pack,
     plain_tell,
     unpack_header,
@@ -432,7 +430,7 @@ class Link:
                 self._resolve(reply)
             now = asyncio.get_running_loop().time()
             if batch.control:
-                self._control_in.extend((item, deadline(item, now)) for item in batch.control)
+                self._control_in.extend((item, now) for item in batch.control)
                 self._control_ready.set()
             if batch.pickled or batch.envelopes:
                 self.inbox.put(unpickle(batch, now))
@@ -500,8 +498,8 @@ class Link:
         if type(entry) is tuple and len(entry) == 5:
             target, method, args, kwargs, sender = entry
             return Envelope(target, method, args, kwargs or NO_KWARGS, None, new_chain(), sender)
-        if type(entry) is bytes and len(entry) >= HEADER.size:
-            return self._decode(entry, deadline(entry, arrived))
+        if type(entry) is bytes:
+            return self._decode(entry, arrived)
         raise MalformedFrame(f"a {type(entry).__name__} where an envelope should be")
 
     async def _control_delivery(self) -> None:
@@ -510,18 +508,21 @@ class Link:
             while not self._control_in:
                 self._control_ready.clear()
                 await self._control_ready.wait()
-            item, deadline = self._control_in.popleft()
-            env = self._decode(item, deadline)
+            item, arrived = self._control_in.popleft()
+            env = self._decode(item, arrived)
             if env is not None:
                 await self._hand_over(env)
 
-    def _decode(self, wire: wire_pb2.Envelope | bytes, deadline: float) -> Envelope | None:
-        """The envelope a peer sent, decoded once; None if it cannot be (an ask then
-        gets a `SerializationError` back, a tell is logged and dropped)."""
+    def _decode(self, wire: wire_pb2.Envelope | bytes, arrived: float) -> Envelope | None:
+        """The envelope a peer sent in a frame that arrived at ``arrived``, decoded
+        once; None if it cannot be (an ask then gets a `SerializationError` back, a
+        tell is logged and dropped). Raises `MalformedFrame` for a broken header."""
         if isinstance(wire, bytes):
-            corr, _, target, start = unpack_header(wire)
+            corr, time_left, target, start = unpack_header(wire)
         else:
-            corr, target = wire.corr, wire.target
+            corr, time_left, target = wire.corr, wire.time_left, wire.target
+        # An ask expires its asker's time left after its frame arrived.
+        deadline = arrived + time_left if corr else 0.0
         try:
             if isinstance(wire, bytes):
                 method, args, kwargs, chain, sender = pickle.loads(memoryview(wire)[start:])
