@@ -19,7 +19,7 @@ import grpc
 
 import agentmesh as am
 
-from .local import Counting, Echo, timed_asks
+from .local import Counting, Echo, timed_asks, timed_tells
 from .savina import Pinger, Ponger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +44,20 @@ async def _serve_raw() -> None:
         async for message in requests:
             yield message
 
-    handler = grpc.method_handlers_generic_handler(
-        "raw.Raw",
+    await serve_raw(
         {
             "Echo": grpc.unary_unary_rpc_method_handler(echo, *_IDENTITY),
             "Sink": grpc.stream_stream_rpc_method_handler(sink, *_IDENTITY),
             "Pong": grpc.stream_stream_rpc_method_handler(pong, *_IDENTITY),
-        },
+        }
     )
+
+
+async def serve_raw(methods: dict[str, grpc.RpcMethodHandler]) -> None:
+    """Serve ``methods`` as the service ``raw.Raw`` on a free loopback port; print the
+    address first (what `_process` reads), then serve until terminated."""
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("raw.Raw", methods),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"127.0.0.1:{port}", flush=True)
@@ -176,14 +180,8 @@ async def ask_latencies(n: int) -> list[float]:
 async def tell_throughput(n: int) -> float:
     async with _far_node() as (mesh, head):
         counter = await mesh.spawn(Counting, node=head)
-        await counter.value()
-        start = time.perf_counter()
-        for _ in range(n):
-            await counter.increment.tell(1)
-        total = await counter.value()
-        elapsed = time.perf_counter() - start
-    assert total == n, (total, n)
-    return elapsed
+        await counter.value()  # connected
+        return await timed_tells(counter, n)
 
 
 async def ask_throughput(n: int, outstanding: int) -> float:

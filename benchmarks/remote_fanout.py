@@ -21,7 +21,7 @@ import grpc
 
 import agentmesh as am
 
-from .remote import _IDENTITY, _far_node, _process
+from .remote import _IDENTITY, _far_node, _process, serve_raw
 
 TOPIC = "bench.remote.fanout"
 
@@ -94,15 +94,7 @@ async def _serve_raw() -> None:
         await asyncio.gather(*tasks)
         yield b"done"
 
-    handler = grpc.method_handlers_generic_handler(
-        "raw.Raw", {"Fan": grpc.stream_stream_rpc_method_handler(fan, *_IDENTITY)}
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"127.0.0.1:{port}", flush=True)
-    await server.wait_for_termination()
+    await serve_raw({"Fan": grpc.stream_stream_rpc_method_handler(fan, *_IDENTITY)})
 
 
 async def raw_fan_out(subscribers: int, messages: int, per_write: int, maxsize: int) -> float:
