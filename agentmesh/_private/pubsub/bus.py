@@ -196,10 +196,22 @@ class Bus:
     ) -> Callable[[], Awaitable[None]] | None:
         self.published += 1
         self.deliveries += len(subs)
-        memo: dict[Any, Any] = {}
-        for i, sub in enumerate(subs):
-            pending = sub.offer(self, topic, payload, sender, memo)
-            if pending is not None:  # a full buffer with backpressure: wait for room
+        return self._offer_from(subs, 0, topic, payload, sender, {})
+
+    def _offer_from(
+        self,
+        subs: list[Subscription],
+        start: int,
+        topic: str,
+        payload: Any,
+        sender: str | None,
+        memo: dict[Any, Any],
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Deliver to ``subs[start:]`` without waiting; at the first full buffer with
+        backpressure, return what finishes the rest (it waits for that room)."""
+        for i in range(start, len(subs)):
+            pending = subs[i].offer(self, topic, payload, sender, memo)
+            if pending is not None:
                 return functools.partial(
                     self._finish, subs, i, pending, topic, payload, sender, memo
                 )
@@ -215,18 +227,10 @@ class Bus:
         sender: str | None,
         memo: dict[Any, Any],
     ) -> None:
-        """Deliver to ``subs[i]`` (waiting for room) and on, from a publication that
-        `_offer_to` could not finish without waiting."""
-        while True:
-            await subs[i].wait_deliver(self, topic, payload, sender, pending)
-            i += 1
-            while i < len(subs):
-                pending = subs[i].offer(self, topic, payload, sender, memo)
-                if pending is not None:
-                    break
-                i += 1
-            else:
-                return
+        await subs[i].wait_deliver(self, topic, payload, sender, pending)
+        rest = self._offer_from(subs, i + 1, topic, payload, sender, memo)
+        if rest is not None:
+            await rest()
 
     def dead_letter(
         self,
