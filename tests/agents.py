@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import agentmesh as am
@@ -211,3 +212,44 @@ class Probe(am.Agent):
 
     async def info(self, agent_id: str) -> am.AgentInfo:
         return am.AgentInfo.of(self._cell(agent_id))
+
+
+class Pinger(am.Agent):
+    """Asks ``target.add(1)`` over and over from its own task, counting outcomes: the
+    traffic between healthy nodes that a membership change must not break."""
+
+    def __init__(self, target: am.AgentRef) -> None:
+        self.target = target
+        self.ok = 0
+        self.failed: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.target.add.ask(1, timeout=30)
+                self.ok += 1
+            except am.AgentmeshError as exc:
+                self.failed.append(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(0.002)  # pacing, so the node has time for the rest
+
+    async def on_stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def report(self) -> tuple[int, list[str]]:
+        return self.ok, self.failed
+
+
+class Blocker(am.Agent):
+    """Blocks its node's loop (a handler calling ``time.sleep``), as a careless
+    synchronous LLM or tool call would."""
+
+    async def block(self, seconds: float) -> None:
+        time.sleep(seconds)  # noqa: ASYNC251 (the point of this agent)
+
+    async def ping(self) -> str:
+        return "pong"

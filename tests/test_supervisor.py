@@ -500,3 +500,24 @@ async def test_restart_count_and_notice_error_of_a_normal_exit(mesh: am.Mesh) ->
     ]
     await wait_for(lambda: cell.state.value == "running", what="restarted again")
     assert (await mesh.info(worker)).restarts == 2
+
+
+async def test_an_exit_notice_from_an_instance_the_supervisor_no_longer_owns_is_ignored(
+    mesh: am.Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A child restarted elsewhere leaves a stale instance behind on a node that was cut
+    # off; when that one ends, its notice names it, and the supervisor must not take
+    # it for the live child's.
+    recorder = await mesh.spawn(Recorder)
+    spec = am.SupervisorSpec(children=[am.ChildSpec(Worker, "w", recorder, name="w")])
+    sup = await mesh.spawn(am.Supervisor, spec)
+    [child] = await sup.children()
+    assert sup._cell is not None
+    key = sup._cell.instance._children[0].key  # type: ignore[union-attr]
+    sup._cell.deliver_notice("!child_exited", key, "crash", "stale boom", True, "sys.gone.1")
+    assert await sup.children() == [child]  # the notice went through the mailbox first
+    assert "restarting w" not in caplog.text
+    # The same notice naming the live instance is acted on (the path is real).
+    sup._cell.deliver_notice("!child_exited", key, "crash", "live boom", True, child.ref.id)
+    await wait_for(lambda: "restarting w after live boom" in caplog.text, what="acted on")
+    assert "stale boom" not in caplog.text

@@ -1,8 +1,9 @@
-"""The ``agentmesh`` command: ``head``, ``node`` and ``status``.
+"""The ``agentmesh`` command: ``head``, ``node``, ``status``, ``drain`` and ``stop``.
 
 Daemons print the address they bound as their first line of output (so ``--listen
-127.0.0.1:0`` works for scripts), then serve until SIGTERM or SIGINT, when they
-stop their agents and leave the cluster cleanly.
+127.0.0.1:0`` works for scripts), then serve until SIGTERM or SIGINT or a drain
+request (``agentmesh drain NODE``), when they hand over the agents supervisors on
+other nodes own (those start again elsewhere), stop the rest and leave the cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import textwrap
 from dataclasses import asdict
 from typing import Any
 
-from .kernel.errors import AgentmeshError
+from .kernel.errors import AgentmeshError, AgentNotFound
 from .mesh import Mesh
 from .placement.resources import machine_resources
 from .running import run
@@ -50,7 +51,38 @@ async def _serve(mesh: Mesh) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        waits = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(mesh.wait_drain_request()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        await mesh.drain()
+
+
+async def _drain(address: str, token: str | None, node: str, tls: TLS | None) -> None:
+    """Ask a node (by id or address) to drain, and wait until it has left."""
+    async with Mesh(join=address, token=token, tls=tls) as mesh:
+        nodes = await mesh.nodes()
+        match = [n for n in nodes if n.alive and node in (n.id, n.address)]
+        if not match:
+            known = ", ".join(f"{n.id} ({n.address})" for n in nodes if n.alive)
+            raise AgentNotFound(f"no live node {node!r}; live nodes: {known}")
+        target = match[0].id
+        async with asyncio.timeout(120):
+            await mesh.drain_node(target)
+    print(f"node {target} drained and left")
+
+
+async def _stop(address: str, token: str | None, name: str, tls: TLS | None) -> None:
+    """Stop the agent registered as ``name``, wherever it runs."""
+    async with Mesh(join=address, token=token, tls=tls) as mesh:
+        ref = await mesh.get(name)
+        await ref.stop()
+    print(f"agent {name!r} stopped")
 
 
 def _amount(name: str, value: float) -> str:
@@ -141,6 +173,18 @@ def main(argv: list[str] | None = None) -> None:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--token", help=token_help)
     _tls_arguments(status)
+    drain = commands.add_parser(
+        "drain", help="ask a node to hand its agents over and leave, and wait until it has"
+    )
+    drain.add_argument("node", help="the node's id or address")
+    drain.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
+    drain.add_argument("--token", help=token_help)
+    _tls_arguments(drain)
+    stop = commands.add_parser("stop", help="stop the agent registered under a name")
+    stop.add_argument("name", help="the agent's name")
+    stop.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
+    stop.add_argument("--token", help=token_help)
+    _tls_arguments(stop)
     args = parser.parse_args(argv)
     try:
         if args.command == "head":
@@ -169,6 +213,10 @@ def main(argv: list[str] | None = None) -> None:
                 _role="worker",
             )
             run(_serve(mesh))
+        elif args.command == "drain":
+            run(_drain(args.address, args.token, args.node, _tls(args)))
+        elif args.command == "stop":
+            run(_stop(args.address, args.token, args.name, _tls(args)))
         else:
             run(_status(args.address, args.token, args.json, _tls(args)))
     except (AgentmeshError, OSError, RuntimeError) as exc:  # RuntimeError: a bind failure

@@ -253,6 +253,38 @@ class Mesh:
                     current_node.reset(self._token)
                 self._token = None
 
+    async def drain(self) -> None:
+        """Leave the cluster gracefully, handing agents over first: every agent here
+        that a supervisor on another node owns stops, and that supervisor starts it
+        again on another node that fits it (as when a node dies, but in order and
+        with nothing lost); placement picks this node no more. Then the mesh closes
+        as `aclose` does. Daemons do this on SIGTERM and SIGINT. Idempotent; on an
+        embedded mesh it is `aclose`."""
+        if self._membership is not None and not self._node.closed and self._entered:
+            await self._membership.drain()
+        await self.aclose()
+
+    async def wait_drain_request(self) -> None:
+        """Wait until another program asks this node to drain (``agentmesh drain``,
+        `drain_node`); the program hosting the node then calls `drain`."""
+        if self._membership is None:
+            await asyncio.Future()  # an embedded mesh is never asked: wait forever
+        assert self._membership is not None
+        await self._membership.drain_requested.wait()
+
+    async def drain_node(self, node_id: str) -> None:
+        """Ask node ``node_id`` to drain (hand its agents over and leave, see `drain`);
+        returns once it has left. Bound the wait with ``asyncio.timeout`` if needed."""
+        if self._membership is None:
+            raise AgentUnavailable(f"node {node_id} is not reachable: this mesh is embedded")
+        service = self._membership.service(node_id)
+        left = asyncio.ensure_future(self._node.wait_terminated(service))
+        try:
+            await service.drain()
+            await left
+        finally:
+            left.cancel()
+
     async def _flush(self) -> None:
         """Before leaving: wait (up to the shutdown timeout) until what this node told
         agents on other nodes is in their mailboxes, so closing loses none of it."""

@@ -3,20 +3,30 @@
 It is an agent like any other, reached by asks over the same streams as user
 traffic. Nodes register, then heartbeat; a node silent for ``dead_after`` seconds is
 declared dead and dropped, with its names. Every heartbeat answer carries the live
-membership, so nodes learn of joins and deaths within one heartbeat.
+membership and the nodes that are gone (dead or left), so nodes learn of joins and
+deaths within one heartbeat.
+
+A node is only ever declared gone by a verdict (missed heartbeats, or a clean
+leave), never because a list lacks it: a head that restarts knows nobody, and the
+first node to register again must not conclude that the others died. A new head
+learns the members each registering node knew; one that does not register within
+``dead_after`` is declared dead then. A node declared dead that comes back is told
+so, fences itself (see `Membership.fence`), and only then joins again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from ..kernel.agent import Agent
 from ..kernel.ref import AgentRef
 from ..placement.scheduler import Resources, Scheduler
 
-__all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_HEARTBEAT", "Directory", "NodeInfo"]
+__all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_HEARTBEAT", "Beat", "Directory", "NodeInfo"]
 
 log = logging.getLogger("agentmesh.cluster")
 
@@ -24,6 +34,8 @@ log = logging.getLogger("agentmesh.cluster")
 DEFAULT_HEARTBEAT = 0.5
 #: Seconds of silence after which the head declares a node dead.
 DEFAULT_DEAD_AFTER = 2.5
+#: How many gone nodes (dead or left) the head remembers, newest kept.
+GONE_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,25 @@ class NodeInfo:
     last_seen: float = 0.0
     #: Of ``resources``, how much placement has reserved for agents.
     used: dict[str, float] = field(default_factory=dict)
+    #: Handing its agents over before it leaves (``agentmesh drain``, SIGTERM):
+    #: placement no longer picks it.
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """The head's answer to a registration or a heartbeat.
+
+    ``status`` is ``"ok"`` (``members`` and ``gone`` are current), ``"unknown"`` (this
+    head does not know the node: it must register) or ``"dead"`` (the node was
+    declared dead: it must fence itself before it registers again). ``gone`` maps
+    each node known to be dead or to have left to why; only those are down.
+    """
+
+    status: Literal["ok", "unknown", "dead"]
+    members: dict[str, str] = field(default_factory=dict)
+    gone: dict[str, str] = field(default_factory=dict)
+    interests: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 class Directory(Agent):
@@ -58,6 +89,11 @@ class Directory(Agent):
         self.names: dict[str, AgentRef] = {}
         #: Each node's pub/sub interest: the patterns its subscribers hold.
         self.interests: dict[str, frozenset[str]] = {}
+        #: Nodes declared dead or that left (id -> why), newest last, bounded.
+        self.gone: collections.OrderedDict[str, str] = collections.OrderedDict()
+        #: Nodes a registering node knew that have not registered here yet (a new
+        #: head): id -> when first heard of. Declared dead if silent ``dead_after``.
+        self.expected: dict[str, float] = {}
         self._watchdog: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
@@ -77,16 +113,29 @@ class Directory(Agent):
         node: NodeInfo,
         names: dict[str, AgentRef],
         held: dict[str, Resources] | None = None,
-    ) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
+        known: dict[str, str] | None = None,
+        fenced: bool = False,
+    ) -> Beat:
         """A node joins (or rejoins after a head restart, with the names and the
-        reservations it holds). Returns the live members (node id -> address) and
-        their pub/sub interest."""
+        reservations it holds, and the members it ``known``).
+
+        A node this head declared dead is refused (status ``"dead"``) until it says
+        it has ``fenced`` itself. Returns the membership and pub/sub interests.
+        """
+        if node.id in self.gone and self.gone[node.id] != "left" and not fenced:
+            return Beat("dead")
+        self.gone.pop(node.id, None)
+        self.expected.pop(node.id, None)
         self.nodes[node.id] = replace(node, alive=True, last_seen=self._now())
         for name, ref in names.items():
             self.names.setdefault(name, ref)
         self.scheduler.node_up(node.id, node.role, node.resources, node.labels, held)
+        now = self._now()
+        for peer in known or {}:
+            if peer not in self.nodes and peer not in self.gone:
+                self.expected.setdefault(peer, now)
         log.info("node %s (%s) joined from %s", node.id, node.role, node.address)
-        return self._members(), dict(self.interests)
+        return self._beat(interests=True)
 
     async def set_interest(self, node_id: str, patterns: frozenset[str]) -> None:
         """A node's subscribers changed: tell every other live node, and return once
@@ -106,12 +155,13 @@ class Directory(Agent):
 
     async def heartbeat(
         self, node_id: str, agents: int, mailbox_depth: int, held: int = 0, refused: int = 0
-    ) -> dict[str, str] | None:
-        """A node is alive; returns the live members, or None if it is not registered
-        (a new head, or it was declared dead): it must register again."""
+    ) -> Beat:
+        """A node is alive; returns the membership, or tells it to register (a new
+        head) or to fence itself first (it was declared dead)."""
         node = self.nodes.get(node_id)
         if node is None or not node.alive:
-            return None
+            dead = node_id in self.gone and self.gone[node_id] != "left"
+            return Beat("dead" if dead else "unknown")
         self.nodes[node_id] = replace(
             node,
             agents=agents,
@@ -120,7 +170,16 @@ class Directory(Agent):
             refused=refused,
             last_seen=self._now(),
         )
-        return self._members()
+        return self._beat()
+
+    async def draining(self, node_id: str) -> None:
+        """A node hands its agents over before it leaves: place nothing new there."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive:
+            return
+        self.nodes[node_id] = replace(node, draining=True)
+        self.scheduler.node_down(node_id)
+        log.info("node %s is draining", node_id)
 
     async def address(self, node_id: str) -> str | None:
         """Where a live node listens, or None."""
@@ -146,13 +205,21 @@ class Directory(Agent):
             for n in self.nodes.values()
         ]
 
-    def _members(self) -> dict[str, str]:
-        return {n.id: n.address for n in self.nodes.values() if n.alive}
+    def _beat(self, interests: bool = False) -> Beat:
+        members = {n.id: n.address for n in self.nodes.values() if n.alive}
+        return Beat("ok", members, dict(self.gone), dict(self.interests) if interests else {})
+
+    def _bury(self, node_id: str, why: str) -> None:
+        self.gone[node_id] = why
+        self.gone.move_to_end(node_id)
+        while len(self.gone) > GONE_KEPT:
+            self.gone.popitem(last=False)
 
     def _drop(self, node_id: str, why: str) -> None:
         node = self.nodes.get(node_id)
         if node is None or not node.alive:
             return
+        self._bury(node_id, why)
         self.nodes[node_id] = replace(node, alive=False)
         self.interests.pop(node_id, None)
         self.scheduler.node_down(node_id)
@@ -169,6 +236,11 @@ class Directory(Agent):
             for node in list(self.nodes.values()):
                 if node.alive and node.role != "head" and node.last_seen < deadline:
                     self._drop(node.id, f"missed heartbeats for {self.dead_after:g}s: dead")
+            for node_id, since in list(self.expected.items()):
+                if since < deadline:
+                    del self.expected[node_id]
+                    self._bury(node_id, "did not join the new head in time: dead")
+                    log.warning("node %s did not join the new head in time: dead", node_id)
 
     # -- names ----------------------------------------------------------------------
 

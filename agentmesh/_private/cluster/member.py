@@ -3,9 +3,12 @@ through which other nodes act on it (remote spawn, status).
 
 A head hosts the `Directory`; every other node dials the head, registers, and
 heartbeats. Heartbeat answers carry the membership: a node learns the addresses of
-new peers from them, and, when a peer drops out, fails at once every ask waiting on
-it. If the head goes away, nodes keep serving each other and register again when a
-head answers at the same address (the head rebuilds its registry from them).
+new peers from them and, when the head declares a peer gone (dead or left), fails at
+once every ask waiting on it. If the head goes away, nodes keep serving each other
+and register again when a head answers at the same address (the head rebuilds its
+registry from them). A node the head declared dead fences itself before it joins
+again: the agents that supervisors elsewhere own (and have restarted elsewhere)
+stop here. A draining node hands those agents over before it leaves.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..placement.scheduler import LocalPlacer, Scheduler
 from ..pubsub.topics import TopicTrie
 from ..supervision.spec import ChildSpec
 from ..transport.grpc_transport import GrpcTransport
-from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Directory, NodeInfo
+from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Beat, Directory, NodeInfo
 from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
 
 if TYPE_CHECKING:
@@ -84,6 +87,11 @@ class NodeService(Agent):
             return await child_op(self._am_cell.node, agent_id, op, arg)
         except AgentmeshError as exc:
             return exc
+
+    async def drain(self) -> None:
+        """Someone asked this node to hand its agents over and leave (``agentmesh
+        drain``): the program running it hears it through `Mesh.wait_drain_request`."""
+        self._membership.drain_requested.set()
 
     async def interest(self, node_id: str, patterns: frozenset[str]) -> None:
         """Node ``node_id``'s subscribers now hold ``patterns``."""
@@ -224,6 +232,9 @@ class Membership:
         self._interest_keys: dict[str, dict[str, int]] = {}
         self._keys = itertools.count()
         self._loop_task: asyncio.Task[None] | None = None
+        self._buried: set[str] = set()  # gone nodes already taken down here
+        #: Set when another program asks this node to drain (``agentmesh drain``).
+        self.drain_requested = asyncio.Event()
 
     # -- joining ---------------------------------------------------------------------
 
@@ -263,29 +274,43 @@ class Membership:
 
     async def _register(self) -> None:
         assert self.directory is not None
-        names = {name: cell.ref for name, cell in self.node.names.items()}
-        held = {
-            c.reservation.key: c.reservation.resources
-            for c in self.node.cells.values()
-            if c.reservation is not None
-        }
-        members, interests = await self.directory.register.ask(self._me(), names, held, timeout=5.0)
-        self._update(members)
-        for peer, patterns in interests.items():
+        beat = await self.directory.register.ask(*self._registration(False), timeout=5.0)
+        if beat.status == "dead":
+            await self.fence("the head declared this node dead")
+            beat = await self.directory.register.ask(*self._registration(True), timeout=5.0)
+        self._update(beat)
+        for peer, patterns in beat.interests.items():
             if peer != self.node.id:
                 self.apply_interest(peer, patterns)
         bus = self.node.bus
         if bus is not None and bus.interest() and bus.share_interest is not None:
             await self.share_interest(bus.interest())  # a new head learns it again
 
-    def _update(self, members: dict[str, str]) -> None:
-        for peer, address in members.items():
+    def _registration(self, fenced: bool) -> tuple[Any, ...]:
+        names = {name: cell.ref for name, cell in self.node.names.items()}
+        held = {
+            c.reservation.key: c.reservation.resources
+            for c in self.node.cells.values()
+            if c.reservation is not None
+        }
+        return self._me(), names, held, dict(self.members), fenced
+
+    def _update(self, beat: Beat) -> None:
+        """Take the head's view: new peers are dialable; gone ones are down. A peer
+        missing from ``members`` is not down (a new head may not know it yet)."""
+        for peer, address in beat.members.items():
             if peer != self.node.id:
                 self.transport.add_peer(peer, address)
-        for gone in set(self.members) - set(members):
-            self.node_down(gone)
+        self.members.update(beat.members)
+        for gone, why in beat.gone.items():
+            if gone == self.node.id or gone in self._buried:
+                continue
+            self._buried.add(gone)
+            self.members.pop(gone, None)
+            self.node_down(gone, why)
             self.apply_interest(gone, frozenset())
-        self.members = dict(members)
+        # Remember only what the head still lists, so this stays bounded.
+        self._buried &= beat.gone.keys()
 
     async def _resolve(self, peer: str) -> str | None:
         """Ask the head where a node we have not heard of yet listens."""
@@ -299,11 +324,61 @@ class Membership:
             self.transport.add_peer(peer, address)
         return address
 
-    def node_down(self, peer: str) -> None:
-        """A peer is dead: fail at once every ask waiting on it."""
-        log.warning("node %s is down", peer)
-        self.transport.peer_down(peer, f"node {peer} is down")
-        self.node.peer_down(peer, f"node {peer} is down")
+    def node_down(self, peer: str, why: str = "dead") -> None:
+        """A peer is gone: fail at once every ask waiting on it; its agents' watchers
+        here hear ``node_down``."""
+        level = logging.INFO if why in ("left", "the head restarted") else logging.WARNING
+        log.log(level, "node %s is down: %s", peer, why)
+        reason = f"node {peer} is down" if why != "left" else f"node {peer} left the cluster"
+        self.transport.peer_down(peer, reason)
+        self.node.peer_down(peer, reason)
+
+    async def drain(self) -> None:
+        """Hand this node's agents over before it leaves: placement stops picking it,
+        then each agent a supervisor elsewhere owns stops and its supervisor hears
+        that its node went down, so it starts the agent again on another node (as
+        after a crash of the node, but with nothing lost in flight). Returns once
+        every such supervisor has been told."""
+        if self.directory is not None:
+            try:
+                await self.directory.draining.ask(self.node.id, timeout=5.0)
+            except AgentmeshError as exc:
+                log.warning("could not tell the head this node is draining: %s", exc)
+        why = f"node {self.node.id} is draining"
+        log.info("%s: handing its agents over", why)
+        owned = [c for c in self.node.cells.values() if isinstance(c.exit_listener, ChildLink)]
+        links: list[ChildLink] = []
+        for cell in owned:
+            link = cell.exit_listener
+            assert isinstance(link, ChildLink)
+            link.moving = why
+            links.append(link)
+        await asyncio.gather(*(cell.stop(self.node.shutdown_timeout) for cell in owned))
+        for link in links:
+            for peer, env in link.outbox:
+                try:
+                    await self.transport.send(peer, env)
+                except AgentmeshError as exc:
+                    agent = env.args[-1]
+                    log.warning("could not hand %s over to node %s: %s", agent, peer, exc)
+            link.outbox.clear()
+
+    async def fence(self, why: str) -> None:
+        """This node was declared dead while it was away (paused, cut off, blocked):
+        the supervisors of its agents that live on other nodes have counted those
+        agents lost and restarted them elsewhere, so the instances here stop, without
+        telling anyone (what they would say is stale). The node's own remote
+        children were stopped by their nodes (they heard this node die), so its
+        watchers of remote agents hear ``node_down`` and its supervisors start them
+        again. Nothing here may be two places at once."""
+        log.warning("fencing node %s: %s", self.node.id, why)
+        timeout = self.node.shutdown_timeout
+        owned = [c for c in self.node.cells.values() if isinstance(c.exit_listener, ChildLink)]
+        for cell in owned:
+            cell.exit_listener = None  # its supervisor already counted it lost
+        await asyncio.gather(*(cell.stop(timeout) for cell in owned))
+        for peer in {ref.node for ref in self.node.remote_monitors.refs.values()}:
+            self.node.peer_down(peer, f"node {self.node.id} was cut off from node {peer}")
 
     # -- pub/sub across nodes -------------------------------------------------------
 
@@ -364,23 +439,28 @@ class Membership:
         depth = sum(len(c.mailbox) for c in cells)
         held, refused = self.transport.counters()
         try:
-            members = await self.directory.heartbeat.ask(
+            beat: Beat | None = await self.directory.heartbeat.ask(
                 self.node.id, len(cells), depth, held, refused, timeout=self.dead_after
             )
         except AgentNotFound:
-            members = None
+            beat = None
         except (AgentUnavailable, AuthError):
             # The head is gone, or another process answers at its address (a new
             # head, with a new id): join whoever serves there now, and register.
             if self.head_address is None:
                 raise
+            old = self.directory.node
             await self._join()
+            if self.directory.node != old:  # that head's process is gone for sure
+                self._buried.add(old)
+                self.members.pop(old, None)
+                self.node_down(old, "the head restarted")
             await self._register()
             return
-        if members is None:
-            await self._register()  # the head restarted, or declared us dead
+        if beat is None or beat.status != "ok":
+            await self._register()  # a new head (it fences first if declared dead)
             return
-        self._update(members)
+        self._update(beat)
 
     async def stop(self) -> None:
         if self._loop_task is not None:

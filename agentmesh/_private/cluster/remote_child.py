@@ -36,24 +36,48 @@ log = logging.getLogger("agentmesh.cluster")
 
 
 class ChildLink:
-    """The exit listener of a child whose supervisor lives on another node."""
+    """The exit listener of a child whose supervisor lives on another node.
 
-    __slots__ = ("key", "node", "restart", "supervisor")
+    Each notice names the instance (its agent id) so the supervisor can ignore one
+    from an instance it no longer owns (a stale one on a node that came back).
+    ``moving`` is set when this node is draining: the child's exit then reads to
+    its supervisor as its node going down, so it starts again elsewhere.
+    """
+
+    __slots__ = ("key", "moving", "node", "outbox", "restart", "supervisor")
 
     def __init__(self, node: Node, supervisor: AgentRef, key: int, restart: str) -> None:
         self.node = node
         self.supervisor = supervisor
         self.key = key
         self.restart = restart
+        self.moving: str | None = None
+        #: While draining, notices wait here for the drain to send (and await) them.
+        self.outbox: list[tuple[str, Envelope]] = []
 
     def __call__(self, cell: Cell, reason: ExitReason, error: str | None) -> bool:
+        if self.moving is not None:
+            notice = (self.key, "node_down", self.moving, takes_restart(self.restart, "node_down"))
+            self._tell(cell, notice)
+            return False  # this instance ends here; its supervisor starts a new one
         takes = not cell.stop_requested and takes_restart(self.restart, reason)
-        notice = (self.key, reason, error, takes)
-        env = Envelope(
-            self.supervisor.id, "!child_exited", notice, NO_KWARGS, None, new_chain(), None
-        )
-        self.node.send_to_peer(self.supervisor.node, env)
+        self._tell(cell, (self.key, reason, error, takes))
         return takes
+
+    def _tell(self, cell: Cell, notice: tuple[Any, ...]) -> None:
+        env = Envelope(
+            self.supervisor.id,
+            "!child_exited",
+            (*notice, cell.id),
+            NO_KWARGS,
+            None,
+            new_chain(),
+            None,
+        )
+        if self.moving is not None:
+            self.outbox.append((self.supervisor.node, env))
+        else:
+            self.node.send_to_peer(self.supervisor.node, env)
 
 
 class OrphanGuard:
@@ -105,6 +129,8 @@ class RemoteCell:
     def exited(self, reason: ExitReason, error: str | None, taken: bool) -> None:
         if error is not None:
             self.last_error = error
+        if reason == "node_down":  # its node is draining: start it elsewhere
+            self.lost = True
         if taken:
             self.state = State.RESTARTING
         else:
@@ -189,6 +215,13 @@ class RemoteChildren:
         """Start a child lost with its node again, on another node that fits it."""
         placer = self.node.placer
         assert placer is not None
+        # Where the old node is still reachable (it is draining, or this node was
+        # the one cut off), make sure the old instance is gone first.
+        try:
+            timeout = self.node.shutdown_timeout
+            await self.operate(cell.ref, "stop", timeout, ask_timeout=timeout + _SLACK)
+        except AgentmeshError as exc:
+            log.debug("old instance of %s not stopped: %s", cell.label, exc)
         lost = frozenset({cell.ref.node})
         ticket = await placer.reserve(cell.spec.placement, exclude=lost)
         log.warning(
@@ -225,9 +258,11 @@ class RemoteChildren:
         self.node.monitor(ref, supervisor._cell)  # its node's death reaches the supervisor
         return ref
 
-    async def operate(self, ref: AgentRef, op: str, arg: Any) -> Any:
+    async def operate(
+        self, ref: AgentRef, op: str, arg: Any, ask_timeout: float | None = None
+    ) -> Any:
         service = self.membership.service(ref.node)
-        outcome = await service.child_op(ref.id, op, arg)
+        outcome = await service.child_op.ask(ref.id, op, arg, timeout=ask_timeout)
         if isinstance(outcome, AgentmeshError):
             raise outcome
         return outcome
@@ -237,6 +272,9 @@ class RemoteChildren:
             self.membership.service(ref.node).child_op.tell_nowait(ref.id, op, arg)
         except AgentmeshError as exc:
             log.info("could not %s %s: %s", op, ref, exc)
+
+
+_SLACK = 5.0  # seconds a stop request may take beyond the stop itself
 
 
 async def child_op(node: Node, agent_id: str, op: str, arg: Any) -> Any:

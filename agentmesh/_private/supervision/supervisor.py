@@ -211,10 +211,20 @@ class Supervisor(Agent):
     # -- restarting -----------------------------------------------------------------
 
     async def _child_exited(
-        self, key: int, reason: ExitReason, error: str | None, taken: bool
+        self,
+        key: int,
+        reason: ExitReason,
+        error: str | None,
+        taken: bool,
+        instance: str | None = None,
     ) -> None:
         child = next((c for c in self._children if c.key == key), None)
         if child is None or child.cell is None:
+            return
+        if instance is not None and instance != child.cell.ref.id:
+            # An instance this supervisor no longer owns (it was restarted elsewhere
+            # while its node was away): what it says is stale.
+            log.info("%s: ignoring the exit of a stale instance %s", self._label, instance)
             return
         if hasattr(child.cell, "exited"):  # a child on another node: note what it said
             child.cell.exited(reason, error, taken)
