@@ -46,6 +46,17 @@ def test_supervision_restarts_workers_and_keeps_their_work() -> None:
     assert rows["w3"][:4] == ["Worker", "permanent", "running", "restarts=1"]
 
 
+def test_rolling_update_hands_the_agent_over() -> None:
+    out = _run(str(EXAMPLES / "rolling_update.py"))
+    assert out.splitlines() == [
+        "on the first worker: True 11",
+        "the first worker exited with 0",
+        "on the second worker: True 11",
+        "state: running restarts: 1",
+        "the old ref: AgentUnavailable",
+    ]
+
+
 def test_pubsub_types_ticks_and_dead_letters_the_bad_one() -> None:
     out = _run(str(EXAMPLES / "pubsub.py"), "--steps", "10")
     assert "trader: 29 ticks, each venue in order: True" in out  # lse's step 7 is invalid
