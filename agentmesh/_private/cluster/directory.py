@@ -9,8 +9,9 @@ deaths within one heartbeat.
 A node is only ever declared gone by a verdict (missed heartbeats, or a clean
 leave), never because a list lacks it: a head that restarts knows nobody, and the
 first node to register again must not conclude that the others died. A new head
-learns the members each registering node knew; one that does not register within
-``dead_after`` is declared dead then. A node declared dead that comes back is told
+learns the members each registering node knew; one that has not registered within
+``dead_after`` is pinged, and declared dead only if it does not answer (a live node
+may just be slow to find the new head). A node declared dead that comes back is told
 so, fences itself (see `Membership.fence`), and only then joins again.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..kernel.agent import Agent
+from ..kernel.errors import AgentmeshError
 from ..kernel.ref import AgentRef
 from ..placement.scheduler import Resources, Scheduler
 
@@ -92,8 +94,10 @@ class Directory(Agent):
         #: Nodes declared dead or that left (id -> why), newest last, bounded.
         self.gone: collections.OrderedDict[str, str] = collections.OrderedDict()
         #: Nodes a registering node knew that have not registered here yet (a new
-        #: head): id -> when first heard of. Declared dead if silent ``dead_after``.
-        self.expected: dict[str, float] = {}
+        #: head): id -> (address, since when). Pinged once ``dead_after`` has passed,
+        #: and declared dead if they do not answer.
+        self.expected: dict[str, tuple[str, float]] = {}
+        self._pings: set[str] = set()
         self._watchdog: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
@@ -131,9 +135,9 @@ class Directory(Agent):
             self.names.setdefault(name, ref)
         self.scheduler.node_up(node.id, node.role, node.resources, node.labels, held)
         now = self._now()
-        for peer in known or {}:
+        for peer, address in (known or {}).items():
             if peer not in self.nodes and peer not in self.gone:
-                self.expected.setdefault(peer, now)
+                self.expected.setdefault(peer, (address, now))
         log.info("node %s (%s) joined from %s", node.id, node.role, node.address)
         return self._beat(interests=True)
 
@@ -182,9 +186,12 @@ class Directory(Agent):
         log.info("node %s is draining", node_id)
 
     async def address(self, node_id: str) -> str | None:
-        """Where a live node listens, or None."""
+        """Where a live node listens (or one expected to register), or None."""
         node = self.nodes.get(node_id)
-        return node.address if node is not None and node.alive else None
+        if node is not None and node.alive:
+            return node.address
+        expected = self.expected.get(node_id)
+        return None if expected is None else expected[0]
 
     async def leave(self, node_id: str) -> None:
         """A node leaves cleanly: it is forgotten (a dead one stays listed, down)."""
@@ -236,11 +243,26 @@ class Directory(Agent):
             for node in list(self.nodes.values()):
                 if node.alive and node.role != "head" and node.last_seen < deadline:
                     self._drop(node.id, f"missed heartbeats for {self.dead_after:g}s: dead")
-            for node_id, since in list(self.expected.items()):
-                if since < deadline:
-                    del self.expected[node_id]
-                    self._bury(node_id, "did not join the new head in time: dead")
-                    log.warning("node %s did not join the new head in time: dead", node_id)
+            for node_id, (_, since) in list(self.expected.items()):
+                if since < deadline and node_id not in self._pings:
+                    self._pings.add(node_id)
+                    self._am_cell.spawn_task(self._ping(node_id))
+
+    async def _ping(self, node_id: str) -> None:
+        """An expected node is late to register: is it alive at all?"""
+        try:
+            await self._service(node_id).ping.ask(timeout=self.dead_after)
+        except AgentmeshError as exc:
+            if node_id in self.expected:
+                del self.expected[node_id]
+                self._bury(node_id, f"did not join the new head and did not answer: {exc}")
+                log.warning("node %s did not join the new head and does not answer", node_id)
+        else:
+            if node_id in self.expected:  # alive: it will register; wait some more
+                address, _ = self.expected[node_id]
+                self.expected[node_id] = (address, self._now())
+        finally:
+            self._pings.discard(node_id)
 
     # -- names ----------------------------------------------------------------------
 

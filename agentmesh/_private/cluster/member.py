@@ -93,6 +93,10 @@ class NodeService(Agent):
         drain``): the program running it hears it through `Mesh.wait_drain_request`."""
         self._membership.drain_requested.set()
 
+    async def ping(self) -> str:
+        """Alive? (A new head asks a node it expects but has not heard from.)"""
+        return self._am_cell.node.id
+
     async def interest(self, node_id: str, patterns: frozenset[str]) -> None:
         """Node ``node_id``'s subscribers now hold ``patterns``."""
         self._membership.apply_interest(node_id, patterns)
@@ -310,7 +314,7 @@ class Membership:
             self.node_down(gone, why)
             self.apply_interest(gone, frozenset())
         # Remember only what the head still lists, so this stays bounded.
-        self._buried &= beat.gone.keys()
+        self._buried.intersection_update(beat.gone)
 
     async def _resolve(self, peer: str) -> str | None:
         """Ask the head where a node we have not heard of yet listens."""
@@ -432,6 +436,8 @@ class Membership:
                 await self._beat_once()
             except AgentmeshError as exc:
                 log.info("heartbeat to the head failed: %s", exc)
+            except Exception:  # a bug here must not silently end this node's beat
+                log.exception("heartbeat failed")
 
     async def _beat_once(self) -> None:
         assert self.directory is not None
