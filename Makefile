@@ -1,37 +1,53 @@
-# Every target creates .venv and installs what it needs by itself.
+# Every target creates .venv and installs what it needs by itself, from the locks in
+# requirements/ (every version pinned, hashes checked): `make demo` the runtime
+# dependencies only, the other targets the dev extra. Editing a lock reinstalls.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --quiet
+DEMO := $(VENV)/.demo-installed
+DEV := $(VENV)/.dev-installed
 
-.PHONY: demo test lint typecheck pytest bench proto clean
+.PHONY: demo test lint typecheck pytest bench proto lock clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+
+# $(DEMO) from requirements/demo.txt, $(DEV) from requirements/dev.txt (the same pins and
+# more, so a venv made by `make demo` is completed by `make test`). Then agentmesh itself,
+# editable, built by the locked setuptools.
+$(VENV)/.%-installed: requirements/%.txt pyproject.toml | $(BIN)/python
+	$(PIP) install --require-hashes -r $<
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
 
 # Predator-prey on the embedded mesh: progress bar, summary, CSV/JSON and a PNG plot.
-demo: $(STAMP)
+demo: $(DEMO)
 	$(BIN)/python examples/predator_prey.py --out sim-results
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check agentmesh tests examples benchmarks
 	$(BIN)/ruff format --check agentmesh tests examples benchmarks
 	$(BIN)/mypy --strict agentmesh benchmarks
 
-pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+# pytest's exit 5 (no test collected) fails too, saying so: this suite is never empty.
+pytest: $(DEV)
+	$(BIN)/python -m pytest -q || { status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "pytest collected no test" >&2; fi; exit $$status; }
 
 test: lint pytest
 
 # Regenerate the wire code from protos/ (checked in; tests/test_proto.py checks it).
-proto: $(STAMP)
+proto: $(DEV)
 	$(BIN)/python -m agentmesh._private.protogen
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python -m benchmarks
 
+# Regenerate requirements/*.txt after editing pyproject.toml or requirements/build.in
+# (needs the network; see requirements/README.md). LOCK_FLAGS=--upgrade moves every pin.
+lock:
+	PY=$(PY) LOCK_FLAGS='$(LOCK_FLAGS)' bash requirements/lock.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
