@@ -35,6 +35,19 @@ async def start_worker(head: str) -> tuple[asyncio.subprocess.Process, str]:
     return worker, address
 
 
+async def find_on(mesh: am.Mesh, name: str, node: str) -> am.AgentRef:
+    """The agent registered as ``name`` once it runs on ``node`` (its supervisor is
+    starting it there; meanwhile the name may be free or still the old instance's)."""
+    while True:
+        try:
+            ref = await mesh.get(name)
+            if ref.node == node:
+                return ref
+        except am.AgentNotFound:
+            pass
+        await asyncio.sleep(0.05)
+
+
 async def main() -> None:
     async with am.Mesh(listen="127.0.0.1:0") as head:
         assert head.address is not None
@@ -50,9 +63,7 @@ async def main() -> None:
 
             old.send_signal(signal.SIGTERM)  # drain: hand over, then leave
             print("the first worker exited with", await old.wait())
-            while (await head.get("c")).node != second:  # noqa: ASYNC110 (a poll, as a user would)
-                await asyncio.sleep(0.05)  # the supervisor starts it on the other worker
-            moved = await head.get("c")
+            moved = await find_on(head, "c", second)
             print("on the second worker:", moved.node == second, await moved.add(1))
             [child] = await sup.children()
             print("state:", child.state, "restarts:", child.restarts)
