@@ -147,6 +147,7 @@ def test_every_example_is_covered() -> None:
         "predator_prey.py",
         "market.py",
         "llm_team.py",
+        "rolling_update.py",
     }
 
 
