@@ -40,8 +40,11 @@ class Daemon:
             self.log.extend(chunk)
 
     @classmethod
-    async def start(cls, *args: str) -> Daemon:
+    async def start(cls, *args: str, netns: str | None = None) -> Daemon:
+        """Start ``agentmesh *args`` (inside network namespace ``netns``, if given)."""
+        inside = ("ip", "netns", "exec", netns) if netns is not None else ()
         process = await asyncio.create_subprocess_exec(
+            *inside,
             sys.executable,
             "-m",
             "agentmesh",
