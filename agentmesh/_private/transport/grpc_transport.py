@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -322,6 +323,7 @@ class GrpcTransport(Transport):
             node.offer_tells,
             self.window,
         )
+        link.on_malformed = functools.partial(self._malformed, link)
         current = self.links.get(peer)
         if current is None or current.closed:
             self.links[peer] = link
@@ -330,8 +332,8 @@ class GrpcTransport(Transport):
     async def _serve(self, link: Link, cancel: Any) -> None:
         try:
             await link.run()
-        except MalformedFrame as exc:
-            self._malformed(link, exc)
+        except MalformedFrame:
+            pass  # counted (`_malformed`) as it was found
         except Exception as exc:
             log.warning("stream with node %s failed: %s", link.peer, said(str(exc), 400))
         finally:
@@ -370,8 +372,8 @@ class GrpcTransport(Transport):
         link = self._register(peer, stream.read, stream.write, window)
         try:
             await link.run()
-        except MalformedFrame as exc:
-            self._malformed(link, exc)
+        except MalformedFrame:
+            pass  # counted (`_malformed`) as it was found
         finally:
             if self.links.get(peer) is link:
                 del self.links[peer]

@@ -134,6 +134,9 @@ class Link:
         self.closed = False
         self.frames_sent = 0
         self.envelopes_sent = 0
+        #: Told of a malformed frame from the peer before the peer is told (which
+        #: may end the call, and cancel whoever serves it): the transport counts it.
+        self.on_malformed: Callable[[MalformedFrame], None] | None = None
 
     # -- sending ------------------------------------------------------------------
 
@@ -335,6 +338,8 @@ class Link:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if malformed is not None:
+                if self.on_malformed is not None:
+                    self.on_malformed(malformed)
                 await self._refuse(f"it could not read a frame from this node: {malformed}")
             self.close(reason)
         if malformed is not None:
