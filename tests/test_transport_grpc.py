@@ -265,14 +265,26 @@ async def test_tells_with_fields_of_the_wrong_type_are_rejected(linked: Linked) 
     assert await counter.add(1) == 1
     link = near.links[host.node_id]
     hostile = [
-        (local.id, ["add"], (), None, None),  # a method name that is no name
         (local.id, "add", 5, None, None),  # arguments that are no tuple
         (local.id, "add", (), [1], None),  # keyword arguments that are no dict
     ]
     await link._write(wire_pb2.Frame(batch=wire_pb2.Batch(pickled=pickle.dumps(hostile))))
-    await wait_for(lambda: _rejected(host, local, 3), what="all three rejected")
+    await wait_for(lambda: _rejected(host, local, 2), what="both rejected")
     assert await counter.add(1) == 2  # the agent carries on, on the same stream
     assert not link.closed
+
+
+async def test_a_tell_whose_method_is_no_string_ends_the_stream(linked: Linked) -> None:
+    driver, host, near, far = linked
+    local = await host.spawn(Counter)
+    counter = _seen_from(driver, local)
+    assert await counter.add(1) == 1
+    link = near.links[host.node_id]
+    hostile = [(local.id, ["add"], (), None, None)]  # no envelope: the stream is refused
+    await link._write(wire_pb2.Frame(batch=wire_pb2.Batch(pickled=pickle.dumps(hostile))))
+    await wait_for(lambda: far.rejected == 1, what="the receiver counted it")
+    await wait_for(lambda: link.closed, what="the stream ended")
+    assert await counter.add(1) == 2  # a new stream; the agent carries on
 
 
 async def _rejected(mesh: am.Mesh, ref: am.AgentRef, n: int) -> bool:

@@ -151,9 +151,10 @@ class Cell(Lifecycle):
     def offer_tells(self, tells: list[Any], start: int) -> int:
         """Queue the tells (`TellRecord` tuples) of ``tells`` from index ``start`` on
         that are addressed to this agent, as far as the mailbox has room now; return
-        the index of the first one not queued. Queues none if the agent does not take
-        messages now or senders wait for room (`offer` then says why). A run of
-        `offer` calls, for tells a peer sent in one frame."""
+        the index of the first one not queued (also one whose method is no string).
+        Queues none if the agent does not take messages now or senders wait for room
+        (`offer` then says why). A run of `offer` calls, for tells a peer sent in one
+        frame."""
         mailbox = self.mailbox
         if self.state not in _OPEN or mailbox.putters:
             return start
@@ -166,7 +167,9 @@ class Cell(Lifecycle):
         new = object.__new__
         i = start
         for tell in islice(tells, start, end):
-            if type(tell) is not tuple or tell[0] != me:
+            # A method that is no string: a peer's malformed tell, which the
+            # transport then refuses (one type check a tell).
+            if type(tell) is not tuple or tell[0] != me or type(tell[1]) is not str:
                 break
             # A TellEnvelope set field by field: cheaper than Envelope(...), whose
             # __init__ is a Python call (this runs once per tell from a peer).

@@ -22,6 +22,7 @@ from ...v1 import wire_pb2
 from ..kernel.envelope import new_chain
 from ..kernel.errors import AgentmeshError, SerializationError
 from .codec import MAX_VALUE_BYTES
+from .untrusted import said
 
 __all__ = [
     "FRAME_BUDGET",
@@ -31,6 +32,7 @@ __all__ = [
     "SHORT_TYPES",
     "StreamRefused",
     "MalformedFrame",
+    "malformed",
     "Outbox",
     "Run",
     "pack",
@@ -82,6 +84,12 @@ class MalformedFrame(AgentmeshError):
     no longer known) and the frame counted as rejected."""
 
 
+def malformed(what: str, exc: BaseException) -> MalformedFrame:
+    """A `MalformedFrame`: ``what`` a peer sent made this node fail with ``exc``
+    (said safely: its type and text are the peer's to choose)."""
+    return MalformedFrame(f"{what} ({said(type(exc).__name__, 60)}: {said(str(exc), 200)})")
+
+
 #: A packed envelope starts with its correlation id, the seconds its asker still waits
 #: and the length of its target's id; then that id (UTF-8), then the rest pickled.
 HEADER = struct.Struct("<QdH")
@@ -122,7 +130,13 @@ def unpack_header(wire: bytes) -> tuple[int, float, str, int]:
             raise ValueError(f"{len(wire)} bytes, its header says at least {start}")
         target = wire[HEADER.size : start].decode()
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise MalformedFrame(f"an envelope with a malformed header: {exc}") from None
+        raise malformed("an envelope with a malformed header", exc) from None
+    if not time_left >= 0.0:  # also NaN
+        raise MalformedFrame(f"an ask that waits {time_left} seconds")
+    if len(wire) - start > MAX_VALUE_BYTES:
+        raise MalformedFrame(
+            f"an envelope of {len(wire) - start:,} bytes, over the limit of {MAX_VALUE_BYTES:,}"
+        )
     return corr, time_left, target, start
 
 
@@ -149,9 +163,15 @@ def unpickle(batch: wire_pb2.Batch, now: float) -> list[Inbound]:
         try:
             entries = pickle.loads(batch.pickled)
         except Exception as exc:
-            raise MalformedFrame(f"a batch that cannot be unpickled: {exc!r}") from None
+            raise malformed("a batch that cannot be unpickled", exc) from None
         if type(entries) is not list:
-            raise MalformedFrame(f"a batch of a {type(entries).__name__}, not a list")
+            raise MalformedFrame(f"a batch of {said(entries)}, not a list")
+        if len(batch.pickled) > FRAME_BUDGET and not _packed_only(entries):
+            # A sender pickles plain tells (values of 1 KiB at most) in frames of at
+            # most FRAME_BUDGET bytes; a packed envelope's size is checked on its own.
+            raise MalformedFrame(
+                f"a batch of {len(batch.pickled):,} bytes with plain tells, over {FRAME_BUDGET:,}"
+            )
     if not batch.envelopes:
         return [Run(entries, now)] if entries else []
     typed: list[Inbound] = [(item, now) for item in batch.envelopes]
@@ -176,6 +196,10 @@ def unpickle(batch: wire_pb2.Batch, now: float) -> list[Inbound]:
     if taken > first:
         out.append(Run(entries[first:taken], now))
     return out
+
+
+def _packed_only(entries: list[Any]) -> bool:
+    return all(type(entry) is bytes for entry in entries)
 
 
 class Outbox:

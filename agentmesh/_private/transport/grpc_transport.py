@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -19,13 +20,15 @@ from typing import Any
 
 import grpc
 
-from ...v1 import wire_pb2, wire_pb2_grpc
+from ...v1 import wire_pb2
 from ..kernel.envelope import Envelope
 from ..kernel.errors import AgentUnavailable, AuthError, MailboxFull
 from ..kernel.transport import Transport
 from .auth import check_listen_address, new_nonce, prove, verify
 from .frames import MalformedFrame
 from .link import Link
+from .stream import MAX_MESSAGE, FrameStream
+from .untrusted import said
 
 __all__ = ["DEFAULT_WINDOW", "TLS", "GrpcTransport"]
 
@@ -33,12 +36,24 @@ log = logging.getLogger("agentmesh.transport")
 
 #: Envelopes a node may have in flight to a peer before the peer grants more room.
 DEFAULT_WINDOW = 4096
-_MAX_FRAME = 64 * 1024 * 1024
+#: gRPC messages are at most 64 KiB either way (larger frames travel in pieces, see
+#: `stream`): what a peer that has not proved the token can make a node hold.
 _OPTIONS = [
-    ("grpc.max_send_message_length", _MAX_FRAME),
-    ("grpc.max_receive_message_length", _MAX_FRAME),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
 ]
+#: The server's own: no BDP probing, which would let any dialer grow the connection's
+#: flow-control window, and with it what gRPC buffers for a stream before a message's
+#: size is checked (measured: ~10 MiB a connection of hostile hellos with it, nothing
+#: without). gRPC's default windows carry tens of MB/s and more on loopback.
+_SERVER_OPTIONS = [*_OPTIONS, ("grpc.http2.bdp_probe", 0), ("grpc.so_reuseport", 0)]
 _HANDSHAKE_TIMEOUT = 5.0
+#: The method both sides speak, with the frames as raw bytes (`FrameStream` parses
+#: them, so it sees a message's size before anything else).
+_SERVICE = "agentmesh.v1.Peer"
+_CONNECT = f"/{_SERVICE}/Connect"
+#: The longest node id a peer may give, and then only of printable characters.
+_MAX_NODE_ID = 256
 
 
 @dataclass(frozen=True)
@@ -133,8 +148,11 @@ class GrpcTransport(Transport):
     async def start(self) -> None:
         """Start listening; `address` then holds the address bound (``host:port``)."""
         # No SO_REUSEPORT: a second node on a taken port must fail, not share it.
-        server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", 0)])
-        wire_pb2_grpc.add_PeerServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        connect = grpc.stream_stream_rpc_method_handler(self._connected)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(_SERVICE, {"Connect": connect})]
+        )
         if self.tls is None:
             port = server.add_insecure_port(self.listen)
         else:
@@ -249,41 +267,46 @@ class GrpcTransport(Transport):
         else:
             channel = grpc.aio.secure_channel(address, self.tls.channel_credentials(), options)
         self._channels.append(channel)
-        stub = wire_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
-        call = stub.Connect()
+        call = channel.stream_stream(_CONNECT)()  # raw bytes both ways
+
+        async def read() -> bytes | None:
+            data = await call.read()
+            return None if data is grpc.aio.EOF else bytes(data)
+
+        stream = FrameStream(read, call.write)
         try:
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                peer, window = await self._dialer_handshake(call, peer)
+                peer, window = await self._dialer_handshake(stream, peer)
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             call.cancel()
             who = f"node {peer} at {address}" if peer else address
-            raise AgentUnavailable(f"cannot reach {who}: {exc}") from None
+            raise AgentUnavailable(f"cannot reach {who}: {said(str(exc), 400)}") from None
+        except MalformedFrame as exc:
+            call.cancel()
+            raise AuthError(f"{address} answered with what is no handshake: {exc}") from None
         except AuthError:
             call.cancel()
             raise
-
-        async def read() -> wire_pb2.Frame | None:
-            frame = await call.read()
-            return None if frame is grpc.aio.EOF else frame
-
+        stream.authenticated = True
         self.peers.setdefault(peer, address)
-        link = self._register(peer, read, call.write, window)
+        link = self._register(peer, stream.read, stream.write, window)
         self._spawn(self._serve(link, call.cancel))
         return link
 
-    async def _dialer_handshake(self, call: Any, peer: str | None) -> tuple[str, int]:
+    async def _dialer_handshake(self, stream: FrameStream, peer: str | None) -> tuple[str, int]:
         nonce = new_nonce()
-        await call.write(wire_pb2.Frame(hello=wire_pb2.Hello(node_id=self.node.id, nonce=nonce)))
-        frame = await call.read()
-        if frame is grpc.aio.EOF or frame.WhichOneof("body") != "challenge":
-            reason = frame.refusal.reason if frame is not grpc.aio.EOF else "stream closed"
+        await stream.write(wire_pb2.Frame(hello=wire_pb2.Hello(node_id=self.node.id, nonce=nonce)))
+        frame = await stream.read()
+        if frame is None or frame.WhichOneof("body") != "challenge":
+            reason = said(frame.refusal.reason, 400) if frame is not None else "stream closed"
             raise AuthError(f"node {peer or 'at the address'} refused the connection: {reason}")
         challenge = frame.challenge
         if peer is not None and challenge.node_id != peer:
-            raise AuthError(f"dialed node {peer} but {challenge.node_id} answered")
+            raise AuthError(f"dialed node {peer} but {said(challenge.node_id)} answered")
         verify(self.token, b"listener", nonce, challenge.mac)
+        _check_node_id(challenge.node_id)
         mac = prove(self.token, b"dialer", challenge.nonce)
-        await call.write(wire_pb2.Frame(proof=wire_pb2.Proof(mac=mac, window=self.window)))
+        await stream.write(wire_pb2.Frame(proof=wire_pb2.Proof(mac=mac, window=self.window)))
         return str(challenge.node_id), int(challenge.window)
 
     def _register(self, peer: str, read: Any, write: Any, window: int) -> Link:
@@ -300,6 +323,7 @@ class GrpcTransport(Transport):
             node.offer_tells,
             self.window,
         )
+        link.on_malformed = functools.partial(self._malformed, link)
         current = self.links.get(peer)
         if current is None or current.closed:
             self.links[peer] = link
@@ -308,10 +332,10 @@ class GrpcTransport(Transport):
     async def _serve(self, link: Link, cancel: Any) -> None:
         try:
             await link.run()
-        except MalformedFrame as exc:
-            self._malformed(link, exc)
+        except MalformedFrame:
+            pass  # counted (`_malformed`) as it was found
         except Exception as exc:
-            log.warning("stream with node %s failed: %s", link.peer, exc)
+            log.warning("stream with node %s failed: %s", link.peer, said(str(exc), 400))
         finally:
             cancel()
             if self.links.get(link.peer) is link:
@@ -322,26 +346,34 @@ class GrpcTransport(Transport):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _connected(self, request_iterator: Any, context: Any) -> None:
+        """gRPC's handler of ``Peer.Connect``: messages are raw bytes both ways."""
+        await self.accept(context)
+
     async def accept(self, context: Any) -> None:
         """Serve one incoming stream: handshake, then the link, until it ends."""
+
+        async def read() -> bytes | None:
+            data = await context.read()
+            return None if data is grpc.aio.EOF else bytes(data)
+
+        stream = FrameStream(read, context.write)
         try:
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                peer, window = await self._listener_handshake(context)
-        except (AuthError, TimeoutError) as exc:
+                peer, window = await self._listener_handshake(stream)
+        except (AuthError, MalformedFrame, TimeoutError) as exc:
             self.rejected += 1
-            log.warning("refused a connection: %s", exc)
-            await context.write(wire_pb2.Frame(refusal=wire_pb2.Refusal(reason=str(exc))))
+            reason = str(exc) or "the handshake did not finish in time"
+            log.warning("refused a connection: %s", reason)
+            with contextlib.suppress(Exception):  # the peer may be gone already
+                await stream.write(wire_pb2.Frame(refusal=wire_pb2.Refusal(reason=reason)))
             return
-
-        async def read() -> wire_pb2.Frame | None:
-            frame = await context.read()
-            return None if frame is grpc.aio.EOF else frame
-
-        link = self._register(peer, read, context.write, window)
+        stream.authenticated = True
+        link = self._register(peer, stream.read, stream.write, window)
         try:
             await link.run()
-        except MalformedFrame as exc:
-            self._malformed(link, exc)
+        except MalformedFrame:
+            pass  # counted (`_malformed`) as it was found
         finally:
             if self.links.get(peer) is link:
                 del self.links[peer]
@@ -350,9 +382,9 @@ class GrpcTransport(Transport):
         self.rejected += 1
         log.warning("node %s sent a malformed frame, stream ended: %s", link.peer, exc)
 
-    async def _listener_handshake(self, context: Any) -> tuple[str, int]:
-        frame = await context.read()
-        if frame is grpc.aio.EOF or frame.WhichOneof("body") != "hello":
+    async def _listener_handshake(self, stream: FrameStream) -> tuple[str, int]:
+        frame = await stream.read()
+        if frame is None or frame.WhichOneof("body") != "hello":
             raise AuthError("the stream did not open with a hello")
         hello = frame.hello
         nonce = new_nonce()
@@ -360,17 +392,17 @@ class GrpcTransport(Transport):
         challenge = wire_pb2.Challenge(
             node_id=self.node.id, nonce=nonce, mac=mac, window=self.window
         )
-        await context.write(wire_pb2.Frame(challenge=challenge))
-        frame = await context.read()
-        if frame is grpc.aio.EOF or frame.WhichOneof("body") != "proof":
-            raise AuthError(f"node {hello.node_id} did not send its proof")
+        await stream.write(wire_pb2.Frame(challenge=challenge))
+        frame = await stream.read()
+        if frame is None or frame.WhichOneof("body") != "proof":
+            raise AuthError(f"node {said(hello.node_id)} did not send its proof")
         verify(self.token, b"dialer", nonce, frame.proof.mac)
+        _check_node_id(hello.node_id)
         return hello.node_id, frame.proof.window
 
 
-class _Servicer(wire_pb2_grpc.PeerServicer):
-    def __init__(self, transport: GrpcTransport) -> None:
-        self.transport = transport
-
-    async def Connect(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
-        await self.transport.accept(context)
+def _check_node_id(node_id: str) -> None:
+    """A peer's node id is logged and shown as it is once proved: refuse one that is
+    long or not printable (a newline in it would forge log lines)."""
+    if not node_id or len(node_id) > _MAX_NODE_ID or not node_id.isprintable():
+        raise AuthError(f"node id {said(node_id)}: empty, over {_MAX_NODE_ID} long or unprintable")

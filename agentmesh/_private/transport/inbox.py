@@ -12,7 +12,8 @@ its mailbox: a sender may have at most a window of tells to one agent that are n
 yet delivered, so a lane holds at most that many tells. Asks are not counted (a
 reentrant one must run at once); a lane past twice the window, which only asks or a
 peer that ignores its credit can make, keeps its stream credit until it drains, so
-what a peer can park stays bounded.
+what a peer can park stays bounded. A peer that sends more envelopes than the
+stream's credit allows (`allowance`) is cut off: its frame is malformed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from ...v1 import wire_pb2
 from ..kernel.envelope import Envelope
 from ..kernel.errors import AgentmeshError
-from .frames import Inbound, MalformedFrame, Run
+from .frames import Inbound, MalformedFrame, Run, malformed
 
 __all__ = ["Inbox"]
 
@@ -79,6 +80,9 @@ class Inbox:
         #: Ends with `MalformedFrame` if an entry in a lane turns out to be none.
         self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.credit_owed = 0  # envelopes delivered or parked, not yet credited
+        #: Envelopes the peer may still send: the window, less those received, plus
+        #: the credit sent back (the link adds it as it sends it).
+        self.allowance = max(1, window)
         self.target_owed: dict[str, int] = {}  # tells delivered, not yet credited
 
     def put(self, items: list[Inbound]) -> None:
@@ -89,6 +93,7 @@ class Inbox:
             if isinstance(item, Run):
                 self._take_run(item.entries, item.arrived)
             else:
+                self._spend(1)
                 self.credit_owed += 1
                 env = self._decode_typed(*item)
                 if env is not None:
@@ -104,6 +109,15 @@ class Inbox:
         for task in self._drains:
             task.cancel()
 
+    def _spend(self, count: int) -> None:
+        """``count`` envelopes received: raise `MalformedFrame` if the peer had no
+        room for them (one subtraction and a comparison per run of envelopes)."""
+        self.allowance -= count
+        if self.allowance < 0:
+            raise MalformedFrame(
+                f"{-self.allowance} envelopes beyond the stream's credit (flow control)"
+            )
+
     def _fail(self, exc: MalformedFrame) -> None:
         """End the stream from a lane (`failed` ends with ``exc``)."""
         if not self.failed.done():
@@ -113,13 +127,14 @@ class Inbox:
         """Deliver a frame's pickled envelopes: plain tells to agents with room many
         in a call, the rest one by one or into their agent's lane."""
         lanes = self._lanes
+        self._spend(len(entries))
         self.credit_owed += len(entries)
         i, end = 0, len(entries)
         while i < end:
             try:
                 i = self._offer_tells(entries, i, lanes, self.target_owed)
             except (LookupError, ValueError, TypeError) as exc:
-                raise MalformedFrame(f"an envelope that is not one: {exc!r}") from None
+                raise malformed("an envelope that is not one", exc) from None
             if i == end:
                 return
             entry = entries[i]
@@ -174,7 +189,16 @@ class Inbox:
             self.credit_owed -= withheld
 
     async def _drain(self, target: str, lane: Lane, first: Envelope) -> None:
-        """Deliver a lane in order as its agent makes room; then close it."""
+        """Deliver a lane in order as its agent makes room; then close it. Ends the
+        stream (`failed`) if an entry is no envelope or fails this node."""
+        try:
+            await self._drain_lane(target, lane, first)
+        except MalformedFrame as exc:
+            self._fail(exc)
+        except Exception as exc:  # whatever the peer sent, this node lives on
+            self._fail(malformed("an envelope this node failed on", exc))
+
+    async def _drain_lane(self, target: str, lane: Lane, first: Envelope) -> None:
         items = lane.items
         await self._finish(first, items[0])
         self._advance(target, lane, 1)
@@ -184,17 +208,14 @@ class Inbox:
                 try:
                     taken = self._offer_tells(items, lane.head, (), self.target_owed)
                 except (LookupError, ValueError, TypeError) as exc:
-                    self._fail(MalformedFrame(f"an envelope that is not one: {exc!r}"))
-                    return
+                    raise malformed("an envelope that is not one", exc) from None
                 if taken > lane.head:
                     self._advance(target, lane, taken - lane.head)
                     continue
             if not isinstance(item, Envelope):
-                try:  # a tell tuple, or (from a peer that breaks the protocol) not
-                    item = self._decode_entry(item, 0.0)
-                except MalformedFrame as exc:
-                    self._fail(exc)
-                    return
+                # A tell tuple, or (from a peer that breaks the protocol) not: then
+                # this raises MalformedFrame.
+                item = self._decode_entry(item, 0.0)
             if item is not None:
                 rest = self._deliver(item)
                 if rest is not None:

@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from ...v1 import wire_pb2
 from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply, new_chain
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
-from .codec import decode, encode
+from .codec import MAX_VALUE_BYTES, decode, encode
 from .frames import (
     FRAME_BUDGET,
     PLAIN_TYPES,
@@ -40,12 +40,14 @@ from .frames import (
     MalformedFrame,
     Outbox,
     StreamRefused,
+    malformed,
     pack,
     plain_tell,
     unpack_header,
     unpickle,
 )
 from .inbox import Inbox, OfferTells, Take
+from .untrusted import said
 
 __all__ = ["Link"]
 
@@ -132,6 +134,9 @@ class Link:
         self.closed = False
         self.frames_sent = 0
         self.envelopes_sent = 0
+        #: Told of a malformed frame from the peer before the peer is told (which
+        #: may end the call, and cancel whoever serves it): the transport counts it.
+        self.on_malformed: Callable[[MalformedFrame], None] | None = None
 
     # -- sending ------------------------------------------------------------------
 
@@ -333,6 +338,8 @@ class Link:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if malformed is not None:
+                if self.on_malformed is not None:
+                    self.on_malformed(malformed)
                 await self._refuse(f"it could not read a frame from this node: {malformed}")
             self.close(reason)
         if malformed is not None:
@@ -397,6 +404,7 @@ class Link:
             budget -= replies[-1].ByteSize()
         inbox = self.inbox
         credit, inbox.credit_owed = inbox.credit_owed, 0
+        inbox.allowance += credit  # room the peer will have: it may send that many more
         owed, inbox.target_owed = inbox.target_owed, {}
         return wire_pb2.Batch(
             credited=owed.keys(),
@@ -417,23 +425,32 @@ class Link:
                 return  # the peer ended the stream
             body = frame.WhichOneof("body")
             if body == "refusal":
-                raise StreamRefused(frame.refusal.reason)
+                raise StreamRefused(said(frame.refusal.reason, 400))
             if body != "batch":
                 raise MalformedFrame(f"a {body} frame mid-stream")
-            batch = frame.batch
-            if batch.credited:
-                for target, credit in zip(batch.credited, batch.credits, strict=False):
-                    self._grant_to(target, credit)
-            if batch.credit:
-                self._grant(batch.credit)
-            for reply in batch.replies:
-                self._resolve(reply)
-            now = asyncio.get_running_loop().time()
-            if batch.control:
-                self._control_in.extend((item, now) for item in batch.control)
-                self._control_ready.set()
-            if batch.pickled or batch.envelopes:
-                self.inbox.put(unpickle(batch, now))
+            try:
+                self._take_batch(frame.batch)
+            except MalformedFrame:
+                raise
+            except Exception as exc:  # whatever the peer sent, this node lives on
+                raise malformed("a frame this node failed on", exc) from None
+
+    def _take_batch(self, batch: wire_pb2.Batch) -> None:
+        """Take in what a frame brought: credit, replies, envelopes (these delivered
+        or parked at once). Raises `MalformedFrame`."""
+        if batch.credited:
+            for target, credit in zip(batch.credited, batch.credits, strict=False):
+                self._grant_to(target, credit)
+        if batch.credit:
+            self._grant(batch.credit)
+        for reply in batch.replies:
+            self._resolve(reply)
+        now = asyncio.get_running_loop().time()
+        if batch.control:
+            self._control_in.extend((item, now) for item in batch.control)
+            self._control_ready.set()
+        if batch.pickled or batch.envelopes:
+            self.inbox.put(unpickle(batch, now))
 
     def _grant(self, credit: int) -> None:
         """Room for ``credit`` more envelopes: wake senders waiting for it."""
@@ -477,6 +494,8 @@ class Link:
         self._grant_to(target, 1)
 
     def _resolve(self, reply: wire_pb2.Reply) -> None:
+        if len(reply.value.data) > MAX_VALUE_BYTES:
+            raise MalformedFrame(f"a reply of {len(reply.value.data):,} bytes, over the limit")
         fut = self.pending.pop(reply.corr, None)
         if fut is None or fut.done():
             return
@@ -491,16 +510,20 @@ class Link:
         elif isinstance(value, BaseException):
             fut.set_exception(value)
         else:
-            fut.set_exception(AgentmeshError(f"node {self.peer} sent a malformed error: {value!r}"))
+            fut.set_exception(AgentmeshError(f"node {self.peer} sent {said(value)} as an error"))
 
     def _entry(self, entry: Any, arrived: float) -> Envelope | None:
-        """One envelope of a run, decoded (see `_decode`)."""
+        """One envelope of a run, decoded (see `_decode`). Raises `MalformedFrame`
+        for one that is no envelope: a tell whose target, method or sender is not a
+        string. (Arguments of the wrong type are the agent's to refuse, as for tells
+        `offer_tells` queues at once, which checks only the method's type.)"""
         if type(entry) is tuple and len(entry) == 5:
             target, method, args, kwargs, sender = entry
+            _check_names(target, method, sender)
             return Envelope(target, method, args, kwargs or NO_KWARGS, None, new_chain(), sender)
         if type(entry) is bytes:
             return self._decode(entry, arrived)
-        raise MalformedFrame(f"a {type(entry).__name__} where an envelope should be")
+        raise MalformedFrame(f"{said(entry)} where an envelope should be")
 
     async def _control_delivery(self) -> None:
         self._bind_refs().__enter__()
@@ -509,36 +532,49 @@ class Link:
                 self._control_ready.clear()
                 await self._control_ready.wait()
             item, arrived = self._control_in.popleft()
-            env = self._decode(item, arrived)
-            if env is not None:
-                await self._hand_over(env)
+            try:
+                env = self._decode(item, arrived)
+                if env is not None:
+                    await self._hand_over(env)
+            except MalformedFrame:
+                raise
+            except Exception as exc:  # whatever the peer sent, this node lives on
+                raise malformed("a control message this node failed on", exc) from None
 
     def _decode(self, wire: wire_pb2.Envelope | bytes, arrived: float) -> Envelope | None:
         """The envelope a peer sent in a frame that arrived at ``arrived``, decoded
         once; None if it cannot be (an ask then gets a `SerializationError` back, a
         tell is logged and dropped). Raises `MalformedFrame` for a broken header."""
         if isinstance(wire, bytes):
-            corr, time_left, target, start = unpack_header(wire)
+            corr, time_left, target, start = unpack_header(wire)  # checks its size
         else:
             corr, time_left, target = wire.corr, wire.time_left, wire.target
+            _check_values(wire)
         # An ask expires its asker's time left after its frame arrived.
         deadline = arrived + time_left if corr else 0.0
         try:
             if isinstance(wire, bytes):
-                method, args, kwargs, chain, sender = pickle.loads(memoryview(wire)[start:])
-                kwargs = kwargs or NO_KWARGS
+                body = pickle.loads(memoryview(wire)[start:])
             else:
                 method, chain, sender = wire.method, wire.chain, wire.sender
                 args = tuple(decode(a) for a in wire.args)
                 kwargs = {k: decode(v) for k, v in wire.kwargs.items()} or NO_KWARGS
         except Exception as exc:
-            reason = f"node {self.peer} sent what this node cannot decode: {exc}"
+            reason = f"node {self.peer} sent what this node cannot decode: {said(str(exc), 200)}"
             if corr:
                 self.reply(corr, False, SerializationError(reason))
             else:
-                log.warning("%s (a tell to %s, dropped)", reason, target)
+                log.warning("%s (a tell to %s, dropped)", reason, said(target))
                 self.inbox.settled(target)
             return None
+        if isinstance(wire, bytes):  # the pickle's shape: the peer's to get right
+            if type(body) is not tuple or len(body) != 5:
+                raise MalformedFrame(f"{said(body)} where an envelope's body should be")
+            method, args, kwargs, chain, sender = body
+            _check_names(target, method, sender)
+            if type(chain) is not int:
+                raise MalformedFrame(f"a call chain that is {said(chain)}")
+            kwargs = kwargs or NO_KWARGS
         reply = RemoteReply(self.reply, corr, deadline) if corr else None
         return Envelope(target, method, args, kwargs, reply, chain, sender or None, deadline)
 
@@ -554,5 +590,30 @@ class Link:
             env.reply.set_exception(exc)
         else:
             log.warning(
-                "tell %s.%s from node %s dropped: %s", env.target, env.method, self.peer, exc
+                "tell %s.%s from node %s dropped: %s",
+                said(env.target),
+                said(env.method),
+                self.peer,
+                said(str(exc), 400),
             )
+
+
+def _check_names(target: Any, method: Any, sender: Any) -> None:
+    """Raise `MalformedFrame` unless an envelope's target and method are strings, and
+    its sender one or None (a few type checks: not on the path of plain tells queued
+    at once, whose agent checked its id and the method's type)."""
+    if type(target) is not str or type(method) is not str:
+        raise MalformedFrame(f"an envelope to {said(target)} calling {said(method)}")
+    if sender is not None and type(sender) is not str:
+        raise MalformedFrame(f"an envelope from {said(sender)}")
+
+
+def _check_values(wire: wire_pb2.Envelope) -> None:
+    """Raise `MalformedFrame` for a value over the documented limit (a sender
+    refuses to send one; `decode` would refuse it too, but as the sender's error)."""
+    for value in wire.args:
+        if len(value.data) > MAX_VALUE_BYTES:
+            raise MalformedFrame(f"a value of {len(value.data):,} bytes, over the limit")
+    for value in wire.kwargs.values():
+        if len(value.data) > MAX_VALUE_BYTES:
+            raise MalformedFrame(f"a value of {len(value.data):,} bytes, over the limit")
