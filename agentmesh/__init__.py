@@ -21,6 +21,7 @@ from ._private.kernel.errors import (
     SerializationError,
     SpawnError,
     UnknownMethod,
+    WrongLoop,
 )
 from ._private.kernel.exits import Terminated
 from ._private.kernel.info import AgentInfo
@@ -88,6 +89,7 @@ __all__ = [
     "Terminated",
     "TopicStream",
     "UnknownMethod",
+    "WrongLoop",
     "run",
     "subscribe",
 ]

@@ -63,6 +63,9 @@ class Mesh:
     capacity of a mailbox when neither the agent class nor `spawn` sets one;
     ``state_store`` (default: in memory) keeps agents' snapshots.
 
+    The mesh, its agents and its refs belong to the event loop it was entered on;
+    from other threads use ``ref.method.ask_sync()`` / ``tell_sync()``.
+
     Example::
 
         async with am.Mesh() as mesh:
@@ -164,6 +167,7 @@ class Mesh:
         if self._entered:
             raise RuntimeError("a Mesh can be entered only once")
         self._entered = True
+        self._node.bind_loop()
         self._token = current_node.set(self._node)
         self._failure = asyncio.get_running_loop().create_future()
         try:
