@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import agentmesh as am
@@ -37,6 +38,14 @@ class Counter(am.Agent):
 
     async def _secret(self) -> str:
         return "hidden"
+
+
+class Sleeper(am.Agent):
+    """Blocks the event loop on purpose (``time.sleep`` in a handler): the watchdog's prey."""
+
+    async def nap(self, seconds: float) -> str:
+        time.sleep(seconds)  # noqa: ASYNC251  (blocking on purpose: the watchdog names it)
+        return "rested"
 
 
 class Gate(am.Agent):

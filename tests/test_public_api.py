@@ -44,6 +44,7 @@ EXPECTED = {
     "SpawnError",
     "UnknownMethod",
     "WrongLoop",
+    "DEFAULT_SLOW_TURN",
     "run",
     "AwayFrom",
     "DEFAULT_PLACEMENT_TIMEOUT",

@@ -39,12 +39,13 @@ from .placing import Placer, Ticket
 from .ref import AgentRef
 from .state import MemoryStateStore, StateStore
 from .waits import describe_wait
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .lifecycle import ExitListener
     from .transport import Transport
 
-__all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "Node"]
+__all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "DEFAULT_SLOW_TURN", "Node"]
 
 log = logging.getLogger("agentmesh.node")
 
@@ -52,6 +53,8 @@ log = logging.getLogger("agentmesh.node")
 DEFAULT_ASK_TIMEOUT = 30.0
 #: Seconds a stopping agent gets to finish its queue and ``on_stop`` before cancellation.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+#: Seconds a turn may block the event loop before the watchdog warns (`Mesh(slow_turn=)`).
+DEFAULT_SLOW_TURN = 0.5
 
 
 _EXITS_KEPT = 10_000
@@ -99,9 +102,12 @@ class Node:
         mailbox_size: int = DEFAULT_MAILBOX_SIZE,
         transport: Transport | None = None,
         state_store: StateStore | None = None,
+        slow_turn: float | None = None,
     ) -> None:
         if ask_timeout <= 0 or shutdown_timeout <= 0:
             raise ValueError("ask_timeout and shutdown_timeout must be positive")
+        if slow_turn is not None and not slow_turn > 0:
+            raise ValueError(f"slow_turn must be positive seconds or None, got {slow_turn}")
         self.id = node_id or secrets.token_hex(4)
         self.ask_timeout = ask_timeout
         self.shutdown_timeout = shutdown_timeout
@@ -134,6 +140,9 @@ class Node:
         #: refs used from anywhere else raise `WrongLoop` (see `wrong_loop`).
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: int | None = None
+        #: Seconds a turn may block the loop before the watchdog warns; None: no watchdog.
+        self.slow_turn = slow_turn
+        self._watchdog: Watchdog | None = None
         self._deadlines = Deadlines(ask_timeout)
         self._ids = itertools.count(1)
         if transport is not None:
@@ -143,7 +152,7 @@ class Node:
 
     def bind_loop(self) -> None:
         """Bind this node to the running event loop, on which alone its agents and refs
-        work.
+        work, and start the slow-turn watchdog on it if ``slow_turn`` is set.
 
         The mesh calls this as it starts; a node used without it binds to the first
         loop that uses it. Binding again on the same loop does nothing.
@@ -155,6 +164,9 @@ class Node:
             raise self._wrong_loop_error("bind_loop()", loop)
         self.loop = loop
         self.thread = threading.get_ident()
+        if self.slow_turn is not None:
+            self._watchdog = Watchdog(self.id, self.slow_turn)
+            self._watchdog.start()
 
     def wrong_loop(self, what: str, ref: AgentRef | None = None, method: str = "") -> None:
         """The slow path of the loop checks on the send paths, taken only when the
@@ -403,15 +415,21 @@ class Node:
             await cell.stop(self.shutdown_timeout if timeout is None else timeout)
 
     async def close(self) -> None:
-        """Stop every agent, newest first, each within the shutdown timeout."""
+        """Stop every agent, newest first, each within the shutdown timeout; then the
+        transport and the watchdog (also if stopping failed)."""
         self.closed = True
-        for cell in reversed(list(self.cells.values())):
-            await cell.stop(self.shutdown_timeout)
-        if self._background:  # e.g. snapshots being deleted: before the store closes
-            await asyncio.gather(*self._background, return_exceptions=True)
-        if self.transport is not None:
-            await self.transport.aclose()
-        self._deadlines.close()
+        try:
+            for cell in reversed(list(self.cells.values())):
+                await cell.stop(self.shutdown_timeout)
+            if self._background:  # e.g. snapshots being deleted: before the store closes
+                await asyncio.gather(*self._background, return_exceptions=True)
+            if self.transport is not None:
+                await self.transport.aclose()
+            self._deadlines.close()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
+                self._watchdog = None
 
     def _cell_of(self, ref: AgentRef, missing_ok: bool = False) -> Cell | None:
         cell = ref._cell

@@ -1,0 +1,158 @@
+"""The slow-turn watchdog: a warning, naming the agent and method, while a turn blocks
+the event loop.
+
+A handler that blocks (``time.sleep``, a synchronous HTTP call, a long computation)
+holds the whole node: no other agent runs, and heartbeats stop, so peers may declare
+the node dead. Nothing on the loop can notice while it happens, so a thread watches.
+The loop stamps a beat every ``threshold / 4`` seconds (one timer callback, never a
+cost per message); when the next beat is ``threshold`` seconds late, the thread reads
+the loop thread's Python stack (`sys._current_frames`) to find the turn running there:
+the agent, its method and the line it is on. It logs one WARNING per stall; the beat
+that finally runs logs how long the loop was blocked in all.
+
+Reading the stack, rather than a "current turn" slot the kernel would set at every
+turn, costs the message path nothing, and names exactly the handler that holds the
+loop, also among an agent's concurrent or reentrant turns (which a slot would blur).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from types import CodeType, FrameType
+from typing import Any
+
+from .cell import Cell
+from .lifecycle import Lifecycle
+
+__all__ = ["Watchdog", "describe_turn"]
+
+log = logging.getLogger("agentmesh.watchdog")
+
+#: The kernel's frames a turn runs under, and the local naming what the turn runs:
+#: an envelope (``env``), a lifecycle hook (``hook``), or the constructor (None).
+_TURNS: dict[CodeType, str | None] = {
+    Cell._drain_serial.__code__: "env",
+    Cell._turn.__code__: "env",
+    Lifecycle._hook.__code__: "hook",
+    Lifecycle._build.__code__: None,
+}
+
+
+class Watchdog:
+    """Warns while the running loop is blocked longer than ``threshold`` seconds.
+
+    `start` on the loop, `stop` on the loop; in between a daemon thread named
+    ``agentmesh-watchdog-<node>`` checks the loop's beat every ``threshold / 4`` s.
+    """
+
+    def __init__(self, node_id: str, threshold: float) -> None:
+        if not threshold > 0:
+            raise ValueError(f"the slow-turn threshold must be positive, got {threshold}")
+        self.node_id = node_id
+        self.threshold = threshold
+        self._period = threshold / 4
+        self._lock = threading.Lock()  # between the beat (loop) and the watching thread
+        self._due = 0.0  # when the next beat should run (time.monotonic)
+        self._stall: str | None = None  # what the warning named, while a stall lasts
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Start beating on the running loop and watching it from a thread."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._beat()
+        self._thread = threading.Thread(
+            target=self._watch, name=f"agentmesh-watchdog-{self.node_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and end the thread (it is joined: none is left behind)."""
+        self._stopping.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._thread is not None:
+            self._thread.join(self._period + 5.0)
+            self._thread = None
+
+    def _beat(self) -> None:
+        if self._stopping.is_set():
+            return
+        now = time.monotonic()
+        with self._lock:
+            late = now - self._due
+            stall, self._stall = self._stall, None
+            self._due = now + self._period
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self._period, self._beat)
+        if stall is not None:
+            log.warning(
+                "event loop of node %s ran again after being blocked for %.2fs (%s)",
+                self.node_id,
+                late,
+                stall,
+            )
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self._period):
+            with self._lock:
+                late = time.monotonic() - self._due
+                if late < self.threshold or self._stall is not None:
+                    continue
+                self._stall = turn = describe_turn(self._loop_thread)
+                # Logged under the lock, so the beat's "ran again" line comes after it.
+                log.warning(
+                    "event loop of node %s blocked for %.2fs (slow_turn=%gs) by %s; "
+                    "no other agent runs and heartbeats wait until it returns",
+                    self.node_id,
+                    late,
+                    self.threshold,
+                    turn,
+                )
+
+
+def describe_turn(thread_id: int) -> str:
+    """What the thread ``thread_id`` runs now, for a log line: ``agent 'name'
+    (Class) in method(), at file:line in function``, or where it is outside any turn."""
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return "a thread that is gone"
+    code = frame.f_code
+    where = f"at {code.co_filename}:{frame.f_lineno} in {code.co_name}"
+    try:
+        turn = _turn_of(frame)
+    except Exception as exc:  # reading another thread's frames is best effort
+        return f"code {where} (its turn unknown: {type(exc).__name__}: {exc})"
+    if turn is None:
+        return f"code outside any agent's turn, {where}"
+    return f"{turn}, {where}"
+
+
+def _turn_of(frame: FrameType | None) -> str | None:
+    while frame is not None:
+        code = frame.f_code
+        if code in _TURNS:
+            names: dict[str, Any] = frame.f_locals
+            cell = names.get("self")
+            if isinstance(cell, Cell):
+                return f"agent {cell.label!r} ({cell.cls.__qualname__}) in {_method(code, names)}()"
+        frame = frame.f_back
+    return None
+
+
+def _method(code: CodeType, names: dict[str, Any]) -> str:
+    kind = _TURNS[code]
+    if kind == "env":
+        return str(getattr(names.get("env"), "method", "?"))
+    if kind == "hook":
+        return str(getattr(names.get("hook"), "__name__", "?"))
+    return "__init__"
