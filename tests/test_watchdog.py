@@ -77,6 +77,21 @@ async def test_the_watchdog_thread_ends_with_the_mesh() -> None:
         assert not [t for t in watchdog_threads() if t.name.endswith(quiet.node_id)]
 
 
+def test_a_virtual_clock_is_neither_sliced_nor_alarmed(caplog: pytest.LogCaptureFixture) -> None:
+    from agentmesh import sim
+
+    async def main() -> float:
+        async with am.Mesh(slow_turn=0.05):
+            await asyncio.sleep(100_000)  # virtual seconds: one jump, not a timer per tick
+            return sim.now()
+
+    caplog.set_level(logging.WARNING, logger="agentmesh.watchdog")
+    started = time.monotonic()
+    assert sim.run_virtual(main()) >= 100_000
+    assert time.monotonic() - started < 5
+    assert stall_records(caplog) == ([], [])
+
+
 def test_slow_turn_must_be_positive_or_none() -> None:
     with pytest.raises(ValueError, match="slow_turn"):
         am.Mesh(slow_turn=0)

@@ -4,15 +4,19 @@ the event loop.
 A handler that blocks (``time.sleep``, a synchronous HTTP call, a long computation)
 holds the whole node: no other agent runs, and heartbeats stop, so peers may declare
 the node dead. Nothing on the loop can notice while it happens, so a thread watches.
-The loop stamps a beat every ``threshold / 4`` seconds (one timer callback, never a
-cost per message); when the next beat is ``threshold`` seconds late, the thread reads
-the loop thread's Python stack (`sys._current_frames`) to find the turn running there:
-the agent, its method and the line it is on. It logs one WARNING per stall; the beat
-that finally runs logs how long the loop was blocked in all.
+Every ``threshold / 4`` seconds it hands the loop a tick (``call_soon_threadsafe``)
+and the loop stamps it when it gets to it. A tick still unanswered ``threshold``
+seconds after it was handed over means the loop is stuck in one callback, so the
+thread reads the loop thread's Python stack (`sys._current_frames`) to find the turn
+running there: the agent, its method and the line it is on. It logs one WARNING per
+stall; the loop, answering the tick at last, logs how long it was blocked in all.
 
 Reading the stack, rather than a "current turn" slot the kernel would set at every
 turn, costs the message path nothing, and names exactly the handler that holds the
 loop, also among an agent's concurrent or reentrant turns (which a slot would blur).
+The ticks are not timers on the loop, so a loop on a virtual clock (`agentmesh.sim`)
+neither sees its time sliced by them nor a false alarm while it computes at one
+instant.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ _TURNS: dict[CodeType, str | None] = {
 class Watchdog:
     """Warns while the running loop is blocked longer than ``threshold`` seconds.
 
-    `start` on the loop, `stop` on the loop; in between a daemon thread named
-    ``agentmesh-watchdog-<node>`` checks the loop's beat every ``threshold / 4`` s.
+    `start` and `stop` on the loop; in between a daemon thread named
+    ``agentmesh-watchdog-<node>`` ticks the loop every ``threshold / 4`` s.
     """
 
     def __init__(self, node_id: str, threshold: float) -> None:
@@ -55,45 +59,38 @@ class Watchdog:
         self.node_id = node_id
         self.threshold = threshold
         self._period = threshold / 4
-        self._lock = threading.Lock()  # between the beat (loop) and the watching thread
-        self._due = 0.0  # when the next beat should run (time.monotonic)
+        self._lock = threading.Lock()  # between the loop's answer and the thread
+        self._sent = 0.0  # when the pending tick was handed to the loop (monotonic)
+        self._pending = False  # a tick is waiting for the loop
         self._stall: str | None = None  # what the warning named, while a stall lasts
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        """Start beating on the running loop and watching it from a thread."""
+        """Start watching the running loop from a thread."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._beat()
         self._thread = threading.Thread(
             target=self._watch, name=f"agentmesh-watchdog-{self.node_id}", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop beating and end the thread (it is joined: none is left behind)."""
+        """Stop watching and end the thread (it is joined: none is left behind)."""
         self._stopping.set()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._thread is not None:
             self._thread.join(self._period + 5.0)
             self._thread = None
 
-    def _beat(self) -> None:
-        if self._stopping.is_set():
-            return
+    def _answer(self) -> None:
+        """The loop got to the tick: runs on the loop."""
         now = time.monotonic()
         with self._lock:
-            late = now - self._due
+            self._pending = False
+            late = now - self._sent
             stall, self._stall = self._stall, None
-            self._due = now + self._period
-        assert self._loop is not None
-        self._timer = self._loop.call_later(self._period, self._beat)
         if stall is not None:
             log.warning(
                 "event loop of node %s ran again after being blocked for %.2fs (%s)",
@@ -103,13 +100,23 @@ class Watchdog:
             )
 
     def _watch(self) -> None:
+        loop = self._loop
+        assert loop is not None
         while not self._stopping.wait(self._period):
             with self._lock:
-                late = time.monotonic() - self._due
+                now = time.monotonic()
+                if not self._pending:
+                    self._pending, self._sent = True, now
+                    try:
+                        loop.call_soon_threadsafe(self._answer)
+                    except RuntimeError:  # the loop is closed: nothing left to watch
+                        return
+                    continue
+                late = now - self._sent
                 if late < self.threshold or self._stall is not None:
                     continue
                 self._stall = turn = describe_turn(self._loop_thread)
-                # Logged under the lock, so the beat's "ran again" line comes after it.
+                # Logged under the lock, so the loop's "ran again" line comes after it.
                 log.warning(
                     "event loop of node %s blocked for %.2fs (slow_turn=%gs) by %s; "
                     "no other agent runs and heartbeats wait until it returns",
