@@ -145,13 +145,20 @@ def describe_turn(thread_id: int) -> str:
 
 
 def _turn_of(frame: FrameType | None) -> str | None:
+    innermost = frame
     while frame is not None:
         code = frame.f_code
         if code in _TURNS:
             names: dict[str, Any] = frame.f_locals
             cell = names.get("self")
             if isinstance(cell, Cell):
-                return f"agent {cell.label!r} ({cell.cls.__qualname__}) in {_method(code, names)}()"
+                agent = f"agent {cell.label!r} ({cell.cls.__qualname__})"
+                method = _method(code, names)
+                if frame is innermost:
+                    # Between handlers, not in one: a long mailbox served in one go,
+                    # each handler returning without a pause for the loop.
+                    return f"{agent} serving its queued messages without a pause (last {method}())"
+                return f"{agent} in {method}()"
         frame = frame.f_back
     return None
 
