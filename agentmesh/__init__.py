@@ -21,11 +21,12 @@ from ._private.kernel.errors import (
     SerializationError,
     SpawnError,
     UnknownMethod,
+    WrongLoop,
 )
 from ._private.kernel.exits import Terminated
 from ._private.kernel.info import AgentInfo
 from ._private.kernel.mailbox import DEFAULT_MAILBOX_SIZE
-from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT
+from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_TURN
 from ._private.kernel.placing import AwayFrom, DoesNotExist, Exists, In, Near, NotIn, OnNode
 from ._private.kernel.ref import AgentRef, MethodRef
 from ._private.kernel.state import MemoryStateStore, StateStore
@@ -62,6 +63,7 @@ __all__ = [
     "DEFAULT_MAILBOX_SIZE",
     "DEFAULT_PLACEMENT_TIMEOUT",
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_SLOW_TURN",
     "DeadLetter",
     "DoesNotExist",
     "Exists",
@@ -88,6 +90,7 @@ __all__ = [
     "Terminated",
     "TopicStream",
     "UnknownMethod",
+    "WrongLoop",
     "run",
     "subscribe",
 ]

@@ -40,6 +40,14 @@ class Counter(am.Agent):
         return "hidden"
 
 
+class Sleeper(am.Agent):
+    """Blocks the event loop on purpose (``time.sleep`` in a handler): the watchdog's prey."""
+
+    async def nap(self, seconds: float) -> str:
+        time.sleep(seconds)  # noqa: ASYNC251  (blocking on purpose: the watchdog names it)
+        return "rested"
+
+
 class Gate(am.Agent):
     """Handlers that wait until the test opens the gate (`World.open_gate`)."""
 

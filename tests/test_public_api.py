@@ -43,6 +43,8 @@ EXPECTED = {
     "SerializationError",
     "SpawnError",
     "UnknownMethod",
+    "WrongLoop",
+    "DEFAULT_SLOW_TURN",
     "run",
     "AwayFrom",
     "DEFAULT_PLACEMENT_TIMEOUT",
@@ -71,6 +73,7 @@ def test_errors_share_a_base_and_keep_their_meaning() -> None:
     assert issubclass(am.SpawnError, am.RemoteError)
     assert issubclass(am.UnknownMethod, AttributeError)
     assert issubclass(am.BadArguments, TypeError)
+    assert issubclass(am.WrongLoop, RuntimeError)
 
 
 def test_errors_pickle_with_their_fields() -> None:

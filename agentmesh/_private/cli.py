@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .kernel.errors import AgentmeshError, AgentNotFound
+from .kernel.node import DEFAULT_SLOW_TURN
 from .mesh import Mesh
 from .placement.resources import machine_resources
 from .running import run
@@ -42,6 +43,25 @@ def _resources(text: str) -> dict[str, float]:
 
 def _labels(text: str) -> dict[str, str]:
     return _pairs(text, str)
+
+
+def _slow_turn(args: argparse.Namespace) -> float | None:
+    """``--slow-turn``: seconds, and 0 turns the watchdog off."""
+    if args.slow_turn < 0:
+        print("agentmesh: --slow-turn takes 0 (off) or more seconds", file=sys.stderr)
+        sys.exit(2)
+    return args.slow_turn or None
+
+
+def _slow_turn_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--slow-turn",
+        type=float,
+        default=DEFAULT_SLOW_TURN,
+        metavar="SECONDS",
+        help="warn on stderr, naming the agent and method, when a turn blocks the event "
+        f"loop this long (default {DEFAULT_SLOW_TURN:g}; 0: off)",
+    )
 
 
 async def _serve(mesh: Mesh) -> None:
@@ -156,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         "--dead-after", type=float, default=2.5, help="seconds of silence before a node is dead"
     )
     head.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
+    _slow_turn_argument(head)
     _tls_arguments(head)
     node = commands.add_parser("node", help="run a worker node that joins a head")
     node.add_argument("--join", required=True, help="the head's HOST:PORT")
@@ -167,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     node.add_argument("--labels", type=_labels, default={}, help="e.g. zone=eu,tier=gpu")
     node.add_argument("--token", help=token_help)
     node.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
+    _slow_turn_argument(node)
     _tls_arguments(node)
     status = commands.add_parser("status", help="show nodes, resources, labels and load")
     status.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
@@ -197,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                 tls=_tls(args),
                 heartbeat=args.heartbeat,
                 dead_after=args.dead_after,
+                slow_turn=_slow_turn(args),
             )
             run(_serve(mesh))
         elif args.command == "node":
@@ -210,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
                 labels=args.labels,
                 tls=_tls(args),
                 heartbeat=args.heartbeat,
+                slow_turn=_slow_turn(args),
                 _role="worker",
             )
             run(_serve(mesh))

@@ -26,7 +26,7 @@ from .kernel.errors import (
 from .kernel.exits import ExitReason, Terminated
 from .kernel.info import AgentInfo
 from .kernel.mailbox import DEFAULT_MAILBOX_SIZE
-from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Node
+from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_TURN, Node
 from .kernel.placing import GangStrategy, OnNode, Selector, Strategy, Ticket, make_request
 from .kernel.ref import AgentRef
 from .kernel.state import StateStore
@@ -61,7 +61,12 @@ class Mesh:
     does not pass its own; ``shutdown_timeout`` (default 5 s) is how long a stopping
     agent may take before it is cancelled; ``mailbox_size`` (default 1000) is the
     capacity of a mailbox when neither the agent class nor `spawn` sets one;
-    ``state_store`` (default: in memory) keeps agents' snapshots.
+    ``state_store`` (default: in memory) keeps agents' snapshots; ``slow_turn``
+    (default 0.5 s; None: off) is how long a turn may block the event loop before a
+    watchdog thread logs a WARNING naming the agent and method (docs/lifecycle.md).
+
+    The mesh, its agents and its refs belong to the event loop it was entered on;
+    from other threads use ``ref.method.ask_sync()`` / ``tell_sync()``.
 
     Example::
 
@@ -90,6 +95,7 @@ class Mesh:
         dead_after: float = DEFAULT_DEAD_AFTER,
         placement_timeout: float = DEFAULT_PLACEMENT_TIMEOUT,
         node_id: str | None = None,
+        slow_turn: float | None = DEFAULT_SLOW_TURN,
         _transport: Transport | None = None,
         _role: str | None = None,
     ) -> None:
@@ -114,6 +120,7 @@ class Mesh:
             mailbox_size=mailbox_size,
             transport=_transport,
             state_store=state_store,
+            slow_turn=slow_turn,
         )
         self._node.facade = self
         self._bus = Bus()
@@ -164,6 +171,7 @@ class Mesh:
         if self._entered:
             raise RuntimeError("a Mesh can be entered only once")
         self._entered = True
+        self._node.bind_loop()
         self._token = current_node.set(self._node)
         self._failure = asyncio.get_running_loop().create_future()
         try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .context import current_cell, current_chain
 from .envelope import NO_KWARGS, Envelope, TellEnvelope, chains
-from .errors import AgentmeshError, AgentUnavailable, BadArguments
+from .errors import AgentmeshError, AgentUnavailable, BadArguments, WrongLoop
 from .lifecycle import Lifecycle, State
 from .mailbox import Mailbox
 from .methods import MethodTable
@@ -254,7 +254,24 @@ class Cell(Lifecycle):
 
     def _ensure_runner(self) -> None:
         if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run())
+            loop = asyncio._get_running_loop()
+            if loop is None or loop is not self.node.loop:  # free: the loop is needed
+                self._runner_elsewhere()  # raises, unless it bound an unbound node
+                loop = asyncio.get_running_loop()
+            self._runner = loop.create_task(self._run())
+
+    def _runner_elsewhere(self) -> None:
+        """The last line of the loop checks: a message was queued off the node's loop
+        (by a thread that carries an agent's context, as ``asyncio.to_thread`` in a
+        handler does). Let the node's loop serve it, and raise `WrongLoop` here."""
+        node = self.node
+        try:
+            node.wrong_loop(f"a message for agent {self.label!r} sent")
+        except WrongLoop:
+            home = node.loop
+            if home is not None and not home.is_closed():
+                home.call_soon_threadsafe(self._ensure_runner)
+            raise
 
     def spawn_task(self, coro: Any) -> None:
         """Run ``coro`` in a task this agent owns (cancelled if it crashes)."""

@@ -1,5 +1,8 @@
 """Expiry of asks that use the node's default timeout, with a single timer.
 
+The timer lives on the loop of the first ask; `Node.ask` makes sure no ask from
+another loop gets here.
+
 Asks with the same timeout expire in the order they were sent, so an insertion-ordered
 dict is a priority queue for them: adding, removing and finding the next to expire are
 all O(1), and one timer serves them all. A per-ask ``loop.call_later`` costs several
@@ -11,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
+
+from .errors import WrongLoop
 
 __all__ = ["Deadlines"]
 
@@ -35,10 +40,17 @@ class Deadlines:
         """Call ``expire(fut)`` at ``now + timeout`` unless `discard` comes first;
         return that deadline."""
         deadline = now + self.timeout
-        self._entries[fut] = (deadline, expire)
         if self._timer is None:
-            self._loop = asyncio.get_running_loop()
-            self._timer = self._loop.call_at(deadline, self._fire)
+            # Arming is rare (the first ask after a quiet spell), so the loop is checked
+            # here: a timer armed on another loop would never fire on this one, and
+            # no ask would ever expire again.
+            loop = asyncio.get_running_loop()
+            if self._loop is None:
+                self._loop = loop
+            elif loop is not self._loop:
+                raise WrongLoop("ask deadlines are kept on the loop of the first ask only")
+            self._timer = loop.call_at(deadline, self._fire)
+        self._entries[fut] = (deadline, expire)
         return deadline
 
     def discard(self, fut: asyncio.Future[Any]) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "SerializationError",
     "SpawnError",
     "UnknownMethod",
+    "WrongLoop",
 ]
 
 
@@ -117,3 +118,17 @@ class PlacementError(AgentmeshError):
 
 class AuthError(AgentmeshError):
     """A peer failed to prove the cluster token, or the token is missing."""
+
+
+class WrongLoop(AgentmeshError, RuntimeError):
+    """A ref (or its mesh) was used from a thread or event loop that is not its mesh's.
+
+    A mesh, its agents and its refs belong to the one event loop the mesh runs on:
+    ``await ref.method()`` (or ``tell``, ``tell_nowait``, ``stop``) from another
+    thread, or from a loop of another thread's ``asyncio.run``, raises this before
+    anything is sent, and leaves the mesh as it was. From another thread, call
+    ``ref.method.ask_sync(...)`` or ``ref.method.tell_sync(...)`` instead. Those two
+    raise it when called on the mesh's own loop thread, where blocking would deadlock:
+    there, ``await`` the call. Also a `RuntimeError`, as asyncio's own "attached to a
+    different loop" errors are.
+    """

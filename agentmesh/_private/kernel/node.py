@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import secrets
+import threading
 from collections.abc import Awaitable, Callable, Container
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from .errors import (
     AskTimeout,
     MailboxFull,
     NameTaken,
+    WrongLoop,
 )
 from .exits import ExitReason, Terminated
 from .info import AgentInfo
@@ -37,12 +39,13 @@ from .placing import Placer, Ticket
 from .ref import AgentRef
 from .state import MemoryStateStore, StateStore
 from .waits import describe_wait
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .lifecycle import ExitListener
     from .transport import Transport
 
-__all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "Node"]
+__all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "DEFAULT_SLOW_TURN", "Node"]
 
 log = logging.getLogger("agentmesh.node")
 
@@ -50,6 +53,8 @@ log = logging.getLogger("agentmesh.node")
 DEFAULT_ASK_TIMEOUT = 30.0
 #: Seconds a stopping agent gets to finish its queue and ``on_stop`` before cancellation.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+#: Seconds a turn may block the event loop before the watchdog warns (`Mesh(slow_turn=)`).
+DEFAULT_SLOW_TURN = 0.5
 
 
 _EXITS_KEPT = 10_000
@@ -97,9 +102,12 @@ class Node:
         mailbox_size: int = DEFAULT_MAILBOX_SIZE,
         transport: Transport | None = None,
         state_store: StateStore | None = None,
+        slow_turn: float | None = None,
     ) -> None:
         if ask_timeout <= 0 or shutdown_timeout <= 0:
             raise ValueError("ask_timeout and shutdown_timeout must be positive")
+        if slow_turn is not None and not slow_turn > 0:
+            raise ValueError(f"slow_turn must be positive seconds or None, got {slow_turn}")
         self.id = node_id or secrets.token_hex(4)
         self.ask_timeout = ask_timeout
         self.shutdown_timeout = shutdown_timeout
@@ -128,10 +136,72 @@ class Node:
         self.name_claims: list[Callable[[AgentRef], Awaitable[None]]] = []
         self.transport = transport
         self.closed = False
+        #: The event loop this node runs on and that loop's thread (`bind_loop`):
+        #: refs used from anywhere else raise `WrongLoop` (see `wrong_loop`).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: int | None = None
+        #: Seconds a turn may block the loop before the watchdog warns; None: no watchdog.
+        self.slow_turn = slow_turn
+        self._watchdog: Watchdog | None = None
         self._deadlines = Deadlines(ask_timeout)
         self._ids = itertools.count(1)
         if transport is not None:
             transport.attach(self)
+
+    # -- the event loop ---------------------------------------------------------
+
+    def bind_loop(self) -> None:
+        """Bind this node to the running event loop, on which alone its agents and refs
+        work, and start the slow-turn watchdog on it if ``slow_turn`` is set.
+
+        The mesh calls this as it starts; a node used without it binds to the first
+        loop that uses it. Binding again on the same loop does nothing.
+        """
+        loop = asyncio.get_running_loop()
+        if self.loop is loop:
+            return
+        if self.loop is not None:
+            raise self._wrong_loop_error("bind_loop()", loop)
+        self.loop = loop
+        self.thread = threading.get_ident()
+        if self.slow_turn is not None:
+            self._watchdog = Watchdog(self.id, self.slow_turn)
+            self._watchdog.start()
+
+    def wrong_loop(self, what: str, ref: AgentRef | None = None, method: str = "") -> None:
+        """The slow path of the loop checks on the send paths, taken only when the
+        caller is not on this node's loop thread (or loop): bind this node if it has
+        no loop yet, else raise `WrongLoop` naming ``what`` was misused, and the remedy.
+        Raised before anything is queued or armed, so the mesh is left as it was."""
+        loop = asyncio._get_running_loop()
+        if self.loop is None and loop is not None:
+            self.bind_loop()
+            return
+        if loop is self.loop and threading.get_ident() == self.thread:
+            return  # the checks' fast tests are conservative; this one is exact
+        if ref is not None:
+            what = f"{what} {ref.name or ref.id}.{method}()"
+        raise self._wrong_loop_error(what, loop)
+
+    def _wrong_loop_error(self, what: str, loop: asyncio.AbstractEventLoop | None) -> WrongLoop:
+        here = threading.current_thread().name
+        mine = next((t.name for t in threading.enumerate() if t.ident == self.thread), "?")
+        if self.closed or (self.loop is not None and self.loop.is_closed()):
+            where = f"called off its loop after node {self.id}'s mesh has ended"
+        elif loop is None:
+            where = (
+                f"called from thread {here!r}, outside node {self.id}'s event loop "
+                f"(which runs in thread {mine!r})"
+            )
+        else:
+            where = (
+                f"called on another event loop (in thread {here!r}) than node "
+                f"{self.id}'s (in thread {mine!r})"
+            )
+        return WrongLoop(
+            f"{what} {where}; a mesh's refs work on the mesh's own loop only. From "
+            f"another thread use ref.method.ask_sync(...) or ref.method.tell_sync(...)"
+        )
 
     # -- agents -----------------------------------------------------------------
 
@@ -157,6 +227,8 @@ class Node:
         messages. ``reservation`` holds the resources placement reserved for it,
         released when it ends for good.
         """
+        if asyncio.get_running_loop() is not self.loop:
+            self.wrong_loop("spawn()")
         if self.closed:
             raise AgentUnavailable(f"node {self.id} is closed")
         kwargs: dict[str, Any] = {}
@@ -333,6 +405,8 @@ class Node:
         self.remote_monitors.node_down(peer, reason)
 
     async def stop_agent(self, ref: AgentRef, timeout: float | None) -> None:
+        if asyncio.get_running_loop() is not self.loop:
+            self.wrong_loop("stop", ref, "stop")
         if ref._cell is None and ref._node_id != self.id:
             await self._transport(ref).stop_agent(ref._node_id, ref._id, timeout)
             return
@@ -341,15 +415,21 @@ class Node:
             await cell.stop(self.shutdown_timeout if timeout is None else timeout)
 
     async def close(self) -> None:
-        """Stop every agent, newest first, each within the shutdown timeout."""
+        """Stop every agent, newest first, each within the shutdown timeout; then the
+        transport and the watchdog (also if stopping failed)."""
         self.closed = True
-        for cell in reversed(list(self.cells.values())):
-            await cell.stop(self.shutdown_timeout)
-        if self._background:  # e.g. snapshots being deleted: before the store closes
-            await asyncio.gather(*self._background, return_exceptions=True)
-        if self.transport is not None:
-            await self.transport.aclose()
-        self._deadlines.close()
+        try:
+            for cell in reversed(list(self.cells.values())):
+                await cell.stop(self.shutdown_timeout)
+            if self._background:  # e.g. snapshots being deleted: before the store closes
+                await asyncio.gather(*self._background, return_exceptions=True)
+            if self.transport is not None:
+                await self.transport.aclose()
+            self._deadlines.close()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
+                self._watchdog = None
 
     def _cell_of(self, ref: AgentRef, missing_ok: bool = False) -> Cell | None:
         cell = ref._cell
@@ -387,6 +467,8 @@ class Node:
     ) -> Any:
         """Send an ask and wait for its result; see `MethodRef.ask`."""
         loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # nearly free: the loop is needed here anyway
+            self.wrong_loop("ask", ref, method)
         fut: asyncio.Future[Any] = loop.create_future()
         sender = current_cell.get()
         expire = _Expiry(self, ref, method, sender)
@@ -453,6 +535,8 @@ class Node:
         self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         """Send a tell to a ref with no cached cell (remote, or not yet bound)."""
+        if threading.get_ident() != self.thread:
+            self.wrong_loop("tell", ref, method)
         env = self._tell_envelope(ref, method, args, kwargs)
         cell = self._cell_of(ref) if ref._node_id == self.id else None
         if cell is not None:
@@ -470,6 +554,8 @@ class Node:
     def tell_nowait(
         self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        if threading.get_ident() != self.thread:
+            self.wrong_loop("tell_nowait", ref, method)
         env = self._tell_envelope(ref, method, args, kwargs)
         cell = self._cell_of(ref) if ref._node_id == self.id else None
         if cell is None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from _thread import get_ident
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .context import current_cell, current_node
-from .envelope import tell_envelope
+from .envelope import NO_KWARGS, Envelope, chains
 from .errors import AgentUnavailable, MailboxFull, UnknownMethod
+from .threads import THREAD_GRACE, call_from_thread
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -167,7 +169,15 @@ class MethodRef:
         route = ref._route
         if route is None:
             return False
+        # The loop check, as in `tell`: the stream's buffer belongs to the loop too.
         sender = current_cell.get()
+        node = ref._node
+        if (
+            node is not None
+            and (sender is None or sender.node is not node)
+            and get_ident() != node.thread
+        ):
+            node.wrong_loop("tell", ref, self._method)
         return route.offer_tell(
             ref._id, self._method, args, kwargs, None if sender is None else sender.id
         )
@@ -180,7 +190,23 @@ class MethodRef:
             if not self._offer_remote(args, kwargs):
                 await ref._bind().tell(ref, self._method, args, kwargs)
             return
-        env = tell_envelope(ref._id, self._method, args, kwargs)
+        # The loop check: another thread's tell would reach the mailbox behind the
+        # loop's back (a runner started on the wrong loop, or a lost wake-up). An
+        # agent of this node runs on its loop, so only a driver (or a thread: no agent
+        # there) pays for asking the thread id, tens of ns on a tell of ~1 us.
+        sender = current_cell.get()
+        node = cell.node
+        if (sender is None or sender.node is not node) and get_ident() != node.thread:
+            node.wrong_loop("tell", ref, self._method)
+        env = Envelope(
+            ref._id,
+            self._method,
+            args,
+            kwargs or NO_KWARGS,
+            None,
+            next(chains),
+            None if sender is None else sender.id,
+        )
         if not cell.offer(env):
             await cell.post(env)
 
@@ -192,9 +218,60 @@ class MethodRef:
             if not self._offer_remote(args, kwargs):
                 ref._bind().tell_nowait(ref, self._method, args, kwargs)
             return
-        env = tell_envelope(ref._id, self._method, args, kwargs)
+        sender = current_cell.get()  # the loop check: see tell
+        node = cell.node
+        if (sender is None or sender.node is not node) and get_ident() != node.thread:
+            node.wrong_loop("tell_nowait", ref, self._method)
+        env = Envelope(
+            ref._id,
+            self._method,
+            args,
+            kwargs or NO_KWARGS,
+            None,
+            next(chains),
+            None if sender is None else sender.id,
+        )
         if not cell.offer(env):
             raise MailboxFull(f"mailbox of {ref!r} is full ({cell.mailbox.capacity} messages)")
+
+    def ask_sync(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Ask from another thread than the mesh's loop, blocking it until the result.
+
+        For code that is not on the mesh's event loop: a web request handler (Flask,
+        Django), a worker thread. The ask is made on the mesh's loop, as ``await
+        ref.method.ask(...)`` would be, and this thread waits: same result, same errors
+        (`RemoteError`, `AskTimeout` after ``timeout`` seconds, default the mesh's
+        ``ask_timeout``, `AgentUnavailable` ...). Calls one thread makes one after the
+        other arrive in that order. Thread-safe; raises `WrongLoop` on the mesh's own
+        loop thread, where waiting would deadlock (``await`` there).
+
+        Example::
+
+            def handler(request):  # in a web server's thread
+                return {"balance": alice.balance.ask_sync(timeout=2.0)}
+        """
+        ref = self._ref
+        node = ref._bind()
+        method = self._method
+        wait = (node.ask_timeout if timeout is None else timeout) + THREAD_GRACE
+
+        def ask() -> Coroutine[Any, Any, Any]:
+            return node.ask(ref, method, args, kwargs, timeout)
+
+        return call_from_thread(node, ask, wait, f"ask_sync {ref.name or ref.id}.{method}()")
+
+    def tell_sync(self, *args: Any, **kwargs: Any) -> None:
+        """Tell from another thread than the mesh's loop, blocking it until the message
+        is in the agent's mailbox (as ``await ref.method.tell(...)``: it waits for room).
+
+        Raises `AgentUnavailable` if the agent stopped (or the mesh ends meanwhile),
+        `WrongLoop` on the mesh's own loop thread. Tells one thread makes one after the
+        other are handled in that order.
+        """
+        ref = self._ref
+        node = ref._bind()
+        call = f"tell_sync {ref.name or ref.id}.{self._method}()"
+        call_from_thread(node, lambda: self.tell(*args, **kwargs), None, call)
 
     def __repr__(self) -> str:
         return f"<MethodRef {self._ref!r}.{self._method}>"
