@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import agentmesh as am
@@ -110,50 +111,66 @@ async def until(check: object, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.05)  # polling the cluster's view
 
 
-async def head_restarts(restarts: int) -> None:
-    head = await head_at("127.0.0.1:0")
-    workers = [await Daemon.start("node", "--join", head.address, *FAST) for _ in range(2)]
+@contextlib.asynccontextmanager
+async def three_nodes() -> AsyncIterator[tuple[list[Daemon], list[Daemon]]]:
+    """([head], [worker, worker]), each its own process; all stopped on the way out
+    (the head in a list: a restart replaces it)."""
+    heads = [await head_at("127.0.0.1:0")]
+    workers: list[Daemon] = []
     try:
-        async with am.Mesh(join=head.address, ask_timeout=20) as mesh:
-            by_address = {n.address: n.id for n in await mesh.nodes()}
-            n1, n2 = (by_address[w.address] for w in workers)
-            spec = am.SupervisorSpec(children=[am.ChildSpec(Counter, name="target", node=n2)])
-            sup = await mesh.spawn(am.Supervisor, spec, node=mesh.node_id)
-            target = await mesh.get("target")
-            pinger = await mesh.spawn(Pinger, target, node=n1, detached=True)
-
-            async def started() -> bool:  # n1 has found n2 (through the first head)
-                return bool((await pinger.report())[0] > 100)
-
-            await until(started)
-            for _ in range(restarts):
-                head.process.kill()
-                await head.process.wait()
-                head = await head_at(head.address)
-
-                async def registered() -> bool:
-                    return len([n for n in await mesh.nodes() if n.alive]) == 4
-
-                await until(registered)
-                ok, _ = await pinger.report()
-
-                async def flowing(base: int = ok) -> bool:
-                    return bool((await pinger.report())[0] > base + 500)
-
-                with contextlib.suppress(TimeoutError):  # report what happened anyway
-                    await until(flowing)
-            ok, failed = await pinger.report()
-            for error, times in (await pinger.errors_seen()).items():
-                print(f"  {times} x {error}")
-            [child] = await sup.children()
-            print(
-                f"head restart x{restarts}: {ok} asks between the workers, {failed} failed "
-                f"(target 0); supervised agent {child.state}, restarts={child.restarts} "
-                "(target: running, 0)"
-            )
+        for _ in range(2):
+            workers.append(await Daemon.start("node", "--join", heads[0].address, *FAST))
+        yield heads, workers
     finally:
-        for daemon in (*workers, head):
+        for daemon in (*workers, *heads):
             await daemon.stop()
+
+
+async def node_ids(mesh: am.Mesh, daemons: list[Daemon]) -> list[str]:
+    by_address = {n.address: n.id for n in await mesh.nodes()}
+    return [by_address[d.address] for d in daemons]
+
+
+async def head_restarts(restarts: int) -> None:
+    async with (
+        three_nodes() as (heads, workers),
+        am.Mesh(join=heads[0].address, ask_timeout=20) as mesh,
+    ):
+        n1, n2 = await node_ids(mesh, workers)
+        spec = am.SupervisorSpec(children=[am.ChildSpec(Counter, name="target", node=n2)])
+        sup = await mesh.spawn(am.Supervisor, spec, node=mesh.node_id)
+        target = await mesh.get("target")
+        pinger = await mesh.spawn(Pinger, target, node=n1, detached=True)
+
+        async def started() -> bool:  # n1 has found n2 (through the first head)
+            return bool((await pinger.report())[0] > 100)
+
+        await until(started)
+        for _ in range(restarts):
+            heads[0].process.kill()
+            await heads[0].process.wait()
+            heads[0] = await head_at(heads[0].address)
+
+            async def registered() -> bool:
+                return len([n for n in await mesh.nodes() if n.alive]) == 4
+
+            await until(registered)
+            ok, _ = await pinger.report()
+
+            async def flowing(base: int = ok) -> bool:
+                return bool((await pinger.report())[0] > base + 500)
+
+            with contextlib.suppress(TimeoutError):  # report what happened anyway
+                await until(flowing)
+        ok, failed = await pinger.report()
+        for error, times in (await pinger.errors_seen()).items():
+            print(f"  {times} x {error}")
+        [child] = await sup.children()
+        print(
+            f"head restart x{restarts}: {ok} asks between the workers, {failed} failed "
+            f"(target 0); supervised agent {child.state}, restarts={child.restarts} "
+            "(target: running, 0)"
+        )
 
 
 async def pauses(count: int) -> None:
@@ -167,47 +184,43 @@ async def pauses(count: int) -> None:
 
 async def pause_once() -> tuple[int, bool]:
     """(live instances of the agent once the paused node is back, old ref answered)."""
-    head = await head_at("127.0.0.1:0")
-    workers = [await Daemon.start("node", "--join", head.address, *FAST) for _ in range(2)]
-    try:
-        async with am.Mesh(join=head.address, ask_timeout=5) as mesh:
-            by_address = {n.address: n.id for n in await mesh.nodes()}
-            n1, n2 = (by_address[w.address] for w in workers)
-            spec = am.SupervisorSpec(children=[am.ChildSpec(Counter, name="c", node=n1)])
-            await mesh.spawn(am.Supervisor, spec, node=mesh.node_id)
-            old = await mesh.get("c")
-            workers[0].process.send_signal(signal.SIGSTOP)
+    async with (
+        three_nodes() as (heads, workers),
+        am.Mesh(join=heads[0].address, ask_timeout=5) as mesh,
+    ):
+        n1, n2 = await node_ids(mesh, workers)
+        spec = am.SupervisorSpec(children=[am.ChildSpec(Counter, name="c", node=n1)])
+        await mesh.spawn(am.Supervisor, spec, node=mesh.node_id)
+        old = await mesh.get("c")
+        workers[0].process.send_signal(signal.SIGSTOP)
 
-            async def moved() -> bool:
-                return (await mesh.get("c")).node == n2
+        async def moved() -> bool:
+            return (await mesh.get("c")).node == n2
 
-            await until(moved)
-            workers[0].process.send_signal(signal.SIGCONT)
+        await until(moved)
+        workers[0].process.send_signal(signal.SIGCONT)
 
-            async def back() -> bool:
-                probe = await mesh.spawn(Counter, node=n1)  # reachable again?
-                await probe.add(0)
-                return True
+        async def back() -> bool:
+            probe = await mesh.spawn(Counter, node=n1)  # reachable again?
+            await probe.add(0)
+            return True
 
-            await until(back)
-            try:
-                await old.add(0)
-                answered = True
-            except am.AgentmeshError:
-                answered = False
+        await until(back)
+        try:
+            await old.add(0)
+            answered = True
+        except am.AgentmeshError:
+            answered = False
 
-            # Counts come with heartbeats: once n1 counts the probe, the count is
-            # from after it rejoined (so after any fence).
-            async def reported() -> bool:
-                nodes = {n.id: n.agents for n in await mesh.nodes()}
-                return nodes[n1] >= 1 and nodes[n2] >= 1
-
-            await until(reported)
+        # Counts come with heartbeats: once n1 counts the probe, the count is
+        # from after it rejoined (so after any fence).
+        async def reported() -> bool:
             nodes = {n.id: n.agents for n in await mesh.nodes()}
-            return nodes[n1] - 1 + nodes[n2], answered
-    finally:
-        for daemon in (*workers, head):
-            await daemon.stop()
+            return nodes[n1] >= 1 and nodes[n2] >= 1
+
+        await until(reported)
+        nodes = {n.id: n.agents for n in await mesh.nodes()}
+        return nodes[n1] - 1 + nodes[n2], answered
 
 
 async def main() -> None:

@@ -19,7 +19,7 @@ import agentmesh as am
 
 from .agents import Blocker, Counter, Pinger
 from .conftest import wait_for
-from .test_cluster import ROOT, Daemon
+from .test_cluster import ROOT, Daemon, _finds
 
 pytestmark = pytest.mark.slow
 
@@ -134,14 +134,6 @@ async def _until_registered(mesh: am.Mesh, count: int) -> None:
         except am.AgentmeshError:
             pass
         await asyncio.sleep(0.05)  # polling the new head until it answers
-
-
-async def _finds(mesh: am.Mesh, name: str) -> bool:
-    try:
-        await mesh.get(name)
-    except am.AgentNotFound:
-        return False
-    return True
 
 
 async def test_a_node_that_died_while_the_head_was_away_is_declared_dead() -> None:

@@ -346,8 +346,8 @@ class Membership:
         if self.directory is not None:
             try:
                 await self.directory.draining.ask(self.node.id, timeout=5.0)
-            except AgentmeshError as exc:
-                log.warning("could not tell the head this node is draining: %s", exc)
+            except AgentmeshError as exc:  # the head is away: it learns when we leave
+                log.info("could not tell the head this node is draining: %s", exc)
         why = f"node {self.node.id} is draining"
         log.info("%s: handing its agents over", why)
         owned = [c for c in self.node.cells.values() if isinstance(c.exit_listener, ChildLink)]
