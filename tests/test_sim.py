@@ -123,7 +123,8 @@ async def test_a_late_policy_gets_the_default_action_and_is_counted() -> None:
         env = Walk(3, length=4)
         policies = await _policies(mesh, env, 1)
         policies["a1"] = await mesh.spawn(Stuck)
-        result = await sim.run_episode(mesh, env, policies, seed=1, deadline=0.05)
+        # A deadline the live policies meet even on a loaded machine: only a1 is late.
+        result = await sim.run_episode(mesh, env, policies, seed=1, deadline=0.5)
         assert [step["a1"] for step in env.steps_seen] == [-100] * 4
         assert all(step["a0"] != -100 and step["a2"] != -100 for step in env.steps_seen)
         assert dict(result.late) == {"a1": 4}

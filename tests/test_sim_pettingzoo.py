@@ -47,12 +47,14 @@ def test_parallel_api_test_passes_through_the_adapter() -> None:
 
 
 async def _play(seed: int, absent: str | None = None) -> sim.EpisodeResult:
-    env = sim.PettingZooEnv(rps(max_cycles=40))
+    # With an absent player every step waits out the deadline: fewer, longer steps,
+    # so the present player always answers in time even on a loaded machine.
+    env = sim.PettingZooEnv(rps(max_cycles=10 if absent else 40))
     async with am.Mesh(shutdown_timeout=0.2) as mesh:
         policies = {a: await mesh.spawn(Player, seed, a) for a in env.possible_agents}
         if absent is not None:
             policies[absent] = await mesh.spawn(Absent)
-        deadline = 0.05 if absent else 5.0
+        deadline = 0.3 if absent else 5.0
         return await sim.run_episode(mesh, env, policies, seed=seed, deadline=deadline)
 
 
@@ -68,5 +70,5 @@ async def test_rock_paper_scissors_runs_end_to_end_and_reproducibly() -> None:
 
 async def test_an_absent_player_plays_the_default_action_counted() -> None:
     result = await _play(5, absent="player_1")
-    assert dict(result.late) == {"player_1": 40}
+    assert dict(result.late) == {"player_1": 10}
     assert result.total_failed == 0

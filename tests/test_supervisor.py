@@ -441,16 +441,17 @@ async def test_a_supervisor_stop_waits_for_each_child_in_turn() -> None:
             self.recorder = recorder
 
         async def on_stop(self) -> None:
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.4)  # the work of stopping: well within 1 s
             await self.recorder.log.tell(self.label)
 
-    async with am.Mesh(shutdown_timeout=0.25) as mesh:
+    # Wide margins, so a loaded machine cannot make a 0.4 s stop take 1 s.
+    async with am.Mesh(shutdown_timeout=1.0) as mesh:
         recorder = await mesh.spawn(Recorder)
         spec = am.SupervisorSpec(
             children=[am.ChildSpec(SlowStop, label, recorder) for label in "abc"]
         )
         sup = await mesh.spawn(am.Supervisor, spec)
-        await sup.stop()  # 3 x 0.15 s: more than one shutdown timeout, each within its own
+        await sup.stop()  # 3 x 0.4 s: more than one shutdown timeout, each within its own
         assert await recorder.all() == ["c", "b", "a"]
 
 
