@@ -124,7 +124,7 @@ async def _status(address: str, token: str | None, as_json: bool, tls: TLS | Non
         f"{'held':>5} {'refused':>7}  resources used/total, labels"
     )
     for n in nodes:
-        state = "up" if n.alive else "down"
+        state = ("drain" if n.draining else "up") if n.alive else "down"
         extra = ", ".join(
             f"{k}={_amount(k, n.used.get(k, 0.0))}/{_amount(k, v)}" for k, v in n.resources.items()
         )
