@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 import agentmesh as am
+from agentmesh._private.cluster.directory import Directory, NodeInfo
+from agentmesh._private.placement.scheduler import Scheduler
 from agentmesh._private.transport.grpc_transport import DEFAULT_WINDOW
 from agentmesh.v1 import wire_pb2
 
@@ -433,3 +435,31 @@ async def test_the_head_reports_frames_it_refused(pair: tuple[am.Mesh, am.Mesh])
     await link._write(wire_pb2.Frame(batch=wire_pb2.Batch(pickled=b"not a pickle")))
     await wait_for(lambda: _head_reports(driver, "refused", 1), what="one refused frame")
     assert await counter.add(1) == 2  # over a new stream
+
+
+async def test_heartbeat_answers_forget_old_tombstones_but_the_head_keeps_its_verdict(
+    mesh: am.Mesh,
+) -> None:
+    # Every heartbeat answer lists the gone nodes: only for a while, or a long-lived
+    # cluster would ship thousands of ids to every node twice a second.
+    directory = await mesh._node.spawn(Directory, (Scheduler(), 0.2, 1.0))
+    await directory.register(NodeInfo("x", "127.0.0.1:1", "worker"), {})
+    await directory.register(NodeInfo("y", "127.0.0.1:2", "worker"), {})
+
+    async def gone_for_y() -> dict[str, str]:  # y beats at every check: it stays alive
+        beat = await directory.heartbeat("y", 0, 0)
+        assert beat.status == "ok"
+        gone: dict[str, str] = beat.gone
+        return gone
+
+    async def listed() -> bool:
+        return "x" in await gone_for_y()
+
+    async def forgotten() -> bool:
+        return "x" not in await gone_for_y()
+
+    await wait_for(listed, what="x declared dead and listed")
+    await wait_for(forgotten, what="x no longer listed after forget_after")
+    # The verdict stays: x, coming back, must still fence before it rejoins.
+    assert (await directory.heartbeat("x", 0, 0)).status == "dead"
+    assert (await directory.register(NodeInfo("x", "127.0.0.1:1", "worker"), {})).status == "dead"

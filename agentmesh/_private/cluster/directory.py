@@ -36,7 +36,7 @@ log = logging.getLogger("agentmesh.cluster")
 DEFAULT_HEARTBEAT = 0.5
 #: Seconds of silence after which the head declares a node dead.
 DEFAULT_DEAD_AFTER = 2.5
-#: How many gone nodes (dead or left) the head remembers, newest kept.
+#: How many gone nodes (dead or left) heartbeat answers list at most, newest kept.
 GONE_KEPT = 4096
 
 
@@ -84,15 +84,24 @@ class Directory(Agent):
     """Membership, failure detection and the cluster-wide name registry; it keeps the
     placement scheduler's view of the nodes current."""
 
-    def __init__(self, scheduler: Scheduler, dead_after: float = DEFAULT_DEAD_AFTER) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        dead_after: float = DEFAULT_DEAD_AFTER,
+        forget_after: float | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.dead_after = dead_after
+        #: Seconds a gone node stays in heartbeat answers: long enough for every live
+        #: node to have heard (they beat well within ``dead_after``), short enough that
+        #: answers stay small. A node away longer is declared dead itself and fences.
+        self.forget_after = max(60.0, 20 * dead_after) if forget_after is None else forget_after
         self.nodes: dict[str, NodeInfo] = {}
         self.names: dict[str, AgentRef] = {}
         #: Each node's pub/sub interest: the patterns its subscribers hold.
         self.interests: dict[str, frozenset[str]] = {}
-        #: Nodes declared dead or that left (id -> why), newest last, bounded.
-        self.gone: collections.OrderedDict[str, str] = collections.OrderedDict()
+        #: Nodes declared dead or that left (id -> (why, when)), newest last, bounded.
+        self.gone: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
         #: Nodes a registering node knew that have not registered here yet (a new
         #: head): id -> (address, since when). Pinged once ``dead_after`` has passed,
         #: and declared dead if they do not answer.
@@ -126,7 +135,7 @@ class Directory(Agent):
         A node this head declared dead is refused (status ``"dead"``) until it says
         it has ``fenced`` itself. Returns the membership and pub/sub interests.
         """
-        if node.id in self.gone and self.gone[node.id] != "left" and not fenced:
+        if self._declared_dead(node.id) and not fenced:
             return Beat("dead")
         self.gone.pop(node.id, None)
         self.expected.pop(node.id, None)
@@ -164,8 +173,7 @@ class Directory(Agent):
         head) or to fence itself first (it was declared dead)."""
         node = self.nodes.get(node_id)
         if node is None or not node.alive:
-            dead = node_id in self.gone and self.gone[node_id] != "left"
-            return Beat("dead" if dead else "unknown")
+            return Beat("dead" if self._declared_dead(node_id) else "unknown")
         self.nodes[node_id] = replace(
             node,
             agents=agents,
@@ -214,10 +222,19 @@ class Directory(Agent):
 
     def _beat(self, interests: bool = False) -> Beat:
         members = {n.id: n.address for n in self.nodes.values() if n.alive}
-        return Beat("ok", members, dict(self.gone), dict(self.interests) if interests else {})
+        gone = {node_id: why for node_id, (why, _) in self.gone.items()}
+        return Beat("ok", members, gone, dict(self.interests) if interests else {})
+
+    def _declared_dead(self, node_id: str) -> bool:
+        """Whether this head declared ``node_id`` dead (a node that left is not);
+        the verdict outlives its tombstone: the node stays listed, down."""
+        node = self.nodes.get(node_id)
+        if node is not None and not node.alive:
+            return True
+        return node_id in self.gone and self.gone[node_id][0] != "left"
 
     def _bury(self, node_id: str, why: str) -> None:
-        self.gone[node_id] = why
+        self.gone[node_id] = (why, self._now())
         self.gone.move_to_end(node_id)
         while len(self.gone) > GONE_KEPT:
             self.gone.popitem(last=False)
@@ -243,6 +260,9 @@ class Directory(Agent):
             for node in list(self.nodes.values()):
                 if node.alive and node.role != "head" and node.last_seen < deadline:
                     self._drop(node.id, f"missed heartbeats for {self.dead_after:g}s: dead")
+            forgotten = self._now() - self.forget_after
+            while self.gone and next(iter(self.gone.values()))[1] < forgotten:
+                self.gone.popitem(last=False)
             for node_id, (_, since) in list(self.expected.items()):
                 if since < deadline and node_id not in self._pings:
                     self._pings.add(node_id)

@@ -350,7 +350,7 @@ class Membership:
                 log.info("could not tell the head this node is draining: %s", exc)
         why = f"node {self.node.id} is draining"
         log.info("%s: handing its agents over", why)
-        owned = [c for c in self.node.cells.values() if isinstance(c.exit_listener, ChildLink)]
+        owned = self._owned_elsewhere()
         links: list[ChildLink] = []
         for cell in owned:
             link = cell.exit_listener
@@ -367,6 +367,10 @@ class Membership:
                     log.warning("could not hand %s over to node %s: %s", agent, peer, exc)
             link.outbox.clear()
 
+    def _owned_elsewhere(self) -> list[Cell]:
+        """The agents here whose supervisors live on other nodes."""
+        return [c for c in self.node.cells.values() if isinstance(c.exit_listener, ChildLink)]
+
     async def fence(self, why: str) -> None:
         """This node was declared dead while it was away (paused, cut off, blocked):
         the supervisors of its agents that live on other nodes have counted those
@@ -377,7 +381,7 @@ class Membership:
         again. Nothing here may be two places at once."""
         log.warning("fencing node %s: %s", self.node.id, why)
         timeout = self.node.shutdown_timeout
-        owned = [c for c in self.node.cells.values() if isinstance(c.exit_listener, ChildLink)]
+        owned = self._owned_elsewhere()
         for cell in owned:
             cell.exit_listener = None  # its supervisor already counted it lost
         await asyncio.gather(*(cell.stop(timeout) for cell in owned))
