@@ -120,4 +120,4 @@ async def test_many_idle_agents_hold_no_tasks(mesh: am.Mesh) -> None:
     # A runner stays one loop turn after its last message, then ends.
     await wait_for(lambda: len(asyncio.all_tasks()) == before, what="runners ended")
     cells = [mesh._node.cells[r.id] for r in refs]
-    assert all(cell._runner is None and cell.mailbox.items is None for cell in cells)
+    assert all(cell.runner is None and cell.mailbox.items is None for cell in cells)

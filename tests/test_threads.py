@@ -63,7 +63,7 @@ async def test_a_thread_misusing_refs_leaves_the_agent_as_it_was(mesh: am.Mesh) 
     assert "tell_nowait" in str(await in_thread(misuses[0]))
     assert not cell.mailbox
     assert cell.handled == 0
-    assert cell._runner is None
+    assert cell.runner is None
     assert await counter.add(1) == 1  # nothing was queued, the agent still serves
 
 

@@ -4,20 +4,23 @@ A cell outlives the agent instances it hosts (a restart swaps the instance and k
 the cell), so refs, the name and the queued messages survive a restart. Starting,
 stopping, crashing and restarting live in `lifecycle.Lifecycle`.
 
-The runner task exists only while there is work: it is created when a message reaches
-an idle agent and ends when the mailbox is empty (one loop turn later).
+An agent holds no task: a message to an idle agent queues its cell on the node's
+`Dispatcher`, which runs its turns (see dispatch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import types
 from collections import deque
+from collections.abc import Coroutine
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from .context import current_cell, current_chain
-from .envelope import NO_KWARGS, Envelope, TellEnvelope, chains
+from .context import current_chain
+from .dispatch import TURNS_PER_SLICE, Suspended, resume
+from .envelope import NO_KWARGS, Envelope, Reply, TellEnvelope, chains
 from .errors import AgentmeshError, AgentUnavailable, BadArguments, WrongLoop
 from .lifecycle import Lifecycle, State
 from .mailbox import Mailbox
@@ -41,6 +44,22 @@ _OPEN = (
     State.SUSPENDING,
     State.RESTARTING,
 )
+
+
+#: States in which the agent takes turns (STOPPING: those queued before the stop).
+_TAKES_TURNS = (State.RUNNING, State.STOPPING)
+#: States in which there is nothing to run: no instance, or ended.
+_WAITING = (State.RESTARTING, State.STOPPED, State.CRASHED)
+
+#: A turn whose handler suspended: its envelope, coroutine and what it yielded.
+StartedTurn = tuple[Envelope, Coroutine[Any, Any, Any], Any]
+
+
+_Coroutine = types.CoroutineType
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 class Cell(Lifecycle):
@@ -96,7 +115,10 @@ class Cell(Lifecycle):
         self._stop_reason: Any = "shutdown"
         self._exit_error: str | None = None
         self.stop_requested = False
-        self._runner: asyncio.Task[None] | None = None
+        self.runner: asyncio.Task[None] | None = None
+        self.queued = False
+        self.context = None
+        self._turns_left = 0
         self._tasks: set[asyncio.Task[None]] | None = None
         self._slot: asyncio.Future[None] | None = None
         self._start: asyncio.Future[None] | None = None
@@ -144,8 +166,8 @@ class Cell(Lifecycle):
         elif mailbox.putters or len(items) + mailbox.reserved >= mailbox.capacity:
             return False
         items.append(env)
-        if self._runner is None and self.instance is not None:
-            self._ensure_runner()
+        if self.runner is None and not self.queued and self.instance is not None:
+            self.schedule()
         return True
 
     def offer_tells(self, tells: list[Any], start: int) -> int:
@@ -179,8 +201,8 @@ class Cell(Lifecycle):
             env.chain = next(chains)
             append(env)
             i += 1
-        if i > start and self._runner is None and self.instance is not None:
-            self._ensure_runner()
+        if i > start and self.runner is None and not self.queued and self.instance is not None:
+            self.schedule()
         return i
 
     def post_nowait(self, env: Envelope) -> None:
@@ -189,8 +211,8 @@ class Cell(Lifecycle):
             self._run_reentrant(env)
             return
         self.mailbox.put_nowait(env)
-        if self._runner is None and self.instance is not None:
-            self._ensure_runner()
+        if self.runner is None and not self.queued and self.instance is not None:
+            self.schedule()
 
     def try_post(self, env: Envelope) -> bool:
         """Queue ``env`` (or run it at once if reentrant) if that needs no waiting;
@@ -200,8 +222,8 @@ class Cell(Lifecycle):
             return True
         if not self.mailbox.try_put(env):
             return False
-        if self._runner is None and self.instance is not None:
-            self._ensure_runner()
+        if self.runner is None and not self.queued and self.instance is not None:
+            self.schedule()
         return True
 
     def runs_at_once(self, env: Envelope) -> bool:
@@ -219,8 +241,8 @@ class Cell(Lifecycle):
         if self.try_post(env):
             return
         await self.mailbox.put(env)
-        if self._runner is None and self.instance is not None:
-            self._ensure_runner()
+        if self.runner is None and not self.queued and self.instance is not None:
+            self.schedule()
 
     def deliver_notice(self, method: str, *args: Any) -> None:
         """Queue a framework notice (``!terminated``, ``!child_exited``) for a system
@@ -252,15 +274,22 @@ class Cell(Lifecycle):
 
     # -- running ----------------------------------------------------------------
 
-    def _ensure_runner(self) -> None:
-        if self._runner is None:
+    def schedule(self) -> None:
+        """Have the node's dispatcher run this agent soon: its turns, or the start,
+        stop or crash it is going through. Nothing to do if it is queued or running."""
+        if self.runner is None and not self.queued:
+            node = self.node
             loop = asyncio._get_running_loop()
-            if loop is None or loop is not self.node.loop:  # free: the loop is needed
-                self._runner_elsewhere()  # raises, unless it bound an unbound node
-                loop = asyncio.get_running_loop()
-            self._runner = loop.create_task(self._run())
+            if loop is None or loop is not node.loop:  # free: the loop is needed
+                self._scheduled_elsewhere()  # raises, unless it bound an unbound node
+            # Dispatcher.schedule, inlined: this runs once per message to an idle agent.
+            self.queued = True
+            dispatcher = node.dispatcher
+            dispatcher.ready.append(self)
+            if dispatcher.task is None:
+                dispatcher.start()
 
-    def _runner_elsewhere(self) -> None:
+    def _scheduled_elsewhere(self) -> None:
         """The last line of the loop checks: a message was queued off the node's loop
         (by a thread that carries an agent's context, as ``asyncio.to_thread`` in a
         handler does). Let the node's loop serve it, and raise `WrongLoop` here."""
@@ -270,12 +299,18 @@ class Cell(Lifecycle):
         except WrongLoop:
             home = node.loop
             if home is not None and not home.is_closed():
-                home.call_soon_threadsafe(self._ensure_runner)
+                home.call_soon_threadsafe(self.schedule)
             raise
 
     def spawn_task(self, coro: Any) -> None:
-        """Run ``coro`` in a task this agent owns (cancelled if it crashes)."""
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        """Run ``coro`` in a task this agent owns (cancelled if it crashes), in a copy
+        of the agent's context."""
+        context = self.context
+        if context is None:
+            context = self.context = self.node.dispatcher.context_for(self)
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            coro, context=context.copy()
+        )
         if self._tasks is None:
             self._tasks = set()
         self._tasks.add(task)
@@ -288,12 +323,62 @@ class Cell(Lifecycle):
         if slot is not None and not slot.done():
             slot.set_result(None)
 
-    async def _run(self) -> None:
-        current_cell.set(self)
-        lingered = False
+    def run_slice(self) -> Suspended | bool:
+        """Run this agent now, in the dispatcher's task and the agent's context: up to
+        `TURNS_PER_SLICE` turns, or the start, stop or crash it is going through.
+
+        Returns False when the agent has nothing left to do, True when it has more
+        messages (the dispatcher queues it again), or the coroutine that suspended
+        and what it yielded, for the dispatcher to await (`resume`) and then ask
+        `slice_ended`.
+        """
+        state = self.state
+        if state is State.RUNNING and self.concurrency == 1 and not self.checkpoint_every:
+            self._turns_left = TURNS_PER_SLICE
+            turn = self._turns_now()
+            if turn is not None:
+                coro = self._run(turn)
+            elif self.state is State.RUNNING:
+                # slice_ended, inlined: this runs once per message to an idle agent.
+                self.runner = None
+                mailbox = self.mailbox
+                if mailbox.items:
+                    return True
+                if not mailbox.putters and not mailbox.reserved:
+                    mailbox.items = None  # Mailbox.release: an idle agent holds no buffer
+                return False
+            else:  # a turn crashed or stopped the agent: go through that now
+                coro = self._run()
+        elif state in _WAITING:
+            self.runner = None
+            return False
+        else:
+            self._turns_left = 1 if self.checkpoint_every else TURNS_PER_SLICE
+            coro = self._run()
+        try:
+            return coro, coro.send(None)
+        except StopIteration:
+            return self.slice_ended()
+
+    def slice_ended(self) -> bool:
+        """The dispatcher is done with this agent for now: True if it should queue it
+        again (it has messages left and takes turns)."""
+        self.runner = None
+        mailbox = self.mailbox
+        if not mailbox:
+            mailbox.release()
+            return False
+        return not self.queued and self.instance is not None and self.state in _TAKES_TURNS
+
+    async def _run(self, turn: StartedTurn | None = None) -> None:
+        """What a slice runs when it may suspend: a turn that already started
+        (``turn``), the start, the turns left, then the stop, crash or suspension."""
         try:
             while True:
                 try:
+                    if turn is not None:
+                        started, turn = turn, None
+                        await self._finish_turn(*started)
                     await self._run_once()
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
@@ -301,27 +386,21 @@ class Cell(Lifecycle):
                         raise
                     task.uncancel()  # a crash elsewhere cancelled this turn: finish it
                 state = self.state
+                if self.mailbox and not self._halt and state in _TAKES_TURNS:
+                    return  # the slice is used up: the dispatcher queues the agent again
                 if state is State.STOPPING:
                     await self._finish_stop()
                 elif state is State.CRASHING:
                     await self._finish_crash()
                 elif state is State.SUSPENDING:
                     await self._finish_suspend()
-                elif state is State.RUNNING and not lingered and not self.mailbox:
-                    # Stay one loop turn: a reply usually brings the next message right
-                    # back, and serving it here saves creating a task for it.
-                    lingered = True
-                    await asyncio.sleep(0)
-                    if self.mailbox:
-                        lingered = False
-                    continue
                 else:
                     return
                 if self.state is not State.STARTING:
                     return
-                lingered = False  # restarted at once: serve the same mailbox
+                # restarted at once: start it and serve the same mailbox
         finally:
-            self._runner = None
+            self.runner = None
             self.mailbox.release()
 
     async def _run_once(self) -> None:
@@ -336,7 +415,7 @@ class Cell(Lifecycle):
         """The call chain of the running handler of this agent, for asks it makes.
 
         Turns in their own task (concurrent or reentrant) carry it in `current_chain`,
-        which tasks they spawn inherit. The serial runner keeps it in ``self.chain``
+        which tasks they spawn inherit. A serial turn keeps it in ``self.chain``
         (cheaper than setting a context variable per message), and tasks spawned by
         its turn (``asyncio.gather``) use the chain of the turn running when they ask.
         """
@@ -351,30 +430,38 @@ class Cell(Lifecycle):
             return list(self.active)
         return [self.current, *self.active]
 
-    async def _drain_serial(self) -> None:
-        # The common case, one turn at a time, inlined: this loop is the hot path of
-        # every message. _turn holds the same steps for concurrent and reentrant turns.
+    def _turns_now(self) -> StartedTurn | None:
+        """Handle queued messages one after the other, right now, while the slice has
+        turns left: the hot path of every message to a serial agent.
+
+        A handler that finishes without suspending costs no task. One that suspends
+        is returned, still the current turn (its envelope, coroutine and what it
+        yielded), for the caller to finish with `_finish_turn`; nothing else of this
+        agent runs meanwhile. `_turn` holds the same steps for turns in a task.
+        """
         mailbox = self.mailbox
         items = mailbox.items
         handlers = self.methods.handlers
         instance = self.instance
-        while items and not self._halt:
-            env = items.popleft()
-            if mailbox.putters:
-                mailbox.wake_putter()
-            reply = env.reply
-            if reply is not None and reply.done():
-                continue  # the asker gave up before this message started
-            try:
-                handler = handlers.get(env.method)
-            except TypeError:  # not a name at all: from a peer that breaks the protocol
-                handler = None
-            if handler is None:
-                self._reject(env, self.methods.unknown(str(env.method)))
-                continue
-            self.chain = env.chain  # cheaper than a context variable; see chain_of
-            self.current = env
-            try:
+        left = self._turns_left
+        try:
+            while items and left > 0 and not self._halt:
+                left -= 1
+                env = items.popleft()
+                if mailbox.putters:
+                    mailbox.wake_putter()
+                reply = env.reply
+                if reply is not None and reply.done():
+                    continue  # the asker gave up before this message started
+                try:
+                    handler = handlers.get(env.method)
+                except TypeError:  # not a name at all: from a peer that breaks the protocol
+                    handler = None
+                if handler is None:
+                    self._reject(env, self.methods.unknown(str(env.method)))
+                    continue
+                self.chain = env.chain  # cheaper than a context variable; see chain_of
+                self.current = env
                 try:
                     kwargs = env.kwargs
                     if kwargs is NO_KWARGS:
@@ -382,23 +469,66 @@ class Cell(Lifecycle):
                     else:
                         coro = handler(instance, *env.args, **kwargs)
                 except TypeError as exc:
+                    self.current = None
                     self._reject(env, BadArguments(f"{self.label}.{env.method}(): {exc}"))
                     continue
+                if type(coro) is not _Coroutine:
+                    coro = _awaited(coro)  # an awaitable other than a coroutine
                 self.handled += 1
                 try:
-                    result = await coro
+                    yielded = coro.send(None)
+                except StopIteration as done:
+                    # _completed, inlined: this runs once per message.
+                    if reply is not None and not reply.done():
+                        reply.set_result(done.value)
+                    if self.checkpoint_every:
+                        self._since_checkpoint += 1
+                    self.current = None
+                    continue
                 except Exception as exc:
                     self._failed(env, exc)
+                    self.current = None
                     continue
                 except asyncio.CancelledError as exc:
+                    self.current = None
                     self._stray_cancel(exc, env)
                     continue
-                if reply is not None and not reply.done():
-                    reply.set_result(result)
-                if self.checkpoint_every:
-                    await self._after_handled()
-            finally:
-                self.current = None
+                return env, coro, yielded
+            return None
+        finally:
+            self._turns_left = left
+
+    async def _finish_turn(
+        self, env: Envelope, coro: Coroutine[Any, Any, Any], yielded: Any
+    ) -> None:
+        """The rest of a turn whose handler suspended in `_turns_now`."""
+        try:
+            try:
+                result = await resume(coro, yielded)
+            except Exception as exc:
+                self._failed(env, exc)
+                return
+            except asyncio.CancelledError as exc:
+                self._stray_cancel(exc, env)
+                return
+            self._completed(env.reply, result)
+        finally:
+            self.current = None
+
+    def _completed(self, reply: Reply | None, result: Any) -> None:
+        """A handler returned ``result``: answer the asker; count for checkpoints."""
+        if reply is not None and not reply.done():
+            reply.set_result(result)
+        if self.checkpoint_every:
+            self._since_checkpoint += 1
+
+    async def _drain_serial(self) -> None:
+        while self.mailbox and self._turns_left > 0 and not self._halt:
+            turn = self._turns_now()
+            if turn is not None:
+                await self._finish_turn(*turn)
+            if self.checkpoint_every:
+                await self._checkpoint_if_due()
 
     async def _drain_concurrent(self) -> None:
         mailbox = self.mailbox
@@ -423,7 +553,7 @@ class Cell(Lifecycle):
             return  # the asker gave up before this message started: never run it
         try:
             handler = self.methods.handlers.get(env.method)
-        except TypeError:  # not a name at all (see _drain_serial)
+        except TypeError:  # not a name at all (see _turns_now)
             handler = None
         if handler is None:
             self._reject(env, self.methods.unknown(str(env.method)))
@@ -447,10 +577,9 @@ class Cell(Lifecycle):
             except asyncio.CancelledError as exc:
                 self._stray_cancel(exc, env)
                 return
-            if reply is not None and not reply.done():
-                reply.set_result(result)
+            self._completed(reply, result)
             if self.checkpoint_every:
-                await self._after_handled()
+                await self._checkpoint_if_due()
         finally:
             active.remove(env)
 

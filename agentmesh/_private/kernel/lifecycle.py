@@ -8,6 +8,7 @@ learns of every exit of an instance and decides whether a new one starts.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import inspect
 import logging
@@ -79,7 +80,6 @@ class Lifecycle:
         "_done",
         "_exit_error",
         "_halt",
-        "_runner",
         "_since_checkpoint",
         "_slot",
         "_spawning",
@@ -87,12 +87,14 @@ class Lifecycle:
         "_stop_reason",
         "_suspended",
         "_tasks",
+        "_turns_left",
         "active",
         "args",
         "chain",
         "checkpoint_every",
         "cls",
         "concurrency",
+        "context",
         "crashes",
         "current",
         "exit_listener",
@@ -106,10 +108,12 @@ class Lifecycle:
         "methods",
         "name",
         "node",
+        "queued",
         "ref",
         "rejected",
         "reservation",
         "restarts",
+        "runner",
         "state",
         "stop_requested",
         "waiting_on",
@@ -144,7 +148,13 @@ class Lifecycle:
     _exit_error: str | None
     #: Something other than the agent asked it to stop: no restart, whatever happens.
     stop_requested: bool
-    _runner: asyncio.Task[None] | None
+    #: The task running this agent's turns now (the dispatcher's, or one a turn kept).
+    runner: asyncio.Task[None] | None
+    #: On the dispatcher's ready queue.
+    queued: bool
+    #: The agent's own contextvars, in which its code runs (made at its first turn).
+    context: contextvars.Context | None
+    _turns_left: int
     _tasks: set[asyncio.Task[None]] | None
     _slot: asyncio.Future[None] | None
     _start: asyncio.Future[None] | None
@@ -157,7 +167,7 @@ class Lifecycle:
         return self.name or self.id
 
     # Defined by Cell.
-    def _ensure_runner(self) -> None:
+    def schedule(self) -> None:
         raise NotImplementedError
 
     def busy(self) -> list[Envelope]:
@@ -185,10 +195,10 @@ class Lifecycle:
             self._spawning = False
             self.state = State.RUNNING
             if self.mailbox:  # __init__ told itself something
-                self._ensure_runner()
+                self.schedule()
             return
         self._start = asyncio.get_running_loop().create_future()
-        self._ensure_runner()
+        self.schedule()
         await self._start
 
     async def restart(self) -> bool:
@@ -206,7 +216,7 @@ class Lifecycle:
         self.stop_requested = False
         self._halt = False
         self._start = asyncio.get_running_loop().create_future()
-        self._ensure_runner()
+        self.schedule()
         try:
             await asyncio.shield(self._start)
         except Exception:
@@ -283,9 +293,9 @@ class Lifecycle:
         await self.node.state_store.put(self.store_key, cloudpickle.dumps(state))
         self._since_checkpoint = 0
 
-    async def _after_handled(self) -> None:
-        """The checkpoint policy: a snapshot every ``checkpoint_every`` messages."""
-        self._since_checkpoint += 1
+    async def _checkpoint_if_due(self) -> None:
+        """The checkpoint policy: a snapshot every ``checkpoint_every`` messages handled
+        (counted by `Cell._completed`)."""
         if self._since_checkpoint >= self.checkpoint_every:
             try:
                 await self.checkpoint()
@@ -305,9 +315,9 @@ class Lifecycle:
         self.exit_reason = f"crashed in {where}: {self.last_error}"
         log.error("agent %s crashed in %s", self.label, where, exc_info=exc)
         self._cancel_turns(f"agent {self.label!r} crashed while this call was running")
-        runner = self._runner
+        runner = self.runner
         if runner is None:
-            self._ensure_runner()
+            self.schedule()
         elif runner is not asyncio.current_task():
             runner.cancel()  # _run sees the crash, finishes it and carries on
 
@@ -351,11 +361,12 @@ class Lifecycle:
             if state not in (State.CRASHING, State.SUSPENDING):
                 self.state = State.STOPPING
                 self.mailbox.fail_putters(f"agent {self.label!r} is stopping")
-                idle = self._runner is None and not self._tasks and not self.mailbox
+                idle = self.runner is None and not self.queued
+                idle = idle and not self._tasks and not self.mailbox
                 if idle and self._no_on_stop():
                     self._exited(self._stop_reason, None)
                     return
-                self._ensure_runner()
+                self.schedule()
         if self_stop:
             return  # an agent stopping itself: the stop completes after this turn
         if self._done is None:
@@ -398,7 +409,7 @@ class Lifecycle:
             return
         log.warning("agent %s %s", self.label, reason)
         self._cancel_turns(f"agent {self.label!r} {reason}")
-        runner = self._runner
+        runner = self.runner
         if runner is not None and runner is not asyncio.current_task():
             runner.cancel()
         self.exit_reason = reason
@@ -415,7 +426,7 @@ class Lifecycle:
         self.state = State.SUSPENDING
         self._halt = True
         self._suspended = asyncio.get_running_loop().create_future()
-        self._ensure_runner()
+        self.schedule()
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._suspended)
@@ -423,8 +434,8 @@ class Lifecycle:
             if self.state is State.SUSPENDING:
                 log.warning("agent %s did not stop within %gs; cancelled", self.label, timeout)
                 self._cancel_turns(f"agent {self.label!r} was restarted")
-                if self._runner is not None:
-                    self._runner.cancel()
+                if self.runner is not None:
+                    self.runner.cancel()
                 self._suspend_done()
 
     async def _finish_suspend(self) -> None:

@@ -21,6 +21,7 @@ from .agent import Agent, check_agent_class, method_table
 from .cell import Cell, State
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
+from .dispatch import Dispatcher
 from .envelope import Envelope, new_chain, tell_envelope
 from .errors import (
     AgentmeshError,
@@ -143,6 +144,8 @@ class Node:
         #: Seconds a turn may block the loop before the watchdog warns; None: no watchdog.
         self.slow_turn = slow_turn
         self._watchdog: Watchdog | None = None
+        #: Runs the agents' turns (bound to the loop with the node).
+        self.dispatcher = Dispatcher(self)
         self._deadlines = Deadlines(ask_timeout)
         self._ids = itertools.count(1)
         if transport is not None:
@@ -164,6 +167,7 @@ class Node:
             raise self._wrong_loop_error("bind_loop()", loop)
         self.loop = loop
         self.thread = threading.get_ident()
+        self.dispatcher.bind(loop)
         if self.slow_turn is not None:
             self._watchdog = Watchdog(self.id, self.slow_turn)
             self._watchdog.start()

@@ -39,7 +39,8 @@ log = logging.getLogger("agentmesh.watchdog")
 #: The kernel's frames a turn runs under, and the local naming what the turn runs:
 #: an envelope (``env``), a lifecycle hook (``hook``), or the constructor (None).
 _TURNS: dict[CodeType, str | None] = {
-    Cell._drain_serial.__code__: "env",
+    Cell._turns_now.__code__: "env",
+    Cell._finish_turn.__code__: "env",
     Cell._turn.__code__: "env",
     Lifecycle._hook.__code__: "hook",
     Lifecycle._build.__code__: None,

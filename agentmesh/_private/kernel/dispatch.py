@@ -1,0 +1,171 @@
+"""The node's dispatcher: agents' turns without a task per wake.
+
+A message to an idle agent puts its cell on the ready queue; one task, the dispatcher,
+takes cells off the queue and runs their turns right there, at most `TURNS_PER_SLICE`
+for one agent before the next ready agent's (fairness), and yields to the event loop
+every `SLICES_PER_PASS` agents. A turn that ends without suspending costs no task and
+no loop turn: a message to an idle agent costs a deque append.
+
+A turn that suspends keeps the task it started in, so ``asyncio.timeout()``,
+``asyncio.current_task()`` and ``TaskGroup`` in a handler see one task from the
+handler's start to its end: that task stays with the agent until the turn (and what
+the agent has queued meanwhile) is done, and a new task takes over dispatching.
+
+Each agent's code runs in the agent's own `contextvars.Context` (`Cell.context`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import types
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
+
+from .context import current_cell, current_chain, current_node
+
+if TYPE_CHECKING:
+    from .cell import Cell
+    from .node import Node
+
+__all__ = ["SLICES_PER_PASS", "TURNS_PER_SLICE", "Dispatcher", "Suspended", "resume"]
+
+log = logging.getLogger("agentmesh.dispatch")
+
+#: Turns one agent takes in a row before the next ready agent gets its turn.
+TURNS_PER_SLICE = 32
+#: Agents the dispatcher serves before it lets the event loop run other callbacks.
+SLICES_PER_PASS = 128
+
+#: A coroutine that ran up to its first suspension, and what it yielded there.
+Suspended = tuple[Coroutine[Any, Any, Any], Any]
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+@types.coroutine
+def resume(
+    coro: Coroutine[Any, Any, Any], yielded: Any, run: Callable[..., Any] = _call
+) -> Generator[Any, Any, Any]:
+    """Go on awaiting ``coro``, which already ran up to a suspension where it yielded
+    ``yielded`` (a future, or None for a bare yield): pass that to the task awaiting
+    this, and each later step to ``coro``, inside ``run`` (a Context's ``run``)."""
+    send = coro.send
+    throw = coro.throw
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = run(throw, exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = run(send, sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+class Dispatcher:
+    """The ready queue of one node's agents and the task that serves it."""
+
+    __slots__ = ("base", "loop", "node", "ready", "task")
+
+    loop: asyncio.AbstractEventLoop
+    #: What every agent's context starts as: the node's context, no agent in it.
+    base: contextvars.Context
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.ready: deque[Cell] = deque()
+        self.task: asyncio.Task[None] | None = None  # the one that dispatches now
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve on ``loop`` (the node's, from `Node.bind_loop` on)."""
+        self.loop = loop
+        self.base = contextvars.copy_context()
+        self.base.run(_enter_node, self.node)
+
+    def schedule(self, cell: Cell) -> None:
+        """Queue ``cell`` for turns (it has messages, or a start, stop or crash to go
+        through) and make sure a task serves the queue. Call on the node's loop;
+        `Cell.schedule` does the same inline."""
+        cell.queued = True
+        self.ready.append(cell)
+        if self.task is None:
+            self.start()
+
+    def start(self) -> None:
+        """Start a task to serve the ready queue (none serves it now)."""
+        self.task = self.loop.create_task(self._serve(), context=self.base.copy())
+
+    def context_for(self, cell: Cell) -> contextvars.Context:
+        """A new context for ``cell``'s code: the node's, with the agent in it."""
+        ctx = self.base.copy()
+        ctx.run(current_cell.set, cell)
+        return ctx
+
+    async def _serve(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        ready = self.ready
+        idle = False
+        try:
+            while True:
+                served = 0
+                while ready and served < SLICES_PER_PASS:
+                    served += 1
+                    cell = ready.popleft()
+                    cell.queued = False
+                    ctx = cell.context
+                    if ctx is None:
+                        ctx = cell.context = self.context_for(cell)
+                    cell.runner = me
+                    try:
+                        ran = ctx.run(cell.run_slice)
+                    except Exception:  # a bug of ours: keep serving the others
+                        log.exception("dispatching %s failed", cell.label)
+                        cell.runner = None
+                        continue
+                    if ran is False:
+                        continue
+                    if ran is not True:
+                        # The turn waits: this task goes on with it, another dispatches.
+                        self.task = None
+                        if ready:
+                            self.start()
+                        await resume(*ran, run=ctx.run)
+                        ran = cell.slice_ended()
+                    if ran:
+                        cell.queued = True
+                        ready.append(cell)
+                    if self.task is not me:
+                        if self.task is not None:
+                            return
+                        self.task = me  # nobody dispatches: back to it
+                if served:
+                    idle = False
+                elif idle:
+                    return
+                else:
+                    # Stay one loop turn: a reply usually brings the next message right
+                    # back, and serving it here saves creating a task for it.
+                    idle = True
+                await asyncio.sleep(0)
+        finally:
+            if self.task is me:
+                self.task = None
+
+
+def _enter_node(node: Node) -> None:
+    current_node.set(node)
+    current_cell.set(None)
+    current_chain.set(0)
