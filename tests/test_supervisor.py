@@ -514,7 +514,7 @@ async def test_an_exit_notice_from_an_instance_the_supervisor_no_longer_owns_is_
     sup = await mesh.spawn(am.Supervisor, spec)
     [child] = await sup.children()
     assert sup._cell is not None
-    key = sup._cell.instance._children[0].key  # type: ignore[union-attr]
+    key = next(iter(sup._cell.instance._children))  # type: ignore[union-attr]
     sup._cell.deliver_notice("!child_exited", key, "crash", "stale boom", True, "sys.gone.1")
     assert await sup.children() == [child]  # the notice went through the mailbox first
     assert "restarting w" not in caplog.text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -175,14 +174,15 @@ _RESERVED = frozenset(name for name in dir(Agent) if not name.startswith("_")) |
     "snapshot",
     "restore",
 }
-_TABLES: weakref.WeakKeyDictionary[type, MethodTable] = weakref.WeakKeyDictionary()
 
 
 def method_table(cls: type[Agent]) -> MethodTable:
-    """The (cached) table of callable methods of ``cls``."""
-    table = _TABLES.get(cls)
+    """The table of callable methods of ``cls``, made once and kept on the class
+    itself (its own ``__dict__``: a subclass gets its own)."""
+    table = cls.__dict__.get("_am_method_table")
     if table is None:
-        table = _TABLES[cls] = MethodTable(cls, _RESERVED)
+        table = MethodTable(cls, _RESERVED)
+        type.__setattr__(cls, "_am_method_table", table)
     return table
 
 

@@ -22,7 +22,7 @@ from .cell import Cell, State
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
-from .envelope import Envelope, new_chain, tell_envelope
+from .envelope import NO_KWARGS, Envelope, Reply, new_chain, tell_envelope
 from .errors import (
     AgentmeshError,
     AgentNotFound,
@@ -61,9 +61,11 @@ DEFAULT_SLOW_TURN = 0.5
 _EXITS_KEPT = 10_000
 
 
-def _first(*options: int | None) -> int:
+def _first(option: int | None, fallback: int | None, default: int = 1) -> int:
     """The first option that is set (not None)."""
-    return next(option for option in options if option is not None)
+    if option is not None:
+        return option
+    return fallback if fallback is not None else default
 
 
 class _Expiry:
@@ -522,6 +524,40 @@ class Node:
                 fut.cancel()  # the send failed or we were cancelled: nobody will wait
             if sender is not None and sender.waiting_on is not None:
                 sender.waiting_on.pop(fut, None)
+
+    def offer_ask(
+        self, ref: AgentRef, method: str, args: tuple[Any, ...], reply: Reply, deadline: float
+    ) -> bool:
+        """Queue an ask to an agent of this node whose result goes to ``reply`` (any
+        `Reply`), if that needs no waiting: no future, no task, no timer of its own.
+
+        For callers that ask many agents at once and collect the replies themselves
+        (the simulation's step). False if the agent lives elsewhere or its mailbox is
+        full (then `ask`); raises `AgentUnavailable` if it is gone. The ask carries
+        the call chain of the running handler, as `ask` does; the caller keeps to
+        ``deadline`` (a reply whose ``done()`` says True is not sent).
+        """
+        cell = ref._cell
+        if cell is None:
+            if ref._node_id != self.id:
+                return False
+            cell = self._cell_of(ref)
+            assert cell is not None
+        if threading.get_ident() != self.thread:
+            self.wrong_loop("ask", ref, method)
+        sender = current_cell.get()
+        env = Envelope(
+            ref._id,
+            method,
+            args,
+            NO_KWARGS,
+            reply,
+            (current_chain.get() if sender is None else sender.chain_of_current_task())
+            or new_chain(),
+            None if sender is None else sender.id,
+            deadline,
+        )
+        return cell.try_post(env)
 
     @staticmethod
     async def _await_or_expire(send: Any, fut: asyncio.Future[Any]) -> None:

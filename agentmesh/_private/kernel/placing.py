@@ -201,6 +201,8 @@ def make_request(
     timeout: float | None = None,
 ) -> PlacementRequest:
     """Check and normalise what a spawn asks for."""
+    if resources is None and labels is None and strategy is None and timeout is None:
+        return _DEFAULT_REQUEST  # most spawns: nothing to check
     if timeout is not None and not timeout >= 0:
         raise ValueError(f"placement_timeout must be 0 or more, got {timeout!r}")
     amounts: list[tuple[str, float]] = []
@@ -276,3 +278,6 @@ class Placer(Protocol):
         ...
 
     def release(self, key: str) -> None: ...
+
+
+_DEFAULT_REQUEST = PlacementRequest((), (), "balanced", None)

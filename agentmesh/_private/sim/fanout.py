@@ -1,10 +1,11 @@
 """One step's round of asks: observations out to the policies, actions back by a
 deadline; late and failed policies are named, never hidden.
 
-Policies on this node are asked without a task per ask (the envelope goes straight
-into the mailbox, and one waiter counts the replies), which is what lets thousands of
-policy agents step together. Policies on other nodes are asked through one
-`NodeFanout` agent per node, so a step costs one message per node on the wire.
+Policies on this node are asked without a task or future per ask (`Node.offer_ask`:
+the ask goes straight into the mailbox and its answer into an `_Answer`; one waiter
+counts them), which is what lets thousands of policy agents step together. Policies
+on other nodes are asked through one `NodeFanout` agent per node, so a step costs one
+message per node on the wire.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernel.agent import Agent
-from ..kernel.context import current_cell
-from ..kernel.envelope import NO_KWARGS, Envelope, chains
 from ..kernel.errors import AgentUnavailable, AskTimeout, RemoteError
 from ..kernel.node import Node
 from ..kernel.ref import AgentRef
@@ -88,6 +87,48 @@ async def wait_until(futures: Iterable[asyncio.Future[Any]], deadline: float) ->
         timer.cancel()
 
 
+class _Answers:
+    """Where one round's direct asks answer: counted as they come, no future each."""
+
+    __slots__ = ("closed", "left", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.left = 0
+        self.closed = False  # past the deadline: late answers are not taken
+        self.waiter: asyncio.Future[None] = loop.create_future()
+
+
+class _Answer:
+    """One policy's answer (a kernel `Reply`): an action, or why there is none."""
+
+    __slots__ = ("answers", "error", "state", "value")
+
+    def __init__(self, answers: _Answers) -> None:
+        self.answers = answers
+        self.state = 0  # 0 waiting, 1 action, 2 error
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.state != 0 or self.answers.closed
+
+    def set_result(self, value: Any) -> None:
+        self.value = value
+        self.state = 1
+        answers = self.answers
+        answers.left -= 1
+        if answers.left == 0 and not answers.waiter.done():
+            answers.waiter.set_result(None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.error = exc
+        self.state = 2
+        answers = self.answers
+        answers.left -= 1
+        if answers.left == 0 and not answers.waiter.done():
+            answers.waiter.set_result(None)
+
+
 class LocalFanout:
     """Asks policies for actions: those on ``node`` directly, others one by one."""
 
@@ -96,33 +137,34 @@ class LocalFanout:
         self.groups = groups_of(policies)
 
     def _ask(self, ref: AgentRef, method: str, arg: Any, deadline: float) -> asyncio.Future[Any]:
+        """The ordinary ask, in a task of its own (a remote policy, or a full mailbox)."""
         loop = asyncio.get_running_loop()
-        cell = ref._cell
-        if cell is None and ref.node == self.node.id:
-            cell = self.node.cells.get(ref.id)
-        if cell is not None:
-            fut: asyncio.Future[Any] = loop.create_future()
-            sender = current_cell.get()
-            sender_id = None if sender is None else sender.id
-            env = Envelope(
-                ref.id, method, (arg,), NO_KWARGS, fut, next(chains), sender_id, deadline
-            )
-            try:
-                if cell.offer(env):
-                    return fut
-            except AgentUnavailable as exc:
-                fut.set_exception(exc)
-                return fut
-        # Remote, or a full mailbox: the ordinary ask, in a task of its own.
         timeout = max(deadline - loop.time(), 0.0)
         return asyncio.ensure_future(ref[method].ask(arg, timeout=timeout))
+
+    def _ask_directly(
+        self, ref: AgentRef, method: str, arg: Any, deadline: float, answers: _Answers
+    ) -> _Answer | asyncio.Future[Any]:
+        """Ask a policy of this node without a task or future (`Node.offer_ask`)."""
+        answer = _Answer(answers)
+        answers.left += 1
+        try:
+            if self.node.offer_ask(ref, method, (arg,), answer, deadline):
+                return answer
+        except AgentUnavailable as exc:
+            answer.set_exception(exc)
+            return answer
+        answers.left -= 1
+        return self._ask(ref, method, arg, deadline)
 
     async def collect(self, observations: Mapping[str, Any], timeout: float) -> Collected:
         """Ask every live agent's policy for its action; wait at most ``timeout`` s."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        sent: list[tuple[tuple[str, ...], bool, asyncio.Future[Any]]] = []
+        answers = _Answers(loop)
+        sent: list[tuple[tuple[str, ...], bool, _Answer | asyncio.Future[Any]]] = []
         keys = observations.keys()
+        ask = self._ask_directly
         for group in self.groups:
             if group.members <= keys:  # the common case: all of its agents are live
                 live = group.agents
@@ -131,25 +173,40 @@ class LocalFanout:
             if not live:
                 continue
             if len(group.agents) == 1:
-                fut = self._ask(group.ref, "act", observations[live[0]], deadline)
-                sent.append((live, False, fut))
+                sent.append(
+                    (live, False, ask(group.ref, "act", observations[live[0]], deadline, answers))
+                )
             else:
                 batch = {a: observations[a] for a in live}
-                sent.append((live, True, self._ask(group.ref, "act_batch", batch, deadline)))
-        await wait_until((fut for _, _, fut in sent), deadline)
+                sent.append((live, True, ask(group.ref, "act_batch", batch, deadline, answers)))
+        waits = [a for _, _, a in sent if isinstance(a, asyncio.Future)]
+        if answers.left:
+            waits.append(answers.waiter)
+        await wait_until(waits, deadline)
+        answers.closed = True
         out = Collected()
-        for live, batched, fut in sent:
-            _read(out, live, batched, fut)
+        for live, batched, answer in sent:
+            if isinstance(answer, _Answer):
+                _take(out, live, batched, answer.state, answer.value, answer.error)
+            elif not answer.done() or answer.cancelled():
+                answer.cancel()  # the policy never starts it, if it has not yet
+                out.late.extend(live)
+            else:
+                exc = answer.exception()
+                _take(out, live, batched, 2 if exc else 1, None if exc else answer.result(), exc)
         return out
 
 
-def _read(out: Collected, live: tuple[str, ...], batched: bool, fut: asyncio.Future[Any]) -> None:
-    if not fut.done() or fut.cancelled():
-        fut.cancel()  # the policy never starts it, if it has not yet
-        out.late.extend(live)
-        return
-    exc = fut.exception()
-    if isinstance(exc, AskTimeout):
+def _take(
+    out: Collected,
+    live: tuple[str, ...],
+    batched: bool,
+    state: int,
+    value: Any,
+    exc: BaseException | None,
+) -> None:
+    """Record one policy's answer (state 0: none in time, 1: ``value``, 2: ``exc``)."""
+    if state == 0 or isinstance(exc, AskTimeout):
         out.late.extend(live)
     elif exc is not None:
         if isinstance(exc, RemoteError):
@@ -158,19 +215,17 @@ def _read(out: Collected, live: tuple[str, ...], batched: bool, fut: asyncio.Fut
             reason = f"{type(exc).__name__}: {exc}"
         out.failed.update(dict.fromkeys(live, reason))
     elif not batched:
-        out.actions[live[0]] = fut.result()
+        out.actions[live[0]] = value
+    elif not isinstance(value, Mapping):
+        out.failed.update(dict.fromkeys(live, "act_batch did not return a mapping"))
+    elif len(value) == len(live) and value.keys() >= set(live):
+        out.actions.update(value)
     else:
-        result = fut.result()
-        if not isinstance(result, Mapping):
-            out.failed.update(dict.fromkeys(live, "act_batch did not return a mapping"))
-        elif len(result) == len(live) and result.keys() >= set(live):
-            out.actions.update(result)
-        else:
-            for agent in live:
-                if agent in result:
-                    out.actions[agent] = result[agent]
-                else:
-                    out.failed[agent] = f"act_batch returned no action for {agent!r}"
+        for agent in live:
+            if agent in value:
+                out.actions[agent] = value[agent]
+            else:
+                out.failed[agent] = f"act_batch returned no action for {agent!r}"
 
 
 class NodeFanout(Agent):

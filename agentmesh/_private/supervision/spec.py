@@ -22,6 +22,7 @@ __all__ = ["Backoff", "ChildSpec", "Restart", "Strategy", "SupervisorSpec"]
 #: An agent stopped by something else (``ref.stop()``, its supervisor, the mesh
 #: closing) is never restarted, whatever its type (OTP's ``terminate_child``).
 Restart = Literal["permanent", "transient", "temporary"]
+_RESTARTS = get_args(Restart)
 
 #: ``one_for_one``: restart the child that exited. ``one_for_all``: restart all
 #: children. ``rest_for_one``: restart the child that exited and those started after
@@ -103,8 +104,8 @@ class ChildSpec:
     ) -> None:
         cls = agent_class.func if isinstance(agent_class, functools.partial) else agent_class
         check_agent_class(cls)
-        if restart not in get_args(Restart):
-            raise ValueError(f"restart must be one of {get_args(Restart)}, got {restart!r}")
+        if restart not in _RESTARTS:
+            raise ValueError(f"restart must be one of {_RESTARTS}, got {restart!r}")
         if shutdown is not None and shutdown <= 0:
             raise ValueError(f"shutdown must be a positive number of seconds, got {shutdown}")
         if checkpoint_every < 0:
@@ -127,6 +128,8 @@ class ChildSpec:
 
     def on_node(self, node: str | None) -> ChildSpec:
         """The same spec, started on ``node`` (None: where its supervisor is)."""
+        if node == self.node:
+            return self
         spec = object.__new__(ChildSpec)
         for key in self.__slots__:
             object.__setattr__(spec, key, getattr(self, key))

@@ -115,7 +115,7 @@ class Supervisor(Agent):
         if not isinstance(spec, SupervisorSpec):
             raise TypeError(f"Supervisor takes a SupervisorSpec, got {spec!r}")
         self.spec = spec
-        self._children: list[_Child] = []
+        self._children: dict[int, _Child] = {}  # by key, in start order
         self._pending: set[asyncio.Task[None]] = set()  # restarts waiting out a backoff
         self._restart_times: collections.deque[float] = collections.deque()
         self._rng = random.Random()
@@ -125,20 +125,21 @@ class Supervisor(Agent):
             try:
                 await self._start_child(child_spec, dynamic=False)
             except BaseException:
-                await self._stop_children(reversed(self._children))
+                await self._stop_children(reversed(self._children.values()))
                 raise
 
     async def on_stop(self) -> None:
         for task in self._pending:
             task.cancel()
-        await self._stop_children(reversed(self._children))
+        await self._stop_children(reversed(self._children.values()))
 
     async def on_terminated(self, notice: Terminated) -> None:
         """A child on another node is gone with its node: restart it elsewhere."""
         if notice.reason != "node_down":
             return
         child = next(
-            (c for c in self._children if c.cell is not None and c.cell.ref == notice.ref), None
+            (c for c in self._children.values() if c.cell is not None and c.cell.ref == notice.ref),
+            None,
         )
         if child is None or not hasattr(child.cell, "node_lost"):
             return
@@ -152,7 +153,7 @@ class Supervisor(Agent):
 
     async def children(self) -> list[ChildInfo]:
         """Each child's spec, state and restart count, in start order."""
-        return [self._info(child) for child in self._children]
+        return [self._info(child) for child in self._children.values()]
 
     # -- starting and stopping children -------------------------------------------
 
@@ -175,7 +176,7 @@ class Supervisor(Agent):
             ticket = await placer.reserve(request)
         target = spec.node if ticket is None else ticket.node
         child = _Child(cell, next(_KEYS), spec, dynamic)
-        self._children.append(child)
+        self._children[child.key] = child
         try:
             if target is not None and target != node.id:
                 if node.remote_children is None:
@@ -195,7 +196,7 @@ class Supervisor(Agent):
                 reservation=ticket,
             )
         except BaseException:
-            self._children.remove(child)
+            del self._children[child.key]
             if ticket is not None and placer is not None:
                 placer.release(ticket.key)
             raise
@@ -218,7 +219,7 @@ class Supervisor(Agent):
         taken: bool,
         instance: str | None = None,
     ) -> None:
-        child = next((c for c in self._children if c.key == key), None)
+        child = self._children.get(key)
         if child is None or child.cell is None:
             return
         if instance is not None and instance != child.cell.ref.id:
@@ -231,7 +232,7 @@ class Supervisor(Agent):
         if not taken:
             log.info("%s: child %s exited (%s)", self._label, child.cell.label, reason)
             if child.dynamic and not child.alive:
-                self._children.remove(child)
+                del self._children[child.key]
             return
         log.warning("%s: restarting %s after %s", self._label, child.cell.label, error or reason)
         if self._intensity_exceeded():
@@ -242,10 +243,10 @@ class Supervisor(Agent):
                 continue
             if sibling.spec.restart == "temporary":
                 await sibling.cell.stop(self._shutdown(sibling))
-                self._children.remove(sibling)
+                del self._children[sibling.key]
             else:
                 await sibling.cell.suspend(self._shutdown(sibling))
-        group = [c for c in group if c in self._children]
+        group = [c for c in group if c.key in self._children]
         backoff = self.spec.backoff
         if backoff is None:
             await self._restart(group)
@@ -267,9 +268,10 @@ class Supervisor(Agent):
     def _group(self, child: _Child) -> list[_Child]:
         strategy = self.spec.strategy
         if strategy == "one_for_all":
-            return list(self._children)
+            return list(self._children.values())
         if strategy == "rest_for_one":
-            return self._children[self._children.index(child) :]
+            children = list(self._children.values())
+            return children[children.index(child) :]
         return [child]
 
     def _intensity_exceeded(self) -> bool:
@@ -290,7 +292,7 @@ class Supervisor(Agent):
         log.error("%s", message)
         if child.cell is not None:
             child.cell.end(State.CRASHED, why)
-        await self._stop_children(reversed(self._children))
+        await self._stop_children(reversed(self._children.values()))
         raise RestartIntensityExceeded(message)
 
     # -- reporting --------------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""The dispatcher: turns without a task per wake, and what handlers may rely on.
+
+A handler that suspends keeps one task from its start to its end (asyncio.timeout,
+current_task, TaskGroup); agents' context variables are their own; one busy agent
+neither starves the others nor the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+import pytest
+
+import agentmesh as am
+
+from .conftest import wait_for
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class Patient(am.Agent):
+    """Handlers that suspend in the ways asyncio code does."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def times_out(self, seconds: float) -> str:
+        try:
+            async with asyncio.timeout(seconds):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            return "timed out"
+        return "never"
+
+    async def same_task(self) -> bool:
+        before = asyncio.current_task()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
+        return asyncio.current_task() is before
+
+    async def group(self) -> str:
+        async def fail() -> None:
+            await asyncio.sleep(0)
+            raise ValueError("child failed")
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(fail())
+                tg.create_task(asyncio.Event().wait())
+        except ExceptionGroup as eg:
+            return f"group failed: {eg.exceptions[0]}"
+        return "never"
+
+    async def wait_gate(self) -> str:
+        await self.gate.wait()
+        return "through"
+
+    async def open_gate(self) -> None:
+        self.gate.set()
+
+    async def echo(self, x: int) -> int:
+        return x
+
+
+class Tagged(am.Agent):
+    """Sets a context variable in one turn and reads it in the next."""
+
+    async def set(self, value: str) -> None:
+        request_id.set(value)
+
+    async def get(self) -> str:
+        return request_id.get()
+
+    async def get_in_task(self) -> str:
+        return await asyncio.create_task(self.get())
+
+
+class Busy(am.Agent):
+    def __init__(self) -> None:
+        self.handled = 0
+
+    async def work(self) -> None:
+        self.handled += 1
+
+    async def count(self) -> int:
+        return self.handled
+
+
+class TaskCounter(am.Agent):
+    """Records how many tasks the loop has while it handles a message."""
+
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+
+    async def look(self) -> None:
+        self.seen.append(len(asyncio.all_tasks()))
+
+
+async def test_timeout_in_a_handler_cancels_only_that_handler(mesh: am.Mesh) -> None:
+    patient = await mesh.spawn(Patient)
+    other = await mesh.spawn(Patient)
+    waiting = asyncio.ensure_future(patient.times_out(0.05))
+    # While the handler waits, other agents (and this one's queue) keep moving.
+    assert await other.echo(7) == 7
+    assert await waiting == "timed out"
+    assert await patient.echo(8) == 8
+
+
+async def test_a_handler_keeps_one_task_across_suspensions(mesh: am.Mesh) -> None:
+    patient = await mesh.spawn(Patient)
+    assert all(await asyncio.gather(*(patient.same_task() for _ in range(5))))
+
+
+async def test_task_group_in_a_handler(mesh: am.Mesh) -> None:
+    patient = await mesh.spawn(Patient)
+    assert await patient.group() == "group failed: child failed"
+    assert await patient.echo(1) == 1
+
+
+async def test_a_suspended_turn_blocks_only_its_own_agent(mesh: am.Mesh) -> None:
+    waiting = await mesh.spawn(Patient)
+    others = [await mesh.spawn(Patient) for _ in range(20)]
+    first = asyncio.ensure_future(waiting.wait_gate())
+    queued = asyncio.ensure_future(waiting.echo(5))  # behind the suspended turn
+    assert await asyncio.gather(*(o.echo(i) for i, o in enumerate(others))) == list(range(20))
+    assert not queued.done()
+    await waiting.open_gate.tell()  # a tell queues behind too: it cannot open the gate
+    assert not first.done()
+    waiting_cell = waiting._cell
+    assert waiting_cell is not None
+    waiting_cell.instance.gate.set()  # type: ignore[union-attr]
+    assert await first == "through"
+    assert await queued == 5
+
+
+async def test_context_variables_are_each_agents_own(mesh: am.Mesh) -> None:
+    a = await mesh.spawn(Tagged)
+    b = await mesh.spawn(Tagged)
+    request_id.set("driver")
+    await a.set("a")
+    await b.set("b")
+    assert (await a.get(), await b.get()) == ("a", "b")
+    assert await a.get_in_task() == "a"  # tasks a handler starts inherit its context
+    assert request_id.get() == "driver"  # nothing leaks back to the driver
+    c = await mesh.spawn(Tagged)
+    assert await c.get() == "-"
+
+
+async def test_a_flooded_agent_does_not_starve_the_others(mesh: am.Mesh) -> None:
+    busy = await mesh.spawn(Busy, mailbox_size=20_000)
+    quick = await mesh.spawn(Busy)
+    for _ in range(10_000):
+        busy.work.tell_nowait()
+    loop_ran: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    cell = busy._cell
+    assert cell is not None
+    asyncio.get_running_loop().call_soon(lambda: loop_ran.set_result(cell.handled))
+    await quick.work()
+    # The other agent, and the event loop's own callbacks, got their turns long
+    # before the flooded agent was through its 10,000 messages.
+    assert cell.handled < 10_000
+    assert await loop_ran < 10_000
+    await wait_for(lambda: cell.handled == 10_000, what="the flood handled")
+    assert await busy.count() == 10_000
+
+
+async def test_messages_to_idle_agents_start_no_task(mesh: am.Mesh) -> None:
+    seen: list[int] = []
+    agents = [await mesh.spawn(TaskCounter, seen) for _ in range(200)]
+    baseline = len(asyncio.all_tasks())
+    for agent in agents:
+        await agent.look.tell()
+    await wait_for(lambda: len(seen) == 200, what="every agent looked")
+    # One dispatcher task serves them all (a task per idle agent would be 200 more).
+    assert max(seen) <= baseline + 2
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.01])
+async def test_a_crash_while_suspended_restarts_cleanly(mesh: am.Mesh, seconds: float) -> None:
+    class Fragile(am.Agent):
+        async def fail_later(self) -> None:
+            await asyncio.sleep(seconds)
+            raise RuntimeError("boom")
+
+        async def echo(self, x: int) -> int:
+            return x
+
+    spec = am.SupervisorSpec(children=[am.ChildSpec(Fragile, name="fragile")])
+    sup = await mesh.spawn(am.Supervisor, spec)
+    fragile = await mesh.get("fragile")
+    await fragile.fail_later.tell()
+
+    async def restarted() -> bool:
+        return (await mesh.info(fragile)).restarts == 1
+
+    await wait_for(restarted, what="the restart")
+    assert await fragile.echo(3) == 3
+    await sup.stop()
