@@ -19,26 +19,29 @@ from .errors import WrongLoop
 
 __all__ = ["Deadlines"]
 
-Expire = Callable[[asyncio.Future[Any]], None]
+#: Called with a future that expired and what was added with it.
+Expire = Callable[[asyncio.Future[Any], Any], None]
 
 
 class Deadlines:
-    """Futures that expire ``timeout`` seconds after they were added, unless removed."""
+    """Futures that expire ``timeout`` seconds after they were added, unless removed:
+    ``expire(fut, what)`` is called for each, ``what`` being what `add` was given."""
 
-    __slots__ = ("_entries", "_loop", "_timer", "timeout")
+    __slots__ = ("_entries", "_expire", "_loop", "_timer", "timeout")
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, expire: Expire) -> None:
         self.timeout = timeout
-        self._entries: dict[asyncio.Future[Any], tuple[float, Expire]] = {}
+        self._expire = expire
+        self._entries: dict[asyncio.Future[Any], tuple[float, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, fut: asyncio.Future[Any], expire: Expire, now: float) -> float:
-        """Call ``expire(fut)`` at ``now + timeout`` unless `discard` comes first;
-        return that deadline."""
+    def add(self, fut: asyncio.Future[Any], what: Any, now: float) -> float:
+        """Expire ``fut`` at ``now + timeout`` unless `discard` comes first; return
+        that deadline. ``what`` goes to the expire callback (who asked whom)."""
         deadline = now + self.timeout
         if self._timer is None:
             # Arming is rare (the first ask after a quiet spell), so the loop is checked
@@ -50,7 +53,7 @@ class Deadlines:
             elif loop is not self._loop:
                 raise WrongLoop("ask deadlines are kept on the loop of the first ask only")
             self._timer = loop.call_at(deadline, self._fire)
-        self._entries[fut] = (deadline, expire)
+        self._entries[fut] = (deadline, what)
         return deadline
 
     def discard(self, fut: asyncio.Future[Any]) -> None:
@@ -63,13 +66,13 @@ class Deadlines:
         now = self._loop.time()
         while entries:
             fut = next(iter(entries))
-            deadline, expire = entries[fut]
+            deadline, what = entries[fut]
             if deadline > now:
                 # The earliest left is still to come: sleep until then.
                 self._timer = self._loop.call_at(deadline, self._fire)
                 return
             del entries[fut]
-            expire(fut)
+            self._expire(fut, what)
 
     def close(self) -> None:
         if self._timer is not None:

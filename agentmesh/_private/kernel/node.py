@@ -68,31 +68,6 @@ def _first(option: int | None, fallback: int | None, default: int = 1) -> int:
     return fallback if fallback is not None else default
 
 
-class _Expiry:
-    """Fails a timed-out ask with an `AskTimeout` that says who waits on whom."""
-
-    __slots__ = ("method", "node", "ref", "sender", "timeout")
-
-    def __init__(self, node: Node, ref: AgentRef, method: str, sender: Cell | None) -> None:
-        self.node = node
-        self.ref = ref
-        self.method = method
-        self.sender = sender
-        self.timeout = node.ask_timeout
-
-    def __call__(self, fut: asyncio.Future[Any]) -> None:
-        if fut.done():
-            return
-        ref = self.ref
-        message = f"ask {ref.name or ref.id}.{self.method}() got no reply within {self.timeout:g}s"
-        if self.sender is not None:
-            message += f" (asked by agent {self.sender.label!r})"
-        waits = describe_wait(self.node, ref.id)
-        if waits:
-            message += f"; {waits}"
-        fut.set_exception(AskTimeout(message))
-
-
 class Node:
     """Hosts agents in this process and routes messages to them or to peers."""
 
@@ -148,7 +123,7 @@ class Node:
         self._watchdog: Watchdog | None = None
         #: Runs the agents' turns (bound to the loop with the node).
         self.dispatcher = Dispatcher(self)
-        self._deadlines = Deadlines(ask_timeout)
+        self._deadlines = Deadlines(ask_timeout, self._expire)
         self._ids = itertools.count(1)
         if transport is not None:
             transport.attach(self)
@@ -477,13 +452,11 @@ class Node:
             self.wrong_loop("ask", ref, method)
         fut: asyncio.Future[Any] = loop.create_future()
         sender = current_cell.get()
-        expire = _Expiry(self, ref, method, sender)
         if timeout is None or timeout == self.ask_timeout:
             handle = None
-            deadline = self._deadlines.add(fut, expire, loop.time())
+            deadline = self._deadlines.add(fut, (ref, method, sender), loop.time())
         else:
-            expire.timeout = timeout
-            handle = loop.call_later(timeout, expire, fut)
+            handle = loop.call_later(timeout, self._expire, fut, (ref, method, sender), timeout)
             deadline = loop.time() + timeout
         env = Envelope(
             ref._id,
@@ -510,9 +483,7 @@ class Node:
                     transport.send_nowait(ref._node_id, env)
                 except MailboxFull:  # connect, or wait for room, unless the ask expires
                     await self._await_or_expire(transport.send(ref._node_id, env), fut)
-            elif cell.mailbox.has_room():
-                cell.post_nowait(env)
-            else:
+            elif not cell.try_post(env):  # no room now: wait for it
                 await self._await_or_expire(cell.post(env), fut)
             return await fut
         finally:
@@ -558,6 +529,25 @@ class Node:
             deadline,
         )
         return cell.try_post(env)
+
+    def _expire(
+        self,
+        fut: asyncio.Future[Any],
+        what: tuple[AgentRef, str, Cell | None],
+        timeout: float | None = None,
+    ) -> None:
+        """Fail a timed-out ask with an `AskTimeout` that says who waits on whom."""
+        if fut.done():
+            return
+        ref, method, sender = what
+        seconds = self.ask_timeout if timeout is None else timeout
+        message = f"ask {ref.name or ref.id}.{method}() got no reply within {seconds:g}s"
+        if sender is not None:
+            message += f" (asked by agent {sender.label!r})"
+        waits = describe_wait(self, ref.id)
+        if waits:
+            message += f"; {waits}"
+        fut.set_exception(AskTimeout(message))
 
     @staticmethod
     async def _await_or_expire(send: Any, fut: asyncio.Future[Any]) -> None:

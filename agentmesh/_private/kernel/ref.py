@@ -7,7 +7,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .context import current_cell, current_node
-from .envelope import NO_KWARGS, Envelope, chains
+from .envelope import NO_KWARGS, Envelope, TellEnvelope, chains
 from .errors import AgentUnavailable, MailboxFull, UnknownMethod
 from .threads import THREAD_GRACE, call_from_thread
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .transport import Route
 
 __all__ = ["AgentRef", "MethodRef"]
+
+_new = object.__new__
 
 
 class AgentRef:
@@ -190,23 +192,7 @@ class MethodRef:
             if not self._offer_remote(args, kwargs):
                 await ref._bind().tell(ref, self._method, args, kwargs)
             return
-        # The loop check: another thread's tell would reach the mailbox behind the
-        # loop's back (a runner started on the wrong loop, or a lost wake-up). An
-        # agent of this node runs on its loop, so only a driver (or a thread: no agent
-        # there) pays for asking the thread id, tens of ns on a tell of ~1 us.
-        sender = current_cell.get()
-        node = cell.node
-        if (sender is None or sender.node is not node) and get_ident() != node.thread:
-            node.wrong_loop("tell", ref, self._method)
-        env = Envelope(
-            ref._id,
-            self._method,
-            args,
-            kwargs or NO_KWARGS,
-            None,
-            next(chains),
-            None if sender is None else sender.id,
-        )
+        env = self._tell_here(cell, args, kwargs, "tell")
         if not cell.offer(env):
             await cell.post(env)
 
@@ -218,21 +204,35 @@ class MethodRef:
             if not self._offer_remote(args, kwargs):
                 ref._bind().tell_nowait(ref, self._method, args, kwargs)
             return
-        sender = current_cell.get()  # the loop check: see tell
-        node = cell.node
-        if (sender is None or sender.node is not node) and get_ident() != node.thread:
-            node.wrong_loop("tell_nowait", ref, self._method)
-        env = Envelope(
-            ref._id,
-            self._method,
-            args,
-            kwargs or NO_KWARGS,
-            None,
-            next(chains),
-            None if sender is None else sender.id,
-        )
+        env = self._tell_here(cell, args, kwargs, "tell_nowait")
         if not cell.offer(env):
             raise MailboxFull(f"mailbox of {ref!r} is full ({cell.mailbox.capacity} messages)")
+
+    def _tell_here(
+        self, cell: Cell, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
+    ) -> Envelope:
+        """The envelope of a tell to an agent of this node, after the loop check."""
+        # The loop check: another thread's tell would reach the mailbox behind the
+        # loop's back (a wake-up on the wrong loop, or a lost one). An agent of this
+        # node runs on its loop, so only a driver (or a thread: no agent there) pays
+        # for asking the thread id, tens of ns on a tell of ~1 us.
+        sender = current_cell.get()
+        node = cell.node
+        if sender is None:
+            if get_ident() != node.thread:
+                node.wrong_loop(what, self._ref, self._method)
+        elif sender.node is not node and get_ident() != node.thread:
+            node.wrong_loop(what, self._ref, self._method)
+        # A TellEnvelope set field by field: cheaper than Envelope(...), whose
+        # __init__ is a Python call (this runs once per tell).
+        env = _new(TellEnvelope)
+        env.target = self._ref._id
+        env.method = self._method
+        env.args = args
+        env.kwargs = kwargs or NO_KWARGS
+        env.chain = next(chains)
+        env.sender = None if sender is None else sender.id
+        return env
 
     def ask_sync(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Ask from another thread than the mesh's loop, blocking it until the result.
