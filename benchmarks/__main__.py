@@ -337,6 +337,15 @@ def main() -> None:
             r,
             ">= 0.50 of the raw batched stream",
         ),
+        "remote-tell-rr": lambda: throughput(
+            "tells round-robin to 1,000 agents on a 2nd node",
+            "tells to one agent on the 2nd node (remote-tell)",
+            n(100_000),
+            lambda: remote.tell_round_robin(n(100_000), 1000),
+            lambda: remote.tell_throughput(n(100_000)),
+            r,
+            ">= 0.50 of the rate to one agent",
+        ),
         "remote-stream1": lambda: throughput(
             "tell throughput, two node processes",
             "grpc.aio bidi stream, 1 per write",

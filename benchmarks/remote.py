@@ -184,6 +184,62 @@ async def tell_throughput(n: int) -> float:
         return await timed_tells(counter, n)
 
 
+class Tally(am.Agent):
+    """Hears from each `Share` once it has all its tells; answers `wait` after all
+    (which waits beside the `one` notes: two turns at a time)."""
+
+    concurrency = 2
+
+    def __init__(self, shares: int) -> None:
+        self.left = shares
+        self.all_in = asyncio.Event()
+
+    async def one(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.all_in.set()
+
+    async def wait(self) -> bool:
+        await self.all_in.wait()
+        return True
+
+
+class Share(am.Agent):
+    """One of many tell targets: counts down its quota, then tells the tally."""
+
+    def __init__(self, quota: int, tally: am.AgentRef) -> None:
+        self.left = quota
+        self.tally = tally
+
+    async def increment(self, n: int) -> None:
+        self.left -= 1
+        if self.left == 0:
+            await self.tally.one.tell()
+
+
+class Spawner(am.Agent):
+    """Starts agents on its own node (setup, not timed: one round trip for all)."""
+
+    async def shares(self, count: int, quota: int) -> tuple[am.AgentRef, list[am.AgentRef]]:
+        tally = await self.mesh.spawn(Tally, count)
+        return tally, [await self.mesh.spawn(Share, quota, tally) for _ in range(count)]
+
+
+async def tell_round_robin(n: int, agents: int) -> float:
+    """Seconds for ``n`` tells sent round-robin to ``agents`` agents in the other
+    process, until the last of them has counted its share."""
+    async with _far_node() as (mesh, head):
+        spawner = await mesh.spawn(Spawner, node=head)
+        tally, shares = await spawner.shares(agents, n // agents + 1)
+        for share in shares:  # one untimed tell each: each ref's route is cached
+            await share.increment.tell(1)
+        start = time.perf_counter()
+        for i in range(n // agents * agents):
+            await shares[i % agents].increment.tell(1)
+        await tally.wait()
+        return time.perf_counter() - start
+
+
 async def ask_throughput(n: int, outstanding: int) -> float:
     async with _far_node() as (mesh, head):
         echo = await mesh.spawn(Echo, node=head, concurrency=outstanding)

@@ -15,7 +15,6 @@ import logging
 import types
 from collections import deque
 from collections.abc import Coroutine
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .context import current_chain
@@ -192,7 +191,8 @@ class Cell(Lifecycle):
         append = items.append
         new = object.__new__
         i = start
-        for tell in islice(tells, start, end):
+        while i < end:  # by index: islice would walk from 0, once per run of tells
+            tell = tells[i]
             # A method that is no string: a peer's malformed tell, which the
             # transport then refuses (one type check a tell).
             if type(tell) is not tuple or tell[0] != me or type(tell[1]) is not str:
