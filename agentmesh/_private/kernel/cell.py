@@ -133,7 +133,7 @@ class Cell(Lifecycle):
 
     # -- receiving --------------------------------------------------------------
 
-    def accepts(self, env: Envelope) -> bool:
+    def _reentrant(self, env: Envelope) -> bool:
         """True when ``env`` should run now, bypassing the queue (call-chain reentrancy):
         it belongs to the call chain of a running turn that is waiting on an ask.
         Two calls of one chain that reach the agent independently (a fan-out with
@@ -154,14 +154,17 @@ class Cell(Lifecycle):
         raise AgentUnavailable(self.unavailable_reason())
 
     def offer(self, env: Envelope) -> bool:
-        """Queue an envelope that starts a new chain (a tell) if there is room now.
+        """Queue ``env`` if the mailbox has room now, or run it at once if it
+        re-enters a turn of this agent that waits on an ask (`_reentrant`).
 
-        Returns False when the mailbox is full; raises `AgentUnavailable` if the
-        agent no longer takes messages. The hot path of every tell.
+        Returns False when the mailbox is full (then `post` waits for room); raises
+        `AgentUnavailable` if the agent no longer takes messages. The one way into
+        the mailbox that does not wait: the hot path of every local message.
         """
-        if self.state not in _OPEN:
-            raise AgentUnavailable(self.unavailable_reason())
-        # Mailbox.try_put, inlined: this runs once per tell.
+        if (self.current or self.active or self.state is not _RUNNING) and self._reentrant(env):
+            self._run_reentrant(env)
+            return True
+        # Mailbox.try_put, inlined: this runs once per message.
         mailbox = self.mailbox
         items = mailbox.items
         if items is None:
@@ -209,46 +212,20 @@ class Cell(Lifecycle):
             self.schedule()
         return i
 
-    def post_nowait(self, env: Envelope) -> None:
-        """Queue ``env`` (or run it at once if reentrant); raise `MailboxFull`."""
-        if (self.current or self.active or self.state is not _RUNNING) and self.accepts(env):
-            self._run_reentrant(env)
-            return
-        self.mailbox.put_nowait(env)
-        if self.runner is None and not self.queued and self.instance is not None:
-            self.schedule()
-
-    def try_post(self, env: Envelope) -> bool:
-        """Queue ``env`` (or run it at once if reentrant) if that needs no waiting;
-        False if the mailbox is full. Raises `AgentUnavailable`."""
-        if (self.current or self.active or self.state is not _RUNNING) and self.accepts(env):
-            self._run_reentrant(env)
-            return True
-        # Mailbox.try_put, inlined: this runs once per ask.
-        mailbox = self.mailbox
-        items = mailbox.items
-        if items is None:
-            mailbox.items = items = deque()
-        elif mailbox.putters or len(items) + mailbox.reserved >= mailbox.capacity:
-            return False
-        items.append(env)
-        if self.runner is None and not self.queued and self.instance is not None:
-            self.schedule()
-        return True
-
     def runs_at_once(self, env: Envelope) -> bool:
-        """Whether `post` would run ``env`` at once, bypassing the mailbox (call-chain
+        """Whether `offer` would run ``env`` at once, bypassing the mailbox (call-chain
         reentrancy), or refuse it (the agent no longer takes messages)."""
         try:
             return bool(self.current or self.active or self.state is not _RUNNING) and (
-                self.accepts(env)
+                self._reentrant(env)
             )
         except AgentUnavailable:
             return True
 
     async def post(self, env: Envelope) -> None:
-        """Queue ``env``, waiting for room in the mailbox."""
-        if self.try_post(env):
+        """Queue ``env``, waiting for room in the mailbox (or run it at once, as
+        `offer`)."""
+        if self.offer(env):
             return
         await self.mailbox.put(env)
         if self.runner is None and not self.queued and self.instance is not None:

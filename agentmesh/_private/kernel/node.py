@@ -483,7 +483,7 @@ class Node:
                     transport.send_nowait(ref._node_id, env)
                 except MailboxFull:  # connect, or wait for room, unless the ask expires
                     await self._await_or_expire(transport.send(ref._node_id, env), fut)
-            elif not cell.try_post(env):  # no room now: wait for it
+            elif not cell.offer(env):  # no room now: wait for it
                 await self._await_or_expire(cell.post(env), fut)
             return await fut
         finally:
@@ -528,7 +528,7 @@ class Node:
             None if sender is None else sender.id,
             deadline,
         )
-        return cell.try_post(env)
+        return cell.offer(env)
 
     def _expire(
         self,
@@ -592,8 +592,8 @@ class Node:
             transport = self._transport(ref)
             transport.send_nowait(ref._node_id, env)
             ref._route = transport.route(ref._node_id, ref._id)
-        else:
-            cell.post_nowait(env)
+        elif not cell.offer(env):
+            raise MailboxFull(f"mailbox of {ref!r} is full ({cell.mailbox.capacity} messages)")
 
     @staticmethod
     def _tell_envelope(
@@ -607,14 +607,6 @@ class Node:
         if self.transport is None:
             raise AgentUnavailable(f"{ref!r} lives on node {ref.node}, which is not reachable")
         return self.transport
-
-    def deliver_nowait(self, env: Envelope) -> None:
-        """Deliver an envelope from a peer; raises `MailboxFull` or `AgentUnavailable`."""
-        self._target(env).post_nowait(env)
-
-    async def deliver(self, env: Envelope) -> None:
-        """Deliver an envelope from a peer, waiting for room (flow control)."""
-        await self._target(env).post(env)
 
     async def deliver_from_peer(self, env: Envelope) -> None:
         """Deliver an envelope a transport received, waiting for room; node-level
@@ -641,7 +633,7 @@ class Node:
         try:
             if cell is None:
                 raise AgentUnavailable(self._gone(env.target))
-            if cell.try_post(env):
+            if cell.offer(env):
                 return None
         except AgentUnavailable as exc:
             self._refused_from_peer(env, exc)
@@ -727,12 +719,6 @@ class Node:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background_done)
-
-    def _target(self, env: Envelope) -> Cell:
-        cell = self.cells.get(env.target)
-        if cell is None:
-            raise AgentUnavailable(self._gone(env.target))
-        return cell
 
     def bind_refs(self) -> Any:
         """Context in which refs being unpickled bind to this node."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cloudpickle
 
 from .envelope import Envelope, RemoteReply
-from .errors import AgentUnavailable, SerializationError
+from .errors import AgentUnavailable, MailboxFull, SerializationError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -85,9 +85,15 @@ class Transport(abc.ABC):
         that what it told before closing is not lost). Asks need no such wait."""
         return 0
 
-    @abc.abstractmethod
     async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:
-        """Stop an agent that lives on ``peer``; returns when it has stopped."""
+        """Stop an agent that lives on ``peer``; returns when it has stopped. A
+        ``!node.stop`` request the peer's node serves (`Node.take_from_peer`)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        wait = (timeout or self.node.shutdown_timeout) + 5.0
+        env = Envelope(agent_id, "!node.stop", (timeout,), {}, fut, 0, None, loop.time() + wait)
+        await self.send(peer, env)
+        await fut
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -154,19 +160,17 @@ class MemoryTransport(Transport):
     def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:
         self.pending.pop(corr, None)
 
+    # The peer's node takes what arrives as it takes what a gRPC stream brings
+    # (`Node.take_from_peer`): node-level requests, reentrant calls, refusals.
+
     async def send(self, peer: str, env: Envelope) -> None:
         other = self._peer(peer)
-        await other.node.deliver(self._copy(env, other))
+        await other.node.deliver_from_peer(self._copy(env, other))
 
     def send_nowait(self, peer: str, env: Envelope) -> None:
         other = self._peer(peer)
-        other.node.deliver_nowait(self._copy(env, other))
-
-    async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:
-        node = self._peer(peer).node
-        cell = node.cells.get(agent_id)
-        if cell is not None:
-            await cell.stop(node.shutdown_timeout if timeout is None else timeout)
+        if other.node.take_from_peer(self._copy(env, other)) is not None:
+            raise MailboxFull(f"mailbox of agent {env.target} on node {peer} is full")
 
     def reply(self, origin: str, corr: int, ok: bool, value: Any) -> None:
         """Called on the callee's side: carry a result back to the asker's node."""

@@ -218,14 +218,6 @@ class GrpcTransport(Transport):
         link = self.links.get(peer)
         return None if link is None or link.closed else link
 
-    async def stop_agent(self, peer: str, agent_id: str, timeout: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        wait = (timeout or self.node.shutdown_timeout) + 5.0
-        env = Envelope(agent_id, "!node.stop", (timeout,), {}, fut, 0, None, loop.time() + wait)
-        await self.send(peer, env)
-        await fut
-
     # -- links --------------------------------------------------------------------
 
     async def _link(self, peer: str) -> Link:
