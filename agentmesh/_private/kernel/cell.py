@@ -252,13 +252,6 @@ class Cell(Lifecycle):
     def _run_reentrant(self, env: Envelope) -> None:
         self.spawn_task(self._turn(env))
 
-    def unavailable_reason(self) -> str:
-        if self.state is State.STOPPING:
-            return f"agent {self.label!r} is stopping"
-        return f"agent {self.label!r} is {self.state.value}" + (
-            f" ({self.exit_reason})" if self.exit_reason else ""
-        )
-
     # -- running ----------------------------------------------------------------
 
     def schedule(self) -> None:
@@ -411,12 +404,6 @@ class Cell(Lifecycle):
             return self.chain
         return chain
 
-    def busy(self) -> list[Envelope]:
-        """The messages whose handlers are running now."""
-        if self.current is None:
-            return list(self.active)
-        return [self.current, *self.active]
-
     def _turns_now(self) -> StartedTurn | None:
         """Handle queued messages one after the other, right now, while the slice has
         turns left: the hot path of every message to a serial agent.
@@ -527,11 +514,6 @@ class Cell(Lifecycle):
                 self._slot = None
                 continue
             self.spawn_task(self._turn(mailbox.popleft()))
-
-    async def wait_tasks(self) -> None:
-        tasks = [t for t in self._tasks or () if t is not asyncio.current_task()]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _turn(self, env: Envelope) -> None:
         """One turn in its own task: concurrent agents and reentrant calls."""

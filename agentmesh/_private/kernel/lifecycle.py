@@ -7,6 +7,7 @@ learns of every exit of an instance and decides whether a new one starts.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextvars
 import enum
@@ -14,7 +15,7 @@ import inspect
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
@@ -25,6 +26,7 @@ from .errors import AgentUnavailable, RemoteError, SpawnError
 from .exits import ExitReason, Terminated
 
 if TYPE_CHECKING:
+    from .cell import Cell
     from .mailbox import Mailbox
     from .node import Node
     from .placing import Ticket
@@ -72,7 +74,7 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-class Lifecycle:
+class Lifecycle(abc.ABC):
     """State transitions of a `Cell`: the base class that declares its fields."""
 
     # Every field of a cell; Cell.__init__ sets them.
@@ -166,18 +168,36 @@ class Lifecycle:
         """The agent's name, else its id: how logs and errors call it."""
         return self.name or self.id
 
-    # Defined by Cell.
-    def schedule(self) -> None:
-        raise NotImplementedError
-
-    def busy(self) -> list[Envelope]:
-        raise NotImplementedError
-
-    async def wait_tasks(self) -> None:
-        raise NotImplementedError
+    @property
+    def cell(self) -> Cell:
+        """This agent's cell (`Cell` is the only kind of Lifecycle: it adds the
+        mailbox and the turns), for the node's callbacks that take one."""
+        return cast("Cell", self)
 
     def unavailable_reason(self) -> str:
-        raise NotImplementedError
+        """Why the agent takes no messages (for `AgentUnavailable`)."""
+        if self.state is State.STOPPING:
+            return f"agent {self.label!r} is stopping"
+        return f"agent {self.label!r} is {self.state.value}" + (
+            f" ({self.exit_reason})" if self.exit_reason else ""
+        )
+
+    def busy(self) -> list[Envelope]:
+        """The messages whose handlers are running now."""
+        if self.current is None:
+            return list(self.active)
+        return [self.current, *self.active]
+
+    async def wait_tasks(self) -> None:
+        """Wait for the agent's own tasks (concurrent and reentrant turns) to end."""
+        tasks = [t for t in self._tasks or () if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @abc.abstractmethod
+    def schedule(self) -> None:
+        """Have the node's dispatcher run this agent soon (the start, stop or crash it
+        is going through, or its turns): `Cell` does, with its mailbox."""
 
     # -- starting ---------------------------------------------------------------
 
@@ -251,7 +271,7 @@ class Lifecycle:
     def _build(self) -> Agent:
         cls = self.cls
         instance = cls.__new__(cls)
-        instance._am_cell = self  # type: ignore[assignment]  # before __init__, for self.ref
+        instance._am_cell = self.cell  # before __init__, for self.ref
         instance.__init__(*self.args, **self.kwargs)  # type: ignore[misc]
         return instance
 
@@ -445,7 +465,7 @@ class Lifecycle:
 
     def _suspend_done(self) -> None:
         self.instance = None
-        self.node.instance_ended(self)  # type: ignore[arg-type]
+        self.node.instance_ended(self.cell)
         self._stop_reason = "shutdown"
         self.state = State.RESTARTING
         if self._suspended is not None and not self._suspended.done():
@@ -458,7 +478,7 @@ class Lifecycle:
         self.instance = None
         self._stop_reason = reason
         self._exit_error = error
-        self.node.instance_ended(self)  # type: ignore[arg-type]
+        self.node.instance_ended(self.cell)
         listener = self.exit_listener
         if listener is not None and listener(self, reason, error):
             if self.state is not State.STARTING:
@@ -484,16 +504,16 @@ class Lifecycle:
         for env in self.mailbox.drain():
             if env.reply is None:
                 dropped += 1
-                self.node.dead_letter(self, env, f"agent ended unhandled: {why}")  # type: ignore[arg-type]
+                self.node.dead_letter(self.cell, env, f"agent ended unhandled: {why}")
             elif not env.reply.done():
                 env.reply.set_exception(AgentUnavailable(why))
         if dropped:
             log.warning("agent %s ended with %d tells unhandled", self.label, dropped)
         self.mailbox.release()
-        self.node.unregister(self)  # type: ignore[arg-type]
-        self.node.agent_ended(self)  # type: ignore[arg-type]
+        self.node.unregister(self.cell)
+        self.node.agent_ended(self.cell)
         if self.name is None and hasattr(self.cls, "snapshot"):
-            self.node.forget_snapshot(self)  # type: ignore[arg-type]
+            self.node.forget_snapshot(self.cell)
         self._notify(*self._final_exit(), restarting=False)
         self.watchers = None
         if self._start is not None and not self._start.done():
