@@ -121,25 +121,33 @@ async def settle(
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, AgentmeshError):
                 raise result
-    lines: list[str] = []
+    # One error may stand for several agents (all those bound for a node it could
+    # not reach): each distinct error once, with the places of its agents.
+    places: dict[int, tuple[Exception, list[int]]] = {}
     for i, exc in failed.items():
-        name = specs[i].name
-        where = f"#{i}" + (f" ({name!r})" if name is not None else "")
-        exc.add_note(f"agent {where} of the batch")
+        places.setdefault(id(exc), (exc, []))[1].append(i)
+    lines: list[str] = []
+    for exc, indexes in places.values():
+        where = ", ".join(_place(i, specs[i].name) for i in indexes[:_FAILURES_SHOWN])
+        if len(indexes) > _FAILURES_SHOWN:
+            where += f" and {len(indexes) - _FAILURES_SHOWN:,} more"
+        exc.add_note(f"{'agent' if len(indexes) == 1 else 'agents'} {where} of the batch")
         if len(lines) < _FAILURES_SHOWN:
             first = (str(exc).splitlines() or [""])[0]
             lines.append(f"  {where}: {type(exc).__name__}: {first}")
-    if len(failed) > _FAILURES_SHOWN:
-        lines.append(f"  and {len(failed) - _FAILURES_SHOWN} more")
+    if len(places) > _FAILURES_SHOWN:
+        lines.append(f"  and {len(places) - _FAILURES_SHOWN:,} more errors")
     were = "was" if len(refs) == 1 else "were"
     stopped = f" ({len(refs)} started and {were} stopped again)" if refs else ""
-    message = f"{len(failed)} of {len(outcomes)} agents did not start{stopped}:\n" + "\n".join(
-        lines
-    )
-    raise SpawnManyError(message, failed, len(refs))
+    message = f"{len(failed):,} of {len(outcomes):,} agents did not start{stopped}:\n"
+    raise SpawnManyError(message + "\n".join(lines), failed, len(refs))
 
 
 _FAILURES_SHOWN = 8
+
+
+def _place(index: int, name: str | None) -> str:
+    return f"#{index}" + ("" if name is None else f" ({name!r})")
 
 
 async def claim_batch(
