@@ -189,10 +189,11 @@ class Scheduler:
                         n.id: ", ".join(f"{k} {t:g} in all" for k, t in n.total.items())
                         or "no resources"
                         for n in nodes
+                        if n.role != "driver"  # hosts only what is sent to it by name
                     }
                     return self._failed(
-                        f"no set of nodes can ever host a batch of {len(requests)} "
-                        f"agents{asking} (at most {len(placed)} fit)",
+                        f"no set of nodes can ever host a batch of {len(requests):,} "
+                        f"agents{asking} (at most {len(placed):,} fit)",
                         totals,
                     )
                 hold(found, request.resources)
@@ -256,7 +257,7 @@ class Scheduler:
         if many:
             shapes = {r.describe() for r in requests}
             asking = f" asking {shapes.pop()} each" if len(shapes) == 1 else ""
-            what = f"a batch of {len(requests)} agents{asking}"
+            what = f"a batch of {len(requests):,} agents{asking}"
         else:
             what = requests[0].describe() if gang is None else f"a gang of {len(requests)}"
         one = gang is None and not many
