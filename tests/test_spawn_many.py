@@ -136,6 +136,8 @@ async def test_a_batch_under_a_supervisor_is_restarted_as_its_children_are() -> 
         await refs[1].fail.tell("crash")  # escapes a tell handler: a crash
         await wait_for(lambda: _restarts(sup, [0, 1, 0]), what="restarted")
         assert await refs[1].get() == 20  # a fresh instance, same ref
+        with pytest.raises(am.AgentUnavailable, match="not a live supervisor"):
+            await mesh.spawn_many(Counter, [()], supervisor=refs[0])
         assert [await r.get() for r in await sup.start_children([am.ChildSpec(Counter, 4)])] == [4]
 
 
@@ -208,6 +210,8 @@ async def test_a_driver_places_a_batch_as_it_would_place_single_spawns(
     assert [c.ref for c in await sup.children()] == kids
     assert {ref.node for ref in kids} == {eu.node_id}
     assert await (await head.get("k2")).get() == 2
+    with pytest.raises(am.PlacementError, match="gpu 1 in all of 5"):  # as it is
+        await driver.spawn_many(Counter, [()], supervisor=sup, resources={"gpu": 5})
     # Detached agents outlive the driver that started them; the others do not.
     assert head.address is not None
     async with am.Mesh(join=head.address, ask_timeout=10) as brief:

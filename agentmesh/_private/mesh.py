@@ -562,8 +562,11 @@ class Mesh:
     async def _start_specs_under(
         self, specs: list[ChildSpec], supervisor: AgentRef
     ) -> list[AgentRef | Exception]:
-        local = supervisor._cell.instance if supervisor._cell is not None else None
-        if isinstance(local, Supervisor):
+        if supervisor._cell is not None or supervisor.node == self.node_id:
+            cell = supervisor._cell or self._node.cells.get(supervisor.id)
+            local = None if cell is None else cell.instance
+            if not isinstance(local, Supervisor):
+                raise AgentUnavailable(f"{supervisor} is not a live supervisor")
             return await local._start_children(specs)
         if self._membership is None:
             raise AgentUnavailable(f"supervisor {supervisor} is not reachable")
@@ -598,10 +601,10 @@ class Mesh:
                     got = await spawner.spawn_many.ask(chosen, held, timeout=timeout)
                     if isinstance(got, AgentmeshError):
                         raise got
-            except Exception as exc:
+            except Exception as exc:  # none of them is known to have started
                 got = [exc] * len(indices)
                 placer = self._node.placer
-                if target is not None and placer is not None:
+                if placer is not None:
                     for ticket in held:
                         if ticket is not None:
                             placer.release(ticket.key)

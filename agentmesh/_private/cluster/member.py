@@ -183,7 +183,10 @@ class SpawnService(Agent):
     async def spawn_many(self, specs: list[ChildSpec], tickets: list[Ticket | None]) -> Any:
         """Start ``specs`` here, children of this node's root, each holding its ticket's
         resources (detached agents of a batch)."""
-        outcomes: list[Outcome] = await self._start_many(specs, tickets)
+        try:
+            outcomes: list[Outcome] = await self._start_many(specs, tickets)
+        except AgentmeshError as exc:  # raised as it is at the spawner
+            return exc
         return [_sendable(o, s.name or s.class_name) for o, s in zip(outcomes, specs, strict=True)]
 
     async def start_children(self, supervisor: str, specs: list[ChildSpec]) -> Any:
@@ -194,7 +197,10 @@ class SpawnService(Agent):
         instance = None if cell is None else cell.instance
         if not isinstance(instance, Supervisor):
             return AgentUnavailable(f"no live supervisor {supervisor} on node {node.id}")
-        outcomes = await instance._start_children(specs)
+        try:
+            outcomes = await instance._start_children(specs)
+        except AgentmeshError as exc:  # PlacementError ...: raised as it is at the spawner
+            return exc
         return [_sendable(o, s.name or s.class_name) for o, s in zip(outcomes, specs, strict=True)]
 
 
