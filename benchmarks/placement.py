@@ -110,8 +110,8 @@ async def spawn_rate(n: int) -> float:
 async def spawn_many_rate(n: int) -> float:
     """Seconds for a driver to spawn ``n`` agents with resources on a head and two
     worker processes in one `spawn_many` (one decision round at the head for all,
-    one message to each worker). Not counted: the driver stopping them as it leaves,
-    one at a time, newest first, as it stops single spawns."""
+    one message to each worker). Not counted: the driver stopping them as it leaves
+    (one request to each worker for the batch)."""
     async with _cluster() as mesh:
         start = time.perf_counter()
         refs = await mesh.spawn_many(Echo, [()] * n, resources={"cpu": 0.1})

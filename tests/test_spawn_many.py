@@ -14,8 +14,8 @@ import agentmesh as am
 from agentmesh._private.kernel.placing import make_request
 from agentmesh._private.placement.scheduler import Scheduler
 
-from .agents import Counter, Picky
-from .conftest import wait_for
+from .agents import Counter, Picky, Recorder, Stoppable
+from .conftest import recorded, wait_for
 from .test_cluster import Daemon
 
 
@@ -227,6 +227,31 @@ async def _gone(mesh: am.Mesh, name: str) -> bool:
     except am.AgentNotFound:
         return True
     return False
+
+
+async def test_a_batch_stops_as_it_started_each_node_its_share_newest_first(
+    cluster: tuple[am.Mesh, am.Mesh, am.Mesh, am.Mesh],
+) -> None:
+    head, eu, us, _ = cluster
+    recorder = await head.spawn(Recorder)
+    assert head.address is not None
+    async with am.Mesh(join=head.address, ask_timeout=10) as brief:
+        await brief.spawn(Stoppable, recorder, "first", node=eu.node_id)
+        batch = await brief.spawn_many(Stoppable, [(recorder, f"b{i}") for i in range(6)])
+        await brief.spawn(Stoppable, recorder, "last", node=eu.node_id)
+    events = [label for label, _ in await recorded(recorder, 8)]
+    assert sorted(events) == sorted(["first", "last"] + [f"b{i}" for i in range(6)])
+    on = {
+        mesh.node_id: [f"b{i}" for i, r in enumerate(batch) if r.node == mesh.node_id]
+        for mesh in (eu, us)
+    }
+    # What each node says reaches the recorder in order: its share, newest first,
+    # between the single spawns (the newest of all first).
+    from_eu = [e for e in events if e in ("first", "last", *on[eu.node_id])]
+    assert from_eu == ["last", *reversed(on[eu.node_id]), "first"]
+    assert [e for e in events if e in on[us.node_id]] == list(reversed(on[us.node_id]))
+    assert on[eu.node_id]
+    assert on[us.node_id]
 
 
 async def test_a_batch_that_fails_on_other_nodes_is_stopped_everywhere(

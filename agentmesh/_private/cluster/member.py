@@ -180,6 +180,13 @@ class SpawnService(Agent):
             for o, entry in zip(claimed, batch, strict=True)
         ]
 
+    async def stop_children(self, agent_ids: list[str], timeouts: list[float]) -> None:
+        """Stop these children of supervisors elsewhere, in this order (a batch's
+        share of this node, stopped by its supervisor)."""
+        node = self._am_cell.node
+        for agent_id, timeout in zip(agent_ids, timeouts, strict=True):
+            await child_op(node, agent_id, "stop", timeout)
+
     async def spawn_many(self, specs: list[ChildSpec], tickets: list[Ticket | None]) -> Any:
         """Start ``specs`` here, children of this node's root, each holding its ticket's
         resources (detached agents of a batch)."""

@@ -13,6 +13,7 @@ live node.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -237,6 +238,30 @@ class RemoteChildren:
             RemoteCell(self, spec, o, supervisor, key) if isinstance(o, AgentRef) else o
             for spec, key, o in zip(specs, keys, outcomes, strict=True)
         ]
+
+    async def stop_many(self, cells: list[RemoteCell]) -> None:
+        """Stop children on other nodes: one request to each node, which stops its
+        share in the order given; the nodes at the same time."""
+        default = self.node.shutdown_timeout
+        by_node: dict[str, list[RemoteCell]] = {}
+        for cell in cells:
+            if not cell.lost and cell.state not in (State.STOPPED, State.CRASHED):
+                by_node.setdefault(cell.ref.node, []).append(cell)
+
+        async def stop(node_id: str, group: list[RemoteCell]) -> None:
+            timeouts = [cell.spec.shutdown or default for cell in group]
+            spawner = self.membership.spawner(node_id)
+            try:
+                await spawner.stop_children.ask(
+                    [cell.ref.id for cell in group], timeouts, timeout=sum(timeouts) + _SLACK
+                )
+            except AgentmeshError as exc:  # its node is gone: so are they
+                log.info("stopping %d children on node %s: %s", len(group), node_id, exc)
+
+        await asyncio.gather(*(stop(n, group) for n, group in by_node.items()))
+        for cell in cells:
+            if cell.state is not State.CRASHED:
+                cell.state = State.STOPPED
 
     async def respawn(self, cell: RemoteCell) -> AgentRef:
         """Start a child lost with its node again, on another node that fits it."""

@@ -57,7 +57,7 @@ class _Child:
     same surface (state, stop, suspend, restart, end) when it lives on another.
     """
 
-    __slots__ = ("cell", "dynamic", "early", "key", "spec", "supervisor")
+    __slots__ = ("batch", "cell", "dynamic", "early", "key", "spec", "supervisor")
 
     def __init__(self, supervisor: Cell, key: int, spec: ChildSpec, dynamic: bool) -> None:
         self.supervisor = supervisor
@@ -68,6 +68,8 @@ class _Child:
         #: An exit notice from a child on another node that came before the reply
         #: saying it started (kept, and handled once it has).
         self.early: tuple[Any, ...] | None = None
+        #: The batch it was started in (`Supervisor._start_children`), if any.
+        self.batch: int | None = None
 
     def started(self, cell: Any) -> None:
         """The child is running (``cell``: its cell or stand-in); an exit notice that
@@ -96,6 +98,7 @@ class _Child:
 # Child keys are unique in the process, so a notice about a child of an earlier
 # instance of a restarted supervisor never matches a child of the new one.
 _KEYS = itertools.count()
+_BATCHES = itertools.count()
 
 
 def _request_of(spec: ChildSpec) -> PlacementRequest:
@@ -334,6 +337,9 @@ class Supervisor(Agent):
                 for i, placed in zip(todo, got, strict=True):
                     held[i] = placed
         children = [_Child(cell, next(_KEYS), spec, True) for spec in specs]
+        batch = next(_BATCHES)
+        for child in children:
+            child.batch = batch
         for child in children:
             self._children[child.key] = child
         outcomes: list[AgentRef | Exception | None] = [None] * len(specs)
@@ -415,10 +421,37 @@ class Supervisor(Agent):
         return [o if o is not None else AgentUnavailable("not started") for o in outcomes]
 
     async def _stop_children(self, children: Iterable[_Child]) -> None:
+        """Stop ``children`` one after the other, in the order given; but the children
+        of one batch that come together stop as they started: each node its share,
+        in that order, the nodes at the same time (one request to each)."""
         node = self._am_cell.node
+        run: list[_Child] = []
         for child in list(children):
-            if child.cell is not None:
+            if run and child.batch != run[0].batch:
+                await self._stop_batch(run)
+                run = []
+            if child.batch is not None:
+                run.append(child)
+            elif child.cell is not None:
                 await child.cell.stop(child.spec.shutdown or node.shutdown_timeout)
+        if run:
+            await self._stop_batch(run)
+
+    async def _stop_batch(self, children: list[_Child]) -> None:
+        node = self._am_cell.node
+        here = [c for c in children if isinstance(c.cell, Cell)]
+        there = [c.cell for c in children if c.cell is not None and not isinstance(c.cell, Cell)]
+
+        async def stop_here() -> None:
+            for child in here:
+                await child.cell.stop(child.spec.shutdown or node.shutdown_timeout)
+
+        if not there or node.remote_children is None:
+            await stop_here()
+            for cell in there:  # (no cluster: nothing there to stop)
+                await cell.stop(cell.spec.shutdown or node.shutdown_timeout)
+            return
+        await asyncio.gather(stop_here(), node.remote_children.stop_many(there))
 
     # -- restarting -----------------------------------------------------------------
 
