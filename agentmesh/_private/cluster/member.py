@@ -175,8 +175,9 @@ class SpawnService(Agent):
                 outcome = exc
             outcomes.append(outcome)
         claimed = await claim_batch(node, outcomes)
+        missing = AgentUnavailable("not started")  # (never: every entry has an outcome)
         return [
-            _sendable(o or AgentUnavailable("not started"), entry[2].get("name") or "a batch child")
+            _sendable(missing if o is None else o, entry[2].get("name") or "a batch child")
             for o, entry in zip(claimed, batch, strict=True)
         ]
 
