@@ -20,6 +20,7 @@ from ._private.kernel.errors import (
     RestartIntensityExceeded,
     SerializationError,
     SpawnError,
+    SpawnManyError,
     UnknownMethod,
     WrongLoop,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "RestartIntensityExceeded",
     "SerializationError",
     "SpawnError",
+    "SpawnManyError",
     "SqliteStateStore",
     "StateStore",
     "Supervisor",

@@ -107,6 +107,38 @@ def throughput(
     ]
 
 
+def speedup(
+    workload: str,
+    units: int,
+    mine: Callable[[], Coroutine[Any, Any, float]],
+    other_name: str,
+    other_units: int,
+    other: Callable[[], Coroutine[Any, Any, float]],
+    repeat: int,
+    target: str | None = None,
+) -> list[Figure]:
+    """A workload beside another way of doing the same work in the same run, each at
+    its own size (the other way may be too slow for the full size): their rates per
+    unit, and the ratio of ``mine``'s rate to the other's (how many times faster)."""
+    runs = _alternate(repeat, mine, other)
+    mine_s, other_s = statistics.median(runs[0]), statistics.median(runs[1])
+    mine_rate, other_rate = units / mine_s, other_units / other_s
+    return [
+        Figure("agentmesh", other_name, other_units, other_s, other_rate),
+        Figure(
+            "agentmesh",
+            workload,
+            units,
+            mine_s,
+            mine_rate,
+            peak_rss_mb=_peak_mb(),
+            limit=other_name,
+            ratio=mine_rate / other_rate,
+            target=target,
+        ),
+    ]
+
+
 def ask_latency(
     size: int,
     repeat: int,
@@ -394,6 +426,16 @@ def main() -> None:
             lambda: placement.spawn_rate(n(1_000)),
             lambda: placement.raw_round_trips(n(1_000)),
             r,
+        ),
+        "spawn-many": lambda: speedup(
+            "spawn_many with resources, 3-node cluster",
+            n(10_000),
+            lambda: placement.spawn_many_rate(n(10_000)),
+            "one spawn at a time, the same cluster",
+            n(1_000),
+            lambda: placement.spawn_rate(n(1_000)),
+            r,
+            ">= 10x one spawn at a time",
         ),
     }
     if args.ray:

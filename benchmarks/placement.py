@@ -1,5 +1,6 @@
 """Placement workloads: decisions per second against 1,000 synthetic nodes, and the
-spawn rate of a driver on a real 3-node loopback cluster.
+spawn rate of a driver on a real 3-node loopback cluster, one spawn at a time and in
+one `spawn_many` batch.
 
 The decision workload keeps the cluster about half full: every reservation is
 released again 2,000 decisions later. Its raw limit is the naive decision (scan every
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import agentmesh as am
 from agentmesh._private.kernel.placing import PlacementRequest, make_request
@@ -98,6 +100,29 @@ def naive_decisions(nodes: int, n: int) -> float:
 async def spawn_rate(n: int) -> float:
     """Seconds for a driver to spawn ``n`` agents with resources on a head and two
     worker processes (each spawn: a decision at the head, a start on a worker)."""
+    async with _cluster() as mesh:
+        start = time.perf_counter()
+        for _ in range(n):
+            await mesh.spawn(Echo, resources={"cpu": 0.1})
+        return time.perf_counter() - start
+
+
+async def spawn_many_rate(n: int) -> float:
+    """Seconds for a driver to spawn ``n`` agents with resources on a head and two
+    worker processes in one `spawn_many` (one decision round at the head for all,
+    one message to each worker). Not counted: the driver stopping them as it leaves
+    (one request to each worker for the batch)."""
+    async with _cluster() as mesh:
+        start = time.perf_counter()
+        refs = await mesh.spawn_many(Echo, [()] * n, resources={"cpu": 0.1})
+        elapsed = time.perf_counter() - start
+        assert len(refs) == n
+        return elapsed
+
+
+@asynccontextmanager
+async def _cluster() -> AsyncIterator[am.Mesh]:
+    """A driver joined to a head and two workers (cpu=1000 each), all on loopback."""
     async with AsyncExitStack() as stack:
         head = await stack.enter_async_context(
             _process("-m", "agentmesh", "head", "--listen", "127.0.0.1:0")
@@ -109,10 +134,7 @@ async def spawn_rate(n: int) -> float:
         mesh = await stack.enter_async_context(am.Mesh(join=head, ask_timeout=60))
         while len(await mesh.nodes()) < 4:  # the two workers have registered
             await mesh.placement_report()
-        start = time.perf_counter()
-        for _ in range(n):
-            await mesh.spawn(Echo, resources={"cpu": 0.1})
-        return time.perf_counter() - start
+        yield mesh
 
 
 async def raw_round_trips(n: int) -> float:

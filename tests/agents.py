@@ -261,3 +261,15 @@ class Blocker(am.Agent):
 
     async def ping(self) -> str:
         return "pong"
+
+
+class Picky(am.Agent):
+    """Refuses to be built with an argument in ``refused`` (for batch spawns)."""
+
+    def __init__(self, n: int, refused: tuple[int, ...] = ()) -> None:
+        if n in refused:
+            raise ValueError(f"will not be number {n}")
+        self.n = n
+
+    async def number(self) -> int:
+        return self.n

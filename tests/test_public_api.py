@@ -42,6 +42,7 @@ EXPECTED = {
     "RemoteError",
     "SerializationError",
     "SpawnError",
+    "SpawnManyError",
     "UnknownMethod",
     "WrongLoop",
     "DEFAULT_SLOW_TURN",

@@ -36,7 +36,7 @@ from .placement.scheduler import DEFAULT_PLACEMENT_TIMEOUT, LocalPlacer, Schedul
 from .pubsub.bus import Bus, BusStatistics
 from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
-from .supervision.supervisor import Supervisor
+from .supervision.supervisor import Supervisor, settle
 from .transport.grpc_transport import TLS, GrpcTransport
 
 __all__ = ["Mesh"]
@@ -154,6 +154,7 @@ class Mesh:
             )
             self._node.ended_hooks.append(self._membership.release_name)
             self._node.name_claims.append(self._membership.claim_name)
+            self._node.claim_names = self._membership.claim_names
 
     @property
     def node_id(self) -> str:
@@ -195,7 +196,7 @@ class Mesh:
         assert isinstance(root, Supervisor)
         self._root = root
         if self._membership is not None:
-            await self._membership.start(self._start_spec)
+            await self._membership.start(self._start_spec, self._start_specs)
 
     @property
     def address(self) -> str | None:
@@ -430,6 +431,189 @@ class Mesh:
                 placer.release(ticket.key)
             raise
 
+    async def spawn_many(
+        self,
+        agent_class: type[A] | Callable[..., A],
+        args_list: Iterable[tuple[Any, ...]],
+        /,
+        *,
+        names: Iterable[str | None] | None = None,
+        mailbox_size: int | None = None,
+        concurrency: int | None = None,
+        supervisor: AgentRef | None = None,
+        restart: Restart | None = None,
+        shutdown: float | None = None,
+        checkpoint_every: int = 0,
+        node: str | None = None,
+        detached: bool = False,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, Selector] | None = None,
+        strategy: Strategy | None = None,
+        placement_timeout: float | None = None,
+    ) -> list[AgentRef]:
+        """Start one agent of ``agent_class`` per tuple of arguments in ``args_list``,
+        with the options of `spawn` shared by all, and return their refs in order once
+        every ``on_start`` has run. ``names`` (optional) gives each its name (None: no
+        name); names must be unique, within the batch too.
+
+        Each agent is placed and started as `spawn` would place and start it (the
+        same supervisor, restart type and resources; restarted elsewhere if its node
+        dies, where its restart type says so), but the batch costs one placement
+        request to the head for all the agents, and one message to each node that
+        hosts some of them, which starts them one after the other.
+
+        Placement is decided for the whole batch before any agent starts: if some
+        agent could never be hosted (or the batch could never fit), `PlacementError`
+        at once; if the batch fits the cluster but not its free capacity now, it
+        waits for room for all of it, up to ``placement_timeout``, holding nothing
+        meanwhile, then raises `PlacementError`. Nothing has started then.
+
+        If some agents do not start (their constructor or ``on_start`` raised,
+        `NameTaken`, their node died), those that did start are stopped and
+        `SpawnManyError` is raised: an `ExceptionGroup` of the failures, each noted
+        with its index in ``args_list`` (also ``err.failed``, index -> error). So an
+        error leaves nothing of the batch running, and a return means all of it
+        runs; but unlike `spawn_gang`, agents may have run (and been stopped) before
+        the error. Invalid options raise `ValueError` or `TypeError` before anything.
+        """
+        self._check_open()
+        if self._node.closed:
+            raise RuntimeError("the mesh is closed")
+        batch = list(args_list)
+        for args in batch:
+            if not isinstance(args, tuple):
+                raise TypeError(
+                    f"spawn_many takes one tuple of arguments per agent, got {args!r} "
+                    f"(for agents of one argument each: [(x,) for x in xs])"
+                )
+        given = [None] * len(batch) if names is None else list(names)
+        if len(given) != len(batch):
+            raise ValueError(f"{len(given)} names for {len(batch)} agents")
+        seen: set[str] = set()
+        for name in given:
+            if name is None:
+                continue
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"an agent name must be a non-empty string, got {name!r}")
+            if name in seen:
+                raise ValueError(f"the name {name!r} is given twice")
+            seen.add(name)
+        if restart is None:
+            restart = "temporary" if supervisor is None else "permanent"
+        template = ChildSpec(
+            agent_class,
+            restart=restart,
+            shutdown=shutdown,
+            mailbox_size=mailbox_size,
+            concurrency=concurrency,
+            checkpoint_every=checkpoint_every,
+            node=node,
+            resources=resources,
+            labels=labels,
+            strategy=strategy,
+            placement_timeout=placement_timeout,
+        )
+        specs = [template._replaced(args=a, name=n) for a, n in zip(batch, given, strict=True)]
+        if not specs:
+            return []
+        if supervisor is not None:
+            # Its supervisor places them (and places them again if their node dies).
+            outcomes = await self._start_specs_under(specs, supervisor)
+            return await settle(outcomes, specs, self._node)
+        membership = self._membership
+        driver = membership is not None and membership.role == "driver"
+        request = template.placement
+        placer = self._node.placer
+        tickets: list[Ticket | None] = [None] * len(specs)
+        targets: list[str | None] = [node] * len(specs)
+        if placer is not None and (not request.is_default or (driver and node is None)):
+            if node is not None:
+                request = dataclasses.replace(request, strategy=OnNode(node))
+            tickets = list(await placer.reserve_many([request] * len(specs)))
+            targets = [t.node if t is not None else None for t in tickets]
+        targets = [None if t == self.node_id else t for t in targets]
+        try:
+            if membership is None and any(t is not None for t in targets):
+                raise AgentUnavailable(f"node {node} is not reachable: this mesh is embedded")
+            if detached:
+                outcomes = await self._start_detached(specs, targets, tickets)
+            else:
+                # Children of this node's root on their nodes (default: here): stopped
+                # with the root, restarted per their restart type, elsewhere if their
+                # node dies.
+                placed = [s.on_node(t) for s, t in zip(specs, targets, strict=True)]
+                outcomes = await self._start_specs(placed, tickets)
+        except BaseException:
+            if placer is not None:
+                for ticket in tickets:
+                    if ticket is not None:
+                        placer.release(ticket.key)
+            raise
+        return await settle(outcomes, specs, self._node)
+
+    async def _start_specs(
+        self, specs: list[ChildSpec], tickets: list[Ticket | None]
+    ) -> list[AgentRef | Exception]:
+        """Start ``specs`` as children of this node's root, each holding its ticket's
+        resources: each one's ref, or why it did not start."""
+        root = self._live_root()
+        return await root._start_children(specs, tickets)
+
+    async def _start_specs_under(
+        self, specs: list[ChildSpec], supervisor: AgentRef
+    ) -> list[AgentRef | Exception]:
+        if supervisor._cell is not None or supervisor.node == self.node_id:
+            cell = supervisor._cell or self._node.cells.get(supervisor.id)
+            local = None if cell is None else cell.instance
+            if not isinstance(local, Supervisor):
+                raise AgentUnavailable(f"{supervisor} is not a live supervisor")
+            return await local._start_children(specs)
+        if self._membership is None:
+            raise AgentUnavailable(f"supervisor {supervisor} is not reachable")
+        spawner = self._membership.spawner(supervisor.node)
+        timeout = self._node.ask_timeout * len(specs)
+        outcome = await spawner.start_children.ask(supervisor.id, specs, timeout=timeout)
+        if isinstance(outcome, AgentmeshError):
+            raise outcome
+        outcomes: list[AgentRef | Exception] = outcome
+        return outcomes
+
+    async def _start_detached(
+        self, specs: list[ChildSpec], targets: list[str | None], tickets: list[Ticket | None]
+    ) -> list[AgentRef | Exception]:
+        """Start each spec on its target node as a child of that node's own root (here:
+        of this one's): one message per node."""
+        outcomes: list[AgentRef | Exception | None] = [None] * len(specs)
+        groups: dict[str | None, list[int]] = {}
+        for i, target in enumerate(targets):
+            groups.setdefault(target, []).append(i)
+
+        async def start(target: str | None, indices: list[int]) -> None:
+            chosen = [specs[i].on_node(None) for i in indices]
+            held = [tickets[i] for i in indices]
+            try:
+                if target is None:
+                    got = await self._start_specs(chosen, held)
+                else:
+                    assert self._membership is not None
+                    spawner = self._membership.spawner(target)
+                    timeout = self._node.ask_timeout * len(chosen)
+                    got = await spawner.spawn_many.ask(chosen, held, timeout=timeout)
+                    if isinstance(got, AgentmeshError):
+                        raise got
+            except Exception as exc:  # none of them is known to have started
+                got = [exc] * len(indices)
+                placer = self._node.placer
+                if placer is not None:
+                    for ticket in held:
+                        if ticket is not None:
+                            placer.release(ticket.key)
+            for i, outcome in zip(indices, got, strict=True):
+                outcomes[i] = outcome
+
+        await asyncio.gather(*(start(t, i) for t, i in groups.items()))
+        return [o if o is not None else AgentUnavailable("not started") for o in outcomes]
+
     async def spawn_gang(
         self,
         specs: Iterable[ChildSpec],
@@ -460,19 +644,24 @@ class Mesh:
         assert placer is not None
         requests = [dataclasses.replace(s.placement, strategy="balanced") for s in members]
         tickets = await placer.reserve_gang(requests, strategy, placement_timeout)
-        refs: list[AgentRef] = []
+        placed = [
+            spec.on_node(None if ticket.node == self.node_id else ticket.node)
+            for spec, ticket in zip(members, tickets, strict=True)
+        ]
         try:
-            for spec, ticket in zip(members, tickets, strict=True):
-                here = ticket.node == self.node_id
-                placed = spec.on_node(None if here else ticket.node)
-                refs.append(await self._start_spec(placed, None, ticket))
+            # One message to each node the gang is on, as for spawn_many.
+            outcomes = await self._start_specs(placed, list(tickets))
         except BaseException:
-            for ticket in tickets[len(refs) :]:
+            for ticket in tickets:  # none started, or those started were stopped
                 placer.release(ticket.key)
+            raise
+        refs = [o for o in outcomes if isinstance(o, AgentRef)]
+        failure = next((o for o in outcomes if isinstance(o, Exception)), None)
+        if failure is not None:
             for ref in reversed(refs):
                 with contextlib.suppress(AgentmeshError):
                     await ref.stop()
-            raise
+            raise failure
         return refs
 
     async def _start_spec(
@@ -491,14 +680,17 @@ class Mesh:
             # A local supervisor starts the child directly rather than through its
             # mailbox, so errors come as they are (NameTaken, SpawnError ...).
             return await local._start_child(spec, dynamic=True)
+        # The root is local: start the child directly rather than through its mailbox.
+        return await self._live_root()._start_child(spec, dynamic=True, ticket=ticket)
+
+    def _live_root(self) -> Supervisor:
         if self._node.closed:
             raise RuntimeError("the mesh is closed")
         if self._root is None or self._root_ref is None or self._root_ref._cell is None:
             raise RuntimeError("the mesh is not started")
         if self._root_ref._cell.instance is not self._root:
             raise AgentUnavailable("the mesh's root supervisor gave up; see wait_failure()")
-        # The root is local: start the child directly rather than through its mailbox.
-        return await self._root._start_child(spec, dynamic=True, ticket=ticket)
+        return self._root
 
     async def get(self, name: str) -> AgentRef:
         """The ref of the agent registered as ``name``, on any node of the cluster;

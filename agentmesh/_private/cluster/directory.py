@@ -291,6 +291,11 @@ class Directory(Agent):
         itself unless another agent had it)."""
         return self.names.setdefault(name, ref)
 
+    async def register_names(self, claims: list[tuple[str, AgentRef]]) -> list[AgentRef]:
+        """`register_name` for each (name, ref) of a batch, in one request."""
+        names = self.names
+        return [names.setdefault(name, ref) for name, ref in claims]
+
     async def release_name(self, name: str, ref: AgentRef) -> None:
         if self.names.get(name) == ref:
             del self.names[name]

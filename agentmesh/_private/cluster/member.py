@@ -30,11 +30,13 @@ from ..kernel.errors import (
     AuthError,
     NameTaken,
 )
+from ..kernel.lifecycle import remote_error
 from ..kernel.placing import GangStrategy, PlacementRequest, Ticket
 from ..kernel.ref import AgentRef
 from ..placement.scheduler import LocalPlacer, Scheduler
 from ..pubsub.topics import TopicTrie
 from ..supervision.spec import ChildSpec
+from ..supervision.supervisor import Supervisor, claim_batch
 from ..transport.grpc_transport import GrpcTransport
 from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Beat, Directory, NodeInfo
 from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
@@ -42,7 +44,7 @@ from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
 if TYPE_CHECKING:
     from ..kernel.node import Node
 
-__all__ = ["Membership", "NodeService", "PlacementService", "RemotePlacer"]
+__all__ = ["Membership", "NodeService", "PlacementService", "RemotePlacer", "SpawnService"]
 
 log = logging.getLogger("agentmesh.cluster")
 
@@ -64,21 +66,12 @@ class NodeService(Agent):
         restart: str,
     ) -> AgentRef | AgentmeshError:
         """Start a child here for a supervisor on another node (see remote_child)."""
-        node = self._am_cell.node
         try:
-            ref: AgentRef = await node.spawn(
-                agent_class,
-                args,
-                exit_listener=ChildLink(node, supervisor, key, restart),
-                **options,
+            return await _start_child_here(
+                self._am_cell.node, agent_class, args, options, supervisor, key, restart
             )
         except AgentmeshError as exc:
             return exc
-        # As an OTP child is linked to its supervisor: if the supervisor ends for good
-        # (its node died, say), the child stops rather than live on unsupervised.
-        assert ref._cell is not None
-        node.monitor(supervisor, OrphanGuard(ref._cell))
-        return ref
 
     async def child_op(self, agent_id: str, op: str, arg: Any) -> Any:
         """A supervisor elsewhere acts on its child here: stop, suspend, restart, end,
@@ -115,6 +108,110 @@ class NodeService(Agent):
         return ref
 
 
+async def _start_child_here(
+    node: Node,
+    agent_class: Any,
+    args: tuple[Any, ...],
+    options: dict[str, Any],
+    supervisor: AgentRef,
+    key: int,
+    restart: str,
+) -> AgentRef:
+    ref: AgentRef = await node.spawn(
+        agent_class, args, exit_listener=ChildLink(node, supervisor, key, restart), **options
+    )
+    # As an OTP child is linked to its supervisor: if the supervisor ends for good
+    # (its node died, say), the child stops rather than live on unsupervised.
+    assert ref._cell is not None
+    node.monitor(supervisor, OrphanGuard(ref._cell))
+    return ref
+
+
+#: What a batch spawn answers for each agent: its ref, or why it did not start.
+Outcome = AgentRef | Exception
+
+
+def _sendable(outcome: Outcome, label: str) -> Outcome:
+    """An outcome fit for a reply: an error not of ours travels as a `RemoteError`
+    (as a single spawn's would)."""
+    if isinstance(outcome, AgentRef | AgentmeshError):
+        return outcome
+    return remote_error(label, outcome)  # type: ignore[no-any-return]
+
+
+class SpawnService(Agent):
+    """Starts batches of agents on its node for other nodes (`Mesh.spawn_many`), each
+    batch one request, the agents started one after the other. Batches run side by
+    side, and apart from the `NodeService`, which a long batch never holds up."""
+
+    concurrency = 100_000
+
+    def __init__(self, start_many: Callable[..., Any]) -> None:
+        self._start_many = start_many
+
+    async def spawn_children(
+        self,
+        batch: list[tuple[Any, tuple[Any, ...], dict[str, Any], int, str]],
+        supervisor: AgentRef,
+    ) -> list[Outcome]:
+        """Start children here, in order, for a supervisor on another node: each
+        entry is (agent class, args, options, child key, restart type); each outcome
+        its ref or the error that kept it from starting."""
+        node = self._am_cell.node
+        bulk = node.claim_names is not None
+        outcomes: list[Outcome | None] = []
+        for agent_class, args, options, key, restart in batch:
+            try:
+                outcome: Outcome = await _start_child_here(
+                    node,
+                    agent_class,
+                    args,
+                    {**options, "claim_name": not bulk},
+                    supervisor,
+                    key,
+                    restart,
+                )
+            except Exception as exc:
+                outcome = exc
+            outcomes.append(outcome)
+        claimed = await claim_batch(node, outcomes)
+        missing = AgentUnavailable("not started")  # (never: every entry has an outcome)
+        return [
+            _sendable(missing if o is None else o, entry[2].get("name") or "a batch child")
+            for o, entry in zip(claimed, batch, strict=True)
+        ]
+
+    async def stop_children(self, agent_ids: list[str], timeouts: list[float]) -> None:
+        """Stop these children of supervisors elsewhere, in this order (a batch's
+        share of this node, stopped by its supervisor)."""
+        node = self._am_cell.node
+        for agent_id, timeout in zip(agent_ids, timeouts, strict=True):
+            await child_op(node, agent_id, "stop", timeout)
+
+    async def spawn_many(self, specs: list[ChildSpec], tickets: list[Ticket | None]) -> Any:
+        """Start ``specs`` here, children of this node's root, each holding its ticket's
+        resources (detached agents of a batch)."""
+        try:
+            outcomes: list[Outcome] = await self._start_many(specs, tickets)
+        except AgentmeshError as exc:  # raised as it is at the spawner
+            return exc
+        return [_sendable(o, s.name or s.class_name) for o, s in zip(outcomes, specs, strict=True)]
+
+    async def start_children(self, supervisor: str, specs: list[ChildSpec]) -> Any:
+        """Start ``specs`` as children of the supervisor ``supervisor`` (an agent id)
+        here, placed as its children are."""
+        node = self._am_cell.node
+        cell = node.cells.get(supervisor)
+        instance = None if cell is None else cell.instance
+        if not isinstance(instance, Supervisor):
+            return AgentUnavailable(f"no live supervisor {supervisor} on node {node.id}")
+        try:
+            outcomes = await instance._start_children(specs)
+        except AgentmeshError as exc:  # PlacementError ...: raised as it is at the spawner
+            return exc
+        return [_sendable(o, s.name or s.class_name) for o, s in zip(outcomes, specs, strict=True)]
+
+
 class PlacementService(Agent):
     """The head's placement scheduler, for spawns on other nodes."""
 
@@ -136,6 +233,14 @@ class PlacementService(Agent):
     ) -> list[Ticket] | AgentmeshError:
         try:
             return await self._scheduler.reserve_gang(requests, strategy, timeout)
+        except AgentmeshError as exc:
+            return exc
+
+    async def reserve_many(
+        self, requests: list[PlacementRequest], timeout: float
+    ) -> list[Ticket] | AgentmeshError:
+        try:
+            return await self._scheduler.reserve_many(requests, timeout)
         except AgentmeshError as exc:
             return exc
 
@@ -183,6 +288,21 @@ class RemotePlacer:
         tickets: list[Ticket] = outcome
         return tickets
 
+    async def reserve_many(
+        self, requests: list[PlacementRequest], timeout: float | None = None
+    ) -> list[Ticket]:
+        if not requests:
+            return []
+        timeout = requests[0].timeout if timeout is None else timeout
+        timeout = self.timeout if timeout is None else timeout
+        outcome = await self.membership.placement_service().reserve_many.ask(
+            requests, timeout, timeout=timeout + _SLACK
+        )
+        if isinstance(outcome, AgentmeshError):
+            raise outcome
+        tickets: list[Ticket] = outcome
+        return tickets
+
     def release(self, key: str) -> None:
         try:
             self.membership.placement_service().release.tell_nowait(key)
@@ -199,6 +319,10 @@ def placement_id(node_id: str) -> str:
 
 def service_id(node_id: str) -> str:
     return f"sys.node.{node_id}"
+
+
+def spawner_id(node_id: str) -> str:
+    return f"sys.spawn.{node_id}"
 
 
 def directory_id(node_id: str) -> str:
@@ -242,9 +366,10 @@ class Membership:
 
     # -- joining ---------------------------------------------------------------------
 
-    async def start(self, spawn: Callable[..., Any]) -> None:
+    async def start(self, spawn: Callable[..., Any], spawn_many: Callable[..., Any]) -> None:
         node = self.node
         await node.spawn(NodeService, (spawn, self), agent_id=service_id(node.id))
+        await node.spawn(SpawnService, (spawn_many,), agent_id=spawner_id(node.id))
         if self.head_address is None:
             scheduler = self.scheduler or Scheduler()
             self.directory = await node.spawn(
@@ -485,6 +610,10 @@ class Membership:
     def service(self, node_id: str) -> AgentRef:
         return AgentRef._create(service_id(node_id), None, node_id, self.node)
 
+    def spawner(self, node_id: str) -> AgentRef:
+        """Node ``node_id``'s `SpawnService`."""
+        return AgentRef._create(spawner_id(node_id), None, node_id, self.node)
+
     async def spawn_on(self, node_id: str, spec: ChildSpec, ticket: Ticket | None) -> AgentRef:
         """Start ``spec`` on node ``node_id``, a child of that node's own root."""
         outcome = await self.service(node_id).spawn(spec, ticket)
@@ -497,6 +626,15 @@ class Membership:
         """Claim ``ref``'s name cluster-wide; `NameTaken` if another agent holds it."""
         if ref.name is not None:
             await self.register_name(ref.name, ref)
+
+    async def claim_names(self, refs: list[AgentRef]) -> list[AgentRef]:
+        """Claim the names of ``refs`` (all named) cluster-wide in one request; returns
+        who holds each now (the ref itself unless another agent had the name)."""
+        assert self.directory is not None
+        holders: list[AgentRef] = await self.directory.register_names(
+            [(ref.name, ref) for ref in refs]
+        )
+        return holders
 
     async def register_name(self, name: str, ref: AgentRef) -> None:
         """Claim ``name`` cluster-wide for ``ref``; `NameTaken` if another holds it."""

@@ -13,6 +13,7 @@ live node.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -211,6 +212,57 @@ class RemoteChildren:
         ref = await self._spawn_on(node_id, spec, supervisor, key, ticket)
         return RemoteCell(self, spec, ref, supervisor, key)
 
+    async def spawn_many(
+        self,
+        node_id: str,
+        specs: list[ChildSpec],
+        supervisor: AgentRef,
+        keys: list[int],
+        tickets: list[Ticket | None],
+    ) -> list[RemoteCell | Exception]:
+        """Start children on node ``node_id`` in one message, one after the other
+        there; return, in order, each one's stand-in or the error that kept it from
+        starting. The message may take as long as that many single spawns would
+        (``ask_timeout`` each)."""
+        batch = [
+            (spec.agent_class, spec.args, _options(spec, ticket), key, spec.restart)
+            for spec, key, ticket in zip(specs, keys, tickets, strict=True)
+        ]
+        timeout = self.node.ask_timeout * max(1, len(batch))
+        spawner = self.membership.spawner(node_id)
+        outcomes = await spawner.spawn_children.ask(batch, supervisor, timeout=timeout)
+        refs = [o for o in outcomes if isinstance(o, AgentRef)]
+        # Its node's death reaches the supervisor: one monitor request for them all.
+        self.node.remote_monitors.watch_many(refs, supervisor._cell)
+        return [
+            RemoteCell(self, spec, o, supervisor, key) if isinstance(o, AgentRef) else o
+            for spec, key, o in zip(specs, keys, outcomes, strict=True)
+        ]
+
+    async def stop_many(self, cells: list[RemoteCell]) -> None:
+        """Stop children on other nodes: one request to each node, which stops its
+        share in the order given; the nodes at the same time."""
+        default = self.node.shutdown_timeout
+        by_node: dict[str, list[RemoteCell]] = {}
+        for cell in cells:
+            if not cell.lost and cell.state not in (State.STOPPED, State.CRASHED):
+                by_node.setdefault(cell.ref.node, []).append(cell)
+
+        async def stop(node_id: str, group: list[RemoteCell]) -> None:
+            timeouts = [cell.spec.shutdown or default for cell in group]
+            spawner = self.membership.spawner(node_id)
+            try:
+                await spawner.stop_children.ask(
+                    [cell.ref.id for cell in group], timeouts, timeout=sum(timeouts) + _SLACK
+                )
+            except AgentmeshError as exc:  # its node is gone: so are they
+                log.info("stopping %d children on node %s: %s", len(group), node_id, exc)
+
+        await asyncio.gather(*(stop(n, group) for n, group in by_node.items()))
+        for cell in cells:
+            if cell.state is not State.CRASHED:
+                cell.state = State.STOPPED
+
     async def respawn(self, cell: RemoteCell) -> AgentRef:
         """Start a child lost with its node again, on another node that fits it."""
         placer = self.node.placer
@@ -241,16 +293,9 @@ class RemoteChildren:
         key: int,
         ticket: Ticket | None,
     ) -> AgentRef:
-        options = {
-            "name": spec.name,
-            "mailbox_size": spec.mailbox_size,
-            "concurrency": spec.concurrency,
-            "checkpoint_every": spec.checkpoint_every,
-            "reservation": ticket,
-        }
         service = self.membership.service(node_id)
         outcome = await service.spawn_child(
-            spec.agent_class, spec.args, options, supervisor, key, spec.restart
+            spec.agent_class, spec.args, _options(spec, ticket), supervisor, key, spec.restart
         )
         if isinstance(outcome, AgentmeshError):
             raise outcome
@@ -275,6 +320,17 @@ class RemoteChildren:
 
 
 _SLACK = 5.0  # seconds a stop request may take beyond the stop itself
+
+
+def _options(spec: ChildSpec, ticket: Ticket | None) -> dict[str, Any]:
+    """The options of `Node.spawn` a child's node starts it with."""
+    return {
+        "name": spec.name,
+        "mailbox_size": spec.mailbox_size,
+        "concurrency": spec.concurrency,
+        "checkpoint_every": spec.checkpoint_every,
+        "reservation": ticket,
+    }
 
 
 async def child_op(node: Node, agent_id: str, op: str, arg: Any) -> Any:

@@ -22,6 +22,7 @@ __all__ = [
     "RestartIntensityExceeded",
     "SerializationError",
     "SpawnError",
+    "SpawnManyError",
     "UnknownMethod",
     "WrongLoop",
 ]
@@ -77,6 +78,40 @@ class RemoteError(AgentmeshError):
 
 class SpawnError(RemoteError):
     """The agent's constructor or ``on_start`` raised, so the agent never started."""
+
+
+class SpawnManyError(ExceptionGroup[Exception], AgentmeshError):
+    """Some agents of a `Mesh.spawn_many` batch did not start, so none was kept: those
+    that had started were stopped before this was raised.
+
+    An `ExceptionGroup` of the failures (``except* am.NameTaken`` works), each error
+    once (one may stand for several agents: all those bound for a node that died, say)
+    with a note naming their places in the batch; ``failed`` maps every place that
+    failed (an index into ``args_list``) to its error, and ``started`` is how many
+    agents had started and were stopped again.
+    """
+
+    failed: dict[int, Exception]
+    started: int
+
+    def __new__(
+        cls, message: str, failed: dict[int, Exception], started: int = 0
+    ) -> SpawnManyError:
+        distinct = {id(exc): exc for exc in failed.values()}  # one may fail several
+        self = super().__new__(cls, message, list(distinct.values()))
+        self.failed = dict(failed)
+        self.started = started
+        return self
+
+    def __init__(self, message: str, failed: dict[int, Exception], started: int = 0) -> None:
+        super().__init__(message, list({id(exc): exc for exc in failed.values()}.values()))
+
+    def derive(self, excs: Any) -> Any:
+        # What `except*` splits off is a plain group (``failed`` would not match it).
+        return ExceptionGroup(self.message, excs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.failed, self.started))
 
 
 class AgentNotFound(AgentmeshError, LookupError):

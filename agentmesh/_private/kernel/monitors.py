@@ -64,6 +64,18 @@ class RemoteMonitors:
             env = system_envelope(ref.node, "!node.monitor", ref.id, self.node.id)
             self.node.send_to_peer(ref.node, env)
 
+    def watch_many(self, refs: list[AgentRef], watcher: Any) -> None:
+        """`watch` each of ``refs``, asking each node once for all its agents."""
+        asks: dict[str, list[str]] = {}
+        for ref in refs:
+            if ref.id not in self.watchers:
+                asks.setdefault(ref.node, []).append(ref.id)
+            self.watchers.setdefault(ref.id, []).append(watcher)
+            self.refs[ref.id] = ref
+        for peer, ids in asks.items():
+            env = system_envelope(peer, "!node.monitor", tuple(ids), self.node.id)
+            self.node.send_to_peer(peer, env)
+
     def unwatch(self, ref: AgentRef, watcher: Any) -> None:
         watchers = self.watchers.get(ref.id)
         if watchers and watcher in watchers:

@@ -112,6 +112,9 @@ class Node:
         #: Called with each named agent once started (the cluster claims its name
         #: everywhere; NameTaken stops the agent and fails the spawn).
         self.name_claims: list[Callable[[AgentRef], Awaitable[None]]] = []
+        #: Claims many agents' names at once, returning who holds each now (set by the
+        #: cluster layer): for batches, which spawn with ``claim_name=False``.
+        self.claim_names: Callable[[list[AgentRef]], Awaitable[list[AgentRef]]] | None = None
         self.transport = transport
         self.closed = False
         #: The event loop this node runs on and that loop's thread (`bind_loop`):
@@ -198,6 +201,7 @@ class Node:
         exit_listener: ExitListener | None = None,
         agent_id: str | None = None,
         reservation: Ticket | None = None,
+        claim_name: bool = True,
     ) -> AgentRef:
         """Create an agent here, run its ``on_start`` and return its ref.
 
@@ -206,7 +210,8 @@ class Node:
         ``exit_listener`` (its supervisor) learns of every exit of an instance and may
         restart it. ``checkpoint_every`` > 0 saves a snapshot every that many handled
         messages. ``reservation`` holds the resources placement reserved for it,
-        released when it ends for good.
+        released when it ends for good. ``claim_name=False`` leaves claiming its name
+        beyond this node to the caller (see ``claim_names``).
         """
         if asyncio.get_running_loop() is not self.loop:
             self.wrong_loop("spawn()")
@@ -260,7 +265,7 @@ class Node:
                 cell.end(State.CRASHED, "its topic subscriptions were refused")
                 raise
         await cell.start()
-        if name is not None:
+        if name is not None and claim_name:
             for claim in self.name_claims:
                 try:
                     await claim(ref)
@@ -667,14 +672,15 @@ class Node:
         if env.method == "!node.stop":
             self._spawn_background(self._stop_for_peer(env))
         elif env.method == "!node.monitor":
-            agent_id, watcher_node = env.args
-            cell = self.cells.get(agent_id)
+            agent_ids, watcher_node = env.args  # one id, or a tuple of them
             watcher = RemoteWatcher(self, watcher_node)
-            if cell is None:
-                ref = AgentRef._create(agent_id, None, self.id, self)
-                watcher.deliver_notice("!terminated", self._gone_notice(ref))
-            else:
-                cell.watch(watcher)
+            for agent_id in agent_ids if isinstance(agent_ids, tuple) else (agent_ids,):
+                cell = self.cells.get(agent_id)
+                if cell is None:
+                    ref = AgentRef._create(agent_id, None, self.id, self)
+                    watcher.deliver_notice("!terminated", self._gone_notice(ref))
+                else:
+                    cell.watch(watcher)
         elif env.method == "!node.terminated":
             self.remote_monitors.notice(env.args[0])
         else:

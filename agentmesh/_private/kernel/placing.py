@@ -277,6 +277,14 @@ class Placer(Protocol):
         """Reserve for all of ``requests`` at once, or for none."""
         ...
 
+    async def reserve_many(
+        self, requests: list[PlacementRequest], timeout: float | None = None
+    ) -> list[Ticket]:
+        """Choose a node for each of ``requests`` (each by its own strategy, in order)
+        and hold them all in one step, or wait up to ``timeout`` until all fit; raises
+        `PlacementError` and holds nothing otherwise (a batch of spawns)."""
+        ...
+
     def release(self, key: str) -> None: ...
 
 

@@ -38,6 +38,7 @@ class _Waiter:
     gang: GangStrategy | None
     exclude: frozenset[str]
     future: asyncio.Future[list[Ticket]]
+    many: bool = False  # a batch of spawns, each placed by its own strategy
 
 
 class Scheduler:
@@ -131,6 +132,23 @@ class Scheduler:
             )
         return await self._wait(requests, strategy, frozenset(), timeout)
 
+    async def reserve_many(
+        self, requests: list[PlacementRequest], timeout: float | None = None
+    ) -> list[Ticket]:
+        """Reserve for each of ``requests`` (a batch of spawns: each placed by its own
+        strategy, one after the other, seeing those before it) in one step; if they do
+        not all fit now, hold nothing and wait up to ``timeout`` until they do.
+        `PlacementError` at once if one of them could never be hosted."""
+        if not requests:
+            return []
+        tickets = self._try_many(requests)
+        if tickets is not None:
+            return tickets
+        failure = self._never(requests)
+        if failure is not None:
+            raise failure
+        return await self._wait(requests, None, frozenset(), timeout, many=True)
+
     def release(self, key: str) -> None:
         """Give back what ``key`` held (idempotent); waiting spawns may now fit."""
         entry = self.held.pop(key, None)
@@ -149,6 +167,55 @@ class Scheduler:
         self.held[key] = (node.id, resources)
         return Ticket(key, node.id, resources)
 
+    def _never(self, requests: list[PlacementRequest]) -> PlacementError | None:
+        """Why no cluster of these nodes, empty, could ever host all of ``requests``
+        (one of them fits nowhere, or all together do not fit), or None."""
+        for request in dict.fromkeys(requests):  # each shape once
+            never, reasons = explain(request, self.view)
+            if never:
+                return self._failed(f"no node can ever host {request.describe()}", reasons)
+        nodes = self.view.nodes.values()
+        saved = {n.id: (n.used, n.agents) for n in nodes}
+        placed: list[tuple[NodeView, Resources]] = []
+        try:
+            for node in nodes:
+                node.used, node.agents = {}, 0
+            for request in requests:
+                found = choose(request, self.view)
+                if found is None:
+                    shapes = {r.describe() for r in requests}
+                    asking = f" asking {shapes.pop()} each" if len(shapes) == 1 else ""
+                    totals = {
+                        n.id: ", ".join(f"{k} {t:g} in all" for k, t in n.total.items())
+                        or "no resources"
+                        for n in nodes
+                        if n.role != "driver"  # hosts only what is sent to it by name
+                    }
+                    return self._failed(
+                        f"no set of nodes can ever host a batch of {len(requests):,} "
+                        f"agents{asking} (at most {len(placed):,} fit)",
+                        totals,
+                    )
+                hold(found, request.resources)
+                placed.append((found, request.resources))
+        finally:
+            for node in nodes:
+                node.used, node.agents = saved[node.id]
+        return None
+
+    def _try_many(self, requests: list[PlacementRequest]) -> list[Ticket] | None:
+        """Hold a node for every request, one after the other, or for none."""
+        tickets: list[Ticket] = []
+        for request in requests:
+            node = choose(request, self.view)
+            if node is None:
+                for ticket in tickets:  # undo, admitting nobody meanwhile
+                    self.held.pop(ticket.key)
+                    unhold(self.view.nodes[ticket.node], ticket.resources)
+                return None
+            tickets.append(self._hold(node, request.resources))
+        return tickets
+
     def _try_gang(
         self, requests: list[PlacementRequest], strategy: GangStrategy
     ) -> list[Ticket] | None:
@@ -163,12 +230,14 @@ class Scheduler:
         gang: GangStrategy | None,
         exclude: frozenset[str],
         timeout: float | None,
+        *,
+        many: bool = False,
     ) -> list[Ticket]:
         if timeout is None:
             timeout = requests[0].timeout if gang is None else None
         timeout = self.timeout if timeout is None else timeout
         future: asyncio.Future[list[Ticket]] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(requests, gang, exclude, future)
+        waiter = _Waiter(requests, gang, exclude, future, many)
         self.waiting.append(waiter)
         try:
             async with asyncio.timeout(timeout):
@@ -185,8 +254,14 @@ class Scheduler:
             future.cancel()
             if not isinstance(exc, TimeoutError):
                 raise
-        what = requests[0].describe() if gang is None else f"a gang of {len(requests)}"
-        reasons = explain(requests[0], self.view, exclude)[1] if gang is None else self._capacity()
+        if many:
+            shapes = {r.describe() for r in requests}
+            asking = f" asking {shapes.pop()} each" if len(shapes) == 1 else ""
+            what = f"a batch of {len(requests):,} agents{asking}"
+        else:
+            what = requests[0].describe() if gang is None else f"a gang of {len(requests)}"
+        one = gang is None and not many
+        reasons = explain(requests[0], self.view, exclude)[1] if one else self._capacity()
         raise self._failed(f"no node had room for {what} within {timeout:g}s", reasons)
 
     def _admit(self) -> None:
@@ -196,7 +271,16 @@ class Scheduler:
             if waiter.future.done():
                 self.waiting.remove(waiter)
                 continue
-            if waiter.gang is None:
+            if waiter.many:
+                found = self._try_many(waiter.requests)
+                if found is None:
+                    failure = self._never(waiter.requests)
+                    if failure is not None:  # its nodes left, say
+                        self.waiting.remove(waiter)
+                        waiter.future.set_exception(failure)
+                    continue
+                tickets = found
+            elif waiter.gang is None:
                 request = waiter.requests[0]
                 ticket = self.try_reserve(request, waiter.exclude)
                 if ticket is None:
@@ -262,6 +346,11 @@ class LocalPlacer:
         self, requests: list[PlacementRequest], strategy: GangStrategy, timeout: float | None
     ) -> list[Ticket]:
         return await self.scheduler.reserve_gang(requests, strategy, timeout)
+
+    async def reserve_many(
+        self, requests: list[PlacementRequest], timeout: float | None = None
+    ) -> list[Ticket]:
+        return await self.scheduler.reserve_many(requests, timeout)
 
     def release(self, key: str) -> None:
         self.scheduler.release(key)

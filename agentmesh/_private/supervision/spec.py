@@ -130,10 +130,14 @@ class ChildSpec:
         """The same spec, started on ``node`` (None: where its supervisor is)."""
         if node == self.node:
             return self
+        return self._replaced(node=node)
+
+    def _replaced(self, **changes: Any) -> ChildSpec:
+        """The same spec with ``changes`` (fields, already checked): what a batch of
+        agents sharing options but not arguments or names is made of, cheaply."""
         spec = object.__new__(ChildSpec)
         for key in self.__slots__:
-            object.__setattr__(spec, key, getattr(self, key))
-        object.__setattr__(spec, "node", node)
+            object.__setattr__(spec, key, changes.get(key, getattr(self, key)))
         return spec
 
     @property

@@ -7,19 +7,25 @@ import collections
 import itertools
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from ..kernel.agent import Agent
 from ..kernel.cell import Cell, State
-from ..kernel.errors import AgentUnavailable, RestartIntensityExceeded
+from ..kernel.errors import (
+    AgentmeshError,
+    AgentUnavailable,
+    NameTaken,
+    RestartIntensityExceeded,
+    SpawnManyError,
+)
 from ..kernel.exits import ABNORMAL, ExitReason, Terminated
-from ..kernel.placing import OnNode, Ticket
+from ..kernel.placing import OnNode, PlacementRequest, Ticket
 from ..kernel.ref import AgentRef
 from .spec import ChildSpec, SupervisorSpec
 
-__all__ = ["ChildInfo", "Supervisor", "takes_restart"]
+__all__ = ["ChildInfo", "Supervisor", "claim_batch", "settle", "takes_restart"]
 
 log = logging.getLogger("agentmesh.supervisor")
 
@@ -51,7 +57,7 @@ class _Child:
     same surface (state, stop, suspend, restart, end) when it lives on another.
     """
 
-    __slots__ = ("cell", "dynamic", "key", "spec", "supervisor")
+    __slots__ = ("batch", "cell", "dynamic", "early", "key", "spec", "supervisor")
 
     def __init__(self, supervisor: Cell, key: int, spec: ChildSpec, dynamic: bool) -> None:
         self.supervisor = supervisor
@@ -59,6 +65,19 @@ class _Child:
         self.spec = spec
         self.dynamic = dynamic
         self.cell: Any = None
+        #: An exit notice from a child on another node that came before the reply
+        #: saying it started (kept, and handled once it has).
+        self.early: tuple[Any, ...] | None = None
+        #: The batch it was started in (`Supervisor._start_children`), if any.
+        self.batch: int | None = None
+
+    def started(self, cell: Any) -> None:
+        """The child is running (``cell``: its cell or stand-in); an exit notice that
+        overtook the news is handled now, in a turn of the supervisor."""
+        self.cell = cell
+        if self.early is not None:
+            early, self.early = self.early, None
+            self.supervisor.deliver_notice("!child_exited", self.key, *early)
 
     @property
     def alive(self) -> bool:
@@ -79,6 +98,87 @@ class _Child:
 # Child keys are unique in the process, so a notice about a child of an earlier
 # instance of a restarted supervisor never matches a child of the new one.
 _KEYS = itertools.count()
+_BATCHES = itertools.count()
+
+
+def _request_of(spec: ChildSpec) -> PlacementRequest:
+    """What placing ``spec`` asks the scheduler (its ``node``, if any, as a rule)."""
+    if spec.node is None:
+        return spec.placement
+    return replace(spec.placement, strategy=OnNode(spec.node))
+
+
+async def settle(
+    outcomes: Sequence[AgentRef | Exception], specs: Sequence[ChildSpec], node: Any
+) -> list[AgentRef]:
+    """The refs of a batch that started whole; else stop those that started (all at
+    once) and raise `SpawnManyError` naming each failure by its place in the batch."""
+    failed = {i: o for i, o in enumerate(outcomes) if isinstance(o, Exception)}
+    refs = [o for o in outcomes if isinstance(o, AgentRef)]
+    if not failed:
+        return refs
+    if refs:
+        results = await asyncio.gather(
+            *(node.stop_agent(ref, None) for ref in reversed(refs)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, AgentmeshError):
+                raise result
+    # One error may stand for several agents (all those bound for a node it could
+    # not reach): each distinct error once, with the places of its agents.
+    places: dict[int, tuple[Exception, list[int]]] = {}
+    for i, exc in failed.items():
+        places.setdefault(id(exc), (exc, []))[1].append(i)
+    lines: list[str] = []
+    for exc, indexes in places.values():
+        where = ", ".join(_place(i, specs[i].name) for i in indexes[:_FAILURES_SHOWN])
+        if len(indexes) > _FAILURES_SHOWN:
+            where += f" and {len(indexes) - _FAILURES_SHOWN:,} more"
+        exc.add_note(f"{'agent' if len(indexes) == 1 else 'agents'} {where} of the batch")
+        if len(lines) < _FAILURES_SHOWN:
+            first = (str(exc).splitlines() or [""])[0]
+            lines.append(f"  {where}: {type(exc).__name__}: {first}")
+    if len(places) > _FAILURES_SHOWN:
+        lines.append(f"  and {len(places) - _FAILURES_SHOWN:,} more errors")
+    were = "was" if len(refs) == 1 else "were"
+    stopped = f" ({len(refs)} started and {were} stopped again)" if refs else ""
+    message = f"{len(failed):,} of {len(outcomes):,} agents did not start{stopped}:\n"
+    raise SpawnManyError(message + "\n".join(lines), failed, len(refs))
+
+
+_FAILURES_SHOWN = 8
+
+
+def _place(index: int, name: str | None) -> str:
+    return f"#{index}" + ("" if name is None else f" ({name!r})")
+
+
+async def claim_batch(
+    node: Any, outcomes: Sequence[AgentRef | Exception | None]
+) -> list[AgentRef | Exception | None]:
+    """After a batch started on ``node`` with ``claim_name=False``: claim the names of
+    those that started, cluster-wide, in one request. An agent whose name another
+    agent holds (or whose claim failed) is stopped, its outcome the error, as a
+    single spawn's would be."""
+    out = list(outcomes)
+    named = [i for i, o in enumerate(out) if isinstance(o, AgentRef) and o.name is not None]
+    if not named or node.claim_names is None:
+        return out
+    refs: list[AgentRef] = [out[i] for i in named]  # type: ignore[misc]
+    try:
+        holders: list[Any] = await node.claim_names(refs)
+    except Exception as exc:
+        holders = [exc] * len(refs)
+    for i, ref, holder in zip(named, refs, holders, strict=True):
+        if holder == ref:
+            continue
+        if not isinstance(holder, Exception):
+            holder = NameTaken(
+                f"an agent named {ref.name!r} already exists (on node {holder.node})"
+            )
+        await node.stop_agent(ref, None)
+        out[i] = holder
+    return out
 
 
 def takes_restart(restart: str, reason: ExitReason) -> bool:
@@ -151,6 +251,13 @@ class Supervisor(Agent):
         """Start a dynamic child (OTP's ``start_child``) and return its ref."""
         return await self._start_child(spec, dynamic=True)
 
+    async def start_children(self, specs: list[ChildSpec]) -> list[AgentRef]:
+        """Start dynamic children in one go (as `Mesh.spawn_many` does) and return
+        their refs in order. If one does not start, those that did are stopped and
+        `SpawnManyError` lists what failed."""
+        specs = list(specs)
+        return await settle(await self._start_children(specs), specs, self._am_cell.node)
+
     async def children(self) -> list[ChildInfo]:
         """Each child's spec, state and restart count, in start order."""
         return [self._info(child) for child in self._children.values()]
@@ -181,8 +288,8 @@ class Supervisor(Agent):
             if target is not None and target != node.id:
                 if node.remote_children is None:
                     raise AgentUnavailable(f"node {target} is not reachable: no cluster here")
-                child.cell = await node.remote_children.spawn(
-                    spec, cell.ref, child.key, target, ticket
+                child.started(
+                    await node.remote_children.spawn(spec, cell.ref, child.key, target, ticket)
                 )
                 return child.cell.ref  # type: ignore[no-any-return]
             ref = await node.spawn(
@@ -203,11 +310,148 @@ class Supervisor(Agent):
         child.cell = ref._cell
         return ref
 
+    async def _start_children(
+        self, specs: Sequence[ChildSpec], tickets: Sequence[Ticket | None] | None = None
+    ) -> list[AgentRef | Exception]:
+        """Start dynamic children ``specs`` in one go; return, in order, each one's ref
+        or the error that kept it from starting (those leave no trace: no record, no
+        reservation). Those that ask for placement and hold no ticket yet are placed
+        in one request to the scheduler; those bound for another node go there in one
+        message per node, which starts them one after the other; those bound here
+        start here, the same way. Cancelled, it stops those it started."""
+        for spec in specs:
+            if not isinstance(spec, ChildSpec):
+                raise TypeError(f"start_children takes ChildSpec objects, got {spec!r}")
+        cell = self._am_cell
+        if cell.state not in (State.RUNNING, State.STARTING):
+            raise AgentUnavailable(f"supervisor {cell.label!r} is {cell.state.value}")
+        node = cell.node
+        placer = node.placer
+        held: list[Ticket | None] = list(tickets) if tickets is not None else [None] * len(specs)
+        if placer is not None:
+            todo = [
+                i for i, s in enumerate(specs) if held[i] is None and not s.placement.is_default
+            ]
+            if todo:
+                got = await placer.reserve_many([_request_of(specs[i]) for i in todo])
+                for i, placed in zip(todo, got, strict=True):
+                    held[i] = placed
+        children = [_Child(cell, next(_KEYS), spec, True) for spec in specs]
+        batch = next(_BATCHES)
+        for child in children:
+            child.batch = batch
+        for child in children:
+            self._children[child.key] = child
+        outcomes: list[AgentRef | Exception | None] = [None] * len(specs)
+        groups: dict[str | None, list[int]] = {}
+        for i, spec in enumerate(specs):
+            chosen = held[i]
+            target = spec.node if chosen is None else chosen.node
+            groups.setdefault(None if target == node.id else target, []).append(i)
+
+        async def here(indices: list[int]) -> None:
+            bulk = node.claim_names is not None
+            for i in indices:
+                spec = specs[i]
+                try:
+                    ref = await node.spawn(
+                        spec.agent_class,
+                        spec.args,
+                        name=spec.name,
+                        mailbox_size=spec.mailbox_size,
+                        concurrency=spec.concurrency,
+                        checkpoint_every=spec.checkpoint_every,
+                        exit_listener=children[i],
+                        reservation=held[i],
+                        claim_name=not bulk,
+                    )
+                except Exception as exc:
+                    outcomes[i] = exc
+                    continue
+                children[i].started(ref._cell)
+                outcomes[i] = ref
+            if bulk:
+                claimed = await claim_batch(node, [outcomes[i] for i in indices])
+                for i, outcome in zip(indices, claimed, strict=True):
+                    outcomes[i] = outcome
+
+        async def there(target: str, indices: list[int]) -> None:
+            try:
+                if node.remote_children is None:
+                    raise AgentUnavailable(f"node {target} is not reachable: no cluster here")
+                cells = await node.remote_children.spawn_many(
+                    target,
+                    [specs[i] for i in indices],
+                    cell.ref,
+                    [children[i].key for i in indices],
+                    [held[i] for i in indices],
+                )
+            except Exception as exc:  # none of them is known to have started
+                for i in indices:
+                    outcomes[i] = exc
+                return
+            for i, got in zip(indices, cells, strict=True):
+                if isinstance(got, Exception):
+                    outcomes[i] = got
+                else:
+                    children[i].started(got)
+                    outcomes[i] = got.ref
+
+        runs = [here(i) if t is None else there(t, i) for t, i in groups.items()]
+        try:
+            if len(runs) == 1:
+                await runs[0]
+            else:
+                await asyncio.gather(*runs)
+        except BaseException:
+            started = [
+                c for c, o in zip(children, outcomes, strict=True) if isinstance(o, AgentRef)
+            ]
+            await self._stop_children(reversed(started))
+            raise
+        finally:
+            gone: set[int] = set()
+            for child, outcome, reserved in zip(children, outcomes, held, strict=True):
+                if not isinstance(outcome, AgentRef):
+                    gone.add(child.key)
+                    if reserved is not None and placer is not None:
+                        placer.release(reserved.key)
+            for key in gone:
+                self._children.pop(key, None)
+        return [o if o is not None else AgentUnavailable("not started") for o in outcomes]
+
     async def _stop_children(self, children: Iterable[_Child]) -> None:
+        """Stop ``children`` one after the other, in the order given; but the children
+        of one batch that come together stop as they started: each node its share,
+        in that order, the nodes at the same time (one request to each)."""
         node = self._am_cell.node
+        run: list[_Child] = []
         for child in list(children):
-            if child.cell is not None:
+            if run and child.batch != run[0].batch:
+                await self._stop_batch(run)
+                run = []
+            if child.batch is not None:
+                run.append(child)
+            elif child.cell is not None:
                 await child.cell.stop(child.spec.shutdown or node.shutdown_timeout)
+        if run:
+            await self._stop_batch(run)
+
+    async def _stop_batch(self, children: list[_Child]) -> None:
+        node = self._am_cell.node
+        here = [c for c in children if isinstance(c.cell, Cell)]
+        there = [c.cell for c in children if c.cell is not None and not isinstance(c.cell, Cell)]
+
+        async def stop_here() -> None:
+            for child in here:
+                await child.cell.stop(child.spec.shutdown or node.shutdown_timeout)
+
+        if not there or node.remote_children is None:
+            await stop_here()
+            for cell in there:  # (no cluster: nothing there to stop)
+                await cell.stop(cell.spec.shutdown or node.shutdown_timeout)
+            return
+        await asyncio.gather(stop_here(), node.remote_children.stop_many(there))
 
     # -- restarting -----------------------------------------------------------------
 
@@ -220,7 +464,10 @@ class Supervisor(Agent):
         instance: str | None = None,
     ) -> None:
         child = self._children.get(key)
-        if child is None or child.cell is None:
+        if child is None:
+            return
+        if child.cell is None:  # it exited before the news that it started came
+            child.early = (reason, error, taken, instance)
             return
         if instance is not None and instance != child.cell.ref.id:
             # An instance this supervisor no longer owns (it was restarted elsewhere
