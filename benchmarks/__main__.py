@@ -343,6 +343,15 @@ def main() -> None:
             lambda: simulation.plain_loop(n(10_000), 100, 1),
             r,
         ),
+        "sim-each-remote": lambda: throughput(
+            "sim lockstep, 10,000 agents, 1 per policy, 2 node procs",
+            "plain loop over the same policies",
+            n(10_000) * 100,
+            lambda: simulation.runner(n(10_000), 100, 1, nodes=2),
+            lambda: simulation.plain_loop(n(10_000), 100, 1),
+            r,
+            ">= 0.30 (one policy agent per agent, on 2 node processes)",
+        ),
         "sim-remote": lambda: throughput(
             "sim lockstep, 10,000 agents, 2 node procs",
             "plain loop over the same policies",

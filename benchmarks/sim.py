@@ -89,11 +89,13 @@ async def runner(agents: int, steps: int, group: int, nodes: int = 0) -> float:
     env = Walk(agents)
     async with sim.open_local_cluster(nodes) as mesh:
         workers = sorted(n.id for n in await mesh.nodes() if n.role == "worker")
+        chunks = _groups(env.possible_agents, group)
         policies: dict[str, am.AgentRef] = {}
-        for i, chunk in enumerate(_groups(env.possible_agents, group)):
-            node = workers[i % len(workers)] if workers else None
-            ref = await mesh.spawn(Walker, 1, chunk[0], node=node)
-            policies.update(dict.fromkeys(chunk, ref))
+        for w, node in enumerate(workers or [None]):  # one batch per node
+            mine = chunks[w :: max(1, len(workers))]
+            refs = await mesh.spawn_many(Walker, [(1, chunk[0]) for chunk in mine], node=node)
+            for chunk, ref in zip(mine, refs, strict=True):
+                policies.update(dict.fromkeys(chunk, ref))
         result = await sim.run_episode(mesh, env, policies, seed=1, max_steps=steps, deadline=60)
         assert result.total_late == result.total_failed == 0
         return result.seconds

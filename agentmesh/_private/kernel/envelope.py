@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 from collections.abc import Callable
@@ -119,16 +118,23 @@ class RemoteReply:
     outcome goes back through ``send(corr, ok, value)``; past ``deadline`` (in this
     node's loop clock) the asker has given up, so the call need not start."""
 
-    __slots__ = ("_corr", "_deadline", "_done", "_send")
+    __slots__ = ("_clock", "_corr", "_deadline", "_done", "_send")
 
-    def __init__(self, send: Callable[[int, bool, Any], None], corr: int, deadline: float) -> None:
+    def __init__(
+        self,
+        send: Callable[[int, bool, Any], None],
+        corr: int,
+        deadline: float,
+        clock: Callable[[], float],
+    ) -> None:
         self._send = send
         self._corr = corr
         self._deadline = deadline
+        self._clock = clock  # the loop's time()
         self._done = False
 
     def done(self) -> bool:
-        return self._done or asyncio.get_running_loop().time() > self._deadline
+        return self._done or self._clock() > self._deadline
 
     def set_result(self, result: Any, /) -> None:
         self._done = True

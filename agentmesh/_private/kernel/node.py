@@ -14,7 +14,7 @@ import itertools
 import logging
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .agent import Agent, check_agent_class, method_table
@@ -22,7 +22,7 @@ from .cell import Cell, State
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
-from .envelope import NO_KWARGS, Envelope, Reply, new_chain, tell_envelope
+from .envelope import NO_KWARGS, Envelope, Reply, chains, new_chain, tell_envelope
 from .errors import (
     AgentmeshError,
     AgentNotFound,
@@ -452,9 +452,11 @@ class Node:
         timeout: float | None,
     ) -> Any:
         """Send an ask and wait for its result; see `MethodRef.ask`."""
-        loop = asyncio.get_running_loop()
-        if loop is not self.loop:  # nearly free: the loop is needed here anyway
+        loop = self.loop
+        # The loop check, by thread: cheaper than asking for the running loop.
+        if threading.get_ident() != self.thread or loop is None:
             self.wrong_loop("ask", ref, method)
+            loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         sender = current_cell.get()
         if timeout is None or timeout == self.ask_timeout:
@@ -501,39 +503,57 @@ class Node:
             if sender is not None and sender.waiting_on is not None:
                 sender.waiting_on.pop(fut, None)
 
-    def offer_ask(
-        self, ref: AgentRef, method: str, args: tuple[Any, ...], reply: Reply, deadline: float
-    ) -> bool:
-        """Queue an ask to an agent of this node whose result goes to ``reply`` (any
-        `Reply`), if that needs no waiting: no future, no task, no timer of its own.
+    def offer_asks(
+        self, calls: Sequence[tuple[AgentRef, str, tuple[Any, ...], Reply]], deadline: float
+    ) -> list[int]:
+        """Queue asks to agents of this node whose results go to their ``Reply``
+        (anything with ``done``, ``set_result`` and ``set_exception``) as far as that
+        needs no waiting: no future, task or timer of their own.
 
-        For callers that ask many agents at once and collect the replies themselves
-        (the simulation's step). False if the agent lives elsewhere or its mailbox is
-        full (then `ask`); raises `AgentUnavailable` if it is gone. The ask carries
-        the call chain of the running handler, as `ask` does; the caller keeps to
+        For callers that ask many agents at once and collect the answers themselves
+        (the simulation's step). Returns the positions of the calls not queued (the
+        agent lives elsewhere, or its mailbox is full: then `ask`); a call to an agent
+        that is gone gets `AgentUnavailable` through its reply. The asks carry the
+        call chain of the running handler, as `ask` does; the caller keeps to
         ``deadline`` (a reply whose ``done()`` says True is not sent).
         """
-        cell = ref._cell
-        if cell is None:
-            if ref._node_id != self.id:
-                return False
-            cell = self._cell_of(ref)
-            assert cell is not None
         if threading.get_ident() != self.thread:
-            self.wrong_loop("ask", ref, method)
+            self.wrong_loop("ask")
         sender = current_cell.get()
-        env = Envelope(
-            ref._id,
-            method,
-            args,
-            NO_KWARGS,
-            reply,
-            (current_chain.get() if sender is None else sender.chain_of_current_task())
-            or new_chain(),
-            None if sender is None else sender.id,
-            deadline,
-        )
-        return cell.offer(env)
+        if sender is None:
+            chain, sender_id = current_chain.get(), None
+        else:
+            chain, sender_id = sender.chain_of_current_task(), sender.id
+        here = self.id
+        new = object.__new__
+        left: list[int] = []
+        for i, (ref, method, args, reply) in enumerate(calls):
+            cell = ref._cell
+            if cell is None:
+                if ref._node_id != here:
+                    left.append(i)
+                    continue
+                cell = self.cells.get(ref._id)
+                if cell is None:
+                    reply.set_exception(AgentUnavailable(self._gone(ref._id)))
+                    continue
+                ref._cell = cell
+            # An Envelope set field by field: cheaper than its __init__, a Python call.
+            env = new(Envelope)
+            env.target = ref._id
+            env.method = method
+            env.args = args
+            env.kwargs = NO_KWARGS
+            env.reply = reply
+            env.chain = chain or next(chains)
+            env.sender = sender_id
+            env.deadline = deadline
+            try:
+                if not cell.offer(env):
+                    left.append(i)
+            except AgentUnavailable as exc:
+                reply.set_exception(exc)
+        return left
 
     def _expire(
         self,

@@ -154,7 +154,7 @@ class MemoryTransport(Transport):
         # A wire carries the time left, not the deadline: clocks differ between nodes.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (env.deadline - loop.time())
-        reply = RemoteReply(functools.partial(peer.reply, self.node.id), corr, deadline)
+        reply = RemoteReply(functools.partial(peer.reply, self.node.id), corr, deadline, loop.time)
         return Envelope(target, method, args, kwargs, reply, env.chain, env.sender, deadline)
 
     def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:

@@ -1,7 +1,7 @@
 """One step's round of asks: observations out to the policies, actions back by a
 deadline; late and failed policies are named, never hidden.
 
-Policies on this node are asked without a task or future per ask (`Node.offer_ask`:
+Policies on this node are asked without a task or future per ask (`Node.offer_asks`:
 the ask goes straight into the mailbox and its answer into an `_Answer`; one waiter
 counts them), which is what lets thousands of policy agents step together. Policies
 on other nodes are asked through one `NodeFanout` agent per node, so a step costs one
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernel.agent import Agent
-from ..kernel.errors import AgentUnavailable, AskTimeout, RemoteError
+from ..kernel.errors import AskTimeout, RemoteError
 from ..kernel.node import Node
 from ..kernel.ref import AgentRef
 
@@ -142,58 +142,55 @@ class LocalFanout:
         timeout = max(deadline - loop.time(), 0.0)
         return asyncio.ensure_future(ref[method].ask(arg, timeout=timeout))
 
-    def _ask_directly(
-        self, ref: AgentRef, method: str, arg: Any, deadline: float, answers: _Answers
-    ) -> _Answer | asyncio.Future[Any]:
-        """Ask a policy of this node without a task or future (`Node.offer_ask`)."""
-        answer = _Answer(answers)
-        answers.left += 1
-        try:
-            if self.node.offer_ask(ref, method, (arg,), answer, deadline):
-                return answer
-        except AgentUnavailable as exc:
-            answer.set_exception(exc)
-            return answer
-        answers.left -= 1
-        return self._ask(ref, method, arg, deadline)
-
     async def collect(self, observations: Mapping[str, Any], timeout: float) -> Collected:
         """Ask every live agent's policy for its action; wait at most ``timeout`` s."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         answers = _Answers(loop)
         sent: list[tuple[tuple[str, ...], bool, _Answer | asyncio.Future[Any]]] = []
+        calls: list[tuple[AgentRef, str, tuple[Any, ...], _Answer]] = []
         keys = observations.keys()
-        ask = self._ask_directly
+        live: tuple[str, ...]
         for group in self.groups:
-            if group.members <= keys:  # the common case: all of its agents are live
-                live = group.agents
-            else:
-                live = tuple(a for a in group.agents if a in keys)
-            if not live:
+            agents = group.agents
+            if len(agents) == 1:  # one policy agent per agent: a dict lookup each
+                if agents[0] not in observations:
+                    continue
+                answer = _Answer(answers)
+                calls.append((group.ref, "act", (observations[agents[0]],), answer))
+                sent.append((agents, False, answer))
                 continue
-            if len(group.agents) == 1:
-                sent.append(
-                    (live, False, ask(group.ref, "act", observations[live[0]], deadline, answers))
-                )
+            if group.members <= keys:  # all of its agents are live
+                live = agents
             else:
+                live = tuple(a for a in agents if a in keys)
+            if live:
+                answer = _Answer(answers)
                 batch = {a: observations[a] for a in live}
-                sent.append((live, True, ask(group.ref, "act_batch", batch, deadline, answers)))
+                calls.append((group.ref, "act_batch", (batch,), answer))
+                sent.append((live, True, answer))
+        answers.left = len(calls)
+        # Straight into the mailboxes; the others (elsewhere, or full) one ask each.
+        for i in self.node.offer_asks(calls, deadline):
+            ref, method, (arg,), answer = calls[i]
+            answers.left -= 1
+            live, batched, _ = sent[i]
+            sent[i] = (live, batched, self._ask(ref, method, arg, deadline))
         waits = [a for _, _, a in sent if isinstance(a, asyncio.Future)]
         if answers.left:
             waits.append(answers.waiter)
         await wait_until(waits, deadline)
         answers.closed = True
         out = Collected()
-        for live, batched, answer in sent:
-            if isinstance(answer, _Answer):
-                _take(out, live, batched, answer.state, answer.value, answer.error)
-            elif not answer.done() or answer.cancelled():
-                answer.cancel()  # the policy never starts it, if it has not yet
+        for live, batched, got in sent:
+            if isinstance(got, _Answer):
+                _take(out, live, batched, got.state, got.value, got.error)
+            elif not got.done() or got.cancelled():
+                got.cancel()  # the policy never starts it, if it has not yet
                 out.late.extend(live)
             else:
-                exc = answer.exception()
-                _take(out, live, batched, 2 if exc else 1, None if exc else answer.result(), exc)
+                exc = got.exception()
+                _take(out, live, batched, 2 if exc else 1, None if exc else got.result(), exc)
         return out
 
 

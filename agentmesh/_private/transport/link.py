@@ -108,6 +108,7 @@ class Link:
         self._outbox = Outbox(peer, self._dropped)  # envelopes queued to send, in order
         self._queue = self._outbox.queue  # where offer_tell appends plain tells
         self._replies: collections.deque[wire_pb2.Reply] = collections.deque()
+        self._clock = asyncio.get_running_loop().time
         self._wake = asyncio.Event()
         self._woken = False  # True: _wake is set (other paths may set it without this)
         # Received for user agents: delivered in order per agent, flow-controlled.
@@ -575,7 +576,7 @@ class Link:
             if type(chain) is not int:
                 raise MalformedFrame(f"a call chain that is {said(chain)}")
             kwargs = kwargs or NO_KWARGS
-        reply = RemoteReply(self.reply, corr, deadline) if corr else None
+        reply = RemoteReply(self.reply, corr, deadline, self._clock) if corr else None
         return Envelope(target, method, args, kwargs, reply, chain, sender or None, deadline)
 
     async def _hand_over(self, env: Envelope) -> None:
