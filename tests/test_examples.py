@@ -168,3 +168,12 @@ def test_placement_places_by_resources_labels_strategies_and_gangs() -> None:
         "reserved: {'eu-gpu': {'gpu': 1.0, 'cpu': 1.0}, 'head': {'cpu': 1.0}, "
         "'us-cpu': {'cpu': 1.0}}"
     )
+
+
+def test_turns_wait_alone_keep_their_context_and_take_turns_fairly() -> None:
+    out = _run(str(EXAMPLES / "turns.py")).splitlines()
+    assert out[0] == "alice: gave up after 0.2s"
+    assert out[1] == "bob is bob and alice is nobody"
+    seen = int(out[2].split("had handled ")[1].split()[0])
+    assert 0 <= seen <= 32  # one slice of alice's, at most, before bob's turn
+    assert out[3] == "alice handled 10000 in all"
