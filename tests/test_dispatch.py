@@ -197,3 +197,42 @@ async def test_a_crash_while_suspended_restarts_cleanly(mesh: am.Mesh, seconds: 
     await wait_for(restarted, what="the restart")
     assert await fragile.echo(3) == 3
     await sup.stop()
+
+
+class _Slot:
+    """A `Reply` that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.outcome: tuple[str, object] | None = None
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def set_result(self, value: object) -> None:
+        self.outcome = ("ok", value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.outcome = ("error", exc)
+
+
+async def test_asks_in_a_batch_answer_into_their_replies(mesh: am.Mesh) -> None:
+    node = mesh._node
+    agents = [await mesh.spawn(Patient) for _ in range(3)]
+    gone = await mesh.spawn(Patient)
+    await gone.stop()
+    full = await mesh.spawn(Patient, mailbox_size=1)
+    stuck = asyncio.ensure_future(full.wait_gate())  # its turn waits: the next queues
+    await wait_for(lambda: full._cell is not None and full._cell.current is not None)
+    await full.echo.tell(0)  # the one place in its mailbox, taken
+    slots = [_Slot() for _ in range(5)]
+    calls = [(a, "echo", (i,), s) for i, (a, s) in enumerate(zip(agents, slots, strict=False))]
+    calls.append((gone, "echo", (9,), slots[3]))
+    calls.append((full, "echo", (10,), slots[4]))
+    deadline = asyncio.get_running_loop().time() + 5
+    assert node.offer_asks(calls, deadline) == [4]  # the full mailbox: the caller's to ask
+    assert slots[3].outcome is not None
+    assert isinstance(slots[3].outcome[1], am.AgentUnavailable)
+    await wait_for(lambda: all(s.done() for s in slots[:3]), what="the three answers")
+    assert [s.outcome for s in slots[:3]] == [("ok", 0), ("ok", 1), ("ok", 2)]
+    full._cell.instance.gate.set()  # type: ignore[union-attr]
+    assert await stuck == "through"
