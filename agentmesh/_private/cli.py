@@ -17,6 +17,7 @@ import textwrap
 from dataclasses import asdict
 from typing import Any
 
+from .cluster.directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT
 from .kernel.errors import AgentmeshError, AgentNotFound
 from .kernel.node import DEFAULT_SLOW_TURN
 from .mesh import Mesh
@@ -51,17 +52,6 @@ def _slow_turn(args: argparse.Namespace) -> float | None:
         print("agentmesh: --slow-turn takes 0 (off) or more seconds", file=sys.stderr)
         sys.exit(2)
     return args.slow_turn or None
-
-
-def _slow_turn_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--slow-turn",
-        type=float,
-        default=DEFAULT_SLOW_TURN,
-        metavar="SECONDS",
-        help="warn on stderr, naming the agent and method, when a turn blocks the event "
-        f"loop this long (default {DEFAULT_SLOW_TURN:g}; 0: off)",
-    )
 
 
 async def _serve(mesh: Mesh) -> None:
@@ -141,12 +131,6 @@ async def _status(address: str, token: str | None, as_json: bool, tls: TLS | Non
             print(textwrap.indent(failure, "  "))
 
 
-def _tls_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls-cert", help="this node's certificate (PEM): TLS between nodes")
-    parser.add_argument("--tls-key", help="its private key (PEM)")
-    parser.add_argument("--tls-ca", help="the CA that signs peers' certificates (PEM)")
-
-
 def _tls(args: argparse.Namespace) -> TLS | None:
     if not (args.tls_cert or args.tls_key or args.tls_ca):
         return None
@@ -156,58 +140,90 @@ def _tls(args: argparse.Namespace) -> TLS | None:
     return TLS(args.tls_cert, args.tls_key, args.tls_ca)
 
 
-def main(argv: list[str] | None = None) -> None:
+_TOKEN_HELP = "cluster token (default: $AGENTMESH_TOKEN); needed beyond loopback"
+_HEAD_ADDRESS = "127.0.0.1:7470"
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    """The options every command has: how to prove it belongs to the cluster."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--token", help=_TOKEN_HELP)
+    options.add_argument("--tls-cert", help="this node's certificate (PEM): TLS between nodes")
+    options.add_argument("--tls-key", help="its private key (PEM)")
+    options.add_argument("--tls-ca", help="the CA that signs peers' certificates (PEM)")
+    return options
+
+
+def _daemon_options(connection: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options ``head`` and ``node`` share, their defaults the library's own."""
+    options = argparse.ArgumentParser(add_help=False, parents=[connection])
+    options.add_argument(
+        "--advertise",
+        help="HOST or HOST:PORT other nodes dial (default: the --listen host; this "
+        "machine's hostname if that is 0.0.0.0 or ::)",
+    )
+    options.add_argument(
+        "--resources", type=_resources, help="e.g. cpu=8,gpu=1 (default: this machine)"
+    )
+    options.add_argument("--labels", type=_labels, default={}, help="e.g. zone=eu,tier=gpu")
+    options.add_argument(
+        "--heartbeat",
+        type=float,
+        default=DEFAULT_HEARTBEAT,
+        metavar="SECONDS",
+        help=f"seconds between heartbeats (default {DEFAULT_HEARTBEAT:g})",
+    )
+    options.add_argument(
+        "--slow-turn",
+        type=float,
+        default=DEFAULT_SLOW_TURN,
+        metavar="SECONDS",
+        help="warn on stderr, naming the agent and method, when a turn blocks the event "
+        f"loop this long (default {DEFAULT_SLOW_TURN:g}; 0: off)",
+    )
+    return options
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    token_help = "cluster token (default: $AGENTMESH_TOKEN); needed beyond loopback"
-    advertise_help = (
-        "HOST or HOST:PORT other nodes dial (default: the --listen host; this machine's "
-        "hostname if that is 0.0.0.0 or ::)"
+    connection = _connection_options()
+    daemon = _daemon_options(connection)
+    head = commands.add_parser(
+        "head", parents=[daemon], help="run a head node (control plane and agents)"
     )
-    head = commands.add_parser("head", help="run a head node (control plane and agents)")
-    head.add_argument("--listen", default="127.0.0.1:7470", help="HOST:PORT (port 0: any)")
-    head.add_argument("--advertise", help=advertise_help)
-    head.add_argument("--token", help=token_help)
+    head.add_argument("--listen", default=_HEAD_ADDRESS, help="HOST:PORT (port 0: any)")
     head.add_argument(
-        "--resources", type=_resources, help="e.g. cpu=8,gpu=1 (default: this machine)"
+        "--dead-after",
+        type=float,
+        default=DEFAULT_DEAD_AFTER,
+        metavar="SECONDS",
+        help=f"seconds of silence before a node is dead (default {DEFAULT_DEAD_AFTER:g})",
     )
-    head.add_argument("--labels", type=_labels, default={}, help="e.g. zone=eu,tier=gpu")
-    head.add_argument(
-        "--dead-after", type=float, default=2.5, help="seconds of silence before a node is dead"
-    )
-    head.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
-    _slow_turn_argument(head)
-    _tls_arguments(head)
-    node = commands.add_parser("node", help="run a worker node that joins a head")
+    node = commands.add_parser("node", parents=[daemon], help="run a worker node that joins a head")
     node.add_argument("--join", required=True, help="the head's HOST:PORT")
     node.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT this node serves")
-    node.add_argument("--advertise", help=advertise_help)
-    node.add_argument(
-        "--resources", type=_resources, help="e.g. cpu=8,gpu=1 (default: this machine)"
+    status = commands.add_parser(
+        "status", parents=[connection], help="show nodes, resources, labels and load"
     )
-    node.add_argument("--labels", type=_labels, default={}, help="e.g. zone=eu,tier=gpu")
-    node.add_argument("--token", help=token_help)
-    node.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
-    _slow_turn_argument(node)
-    _tls_arguments(node)
-    status = commands.add_parser("status", help="show nodes, resources, labels and load")
-    status.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--token", help=token_help)
-    _tls_arguments(status)
     drain = commands.add_parser(
-        "drain", help="ask a node to hand its agents over and leave, and wait until it has"
+        "drain",
+        parents=[connection],
+        help="ask a node to hand its agents over and leave, and wait until it has",
     )
     drain.add_argument("node", help="the node's id or address")
-    drain.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
-    drain.add_argument("--token", help=token_help)
-    _tls_arguments(drain)
-    stop = commands.add_parser("stop", help="stop the agent registered under a name")
+    stop = commands.add_parser(
+        "stop", parents=[connection], help="stop the agent registered under a name"
+    )
     stop.add_argument("name", help="the agent's name")
-    stop.add_argument("--address", default="127.0.0.1:7470", help="the head's HOST:PORT")
-    stop.add_argument("--token", help=token_help)
-    _tls_arguments(stop)
-    args = parser.parse_args(argv)
+    for client in (status, drain, stop):
+        client.add_argument("--address", default=_HEAD_ADDRESS, help="the head's HOST:PORT")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     try:
         if args.command == "head":
             mesh = Mesh(
