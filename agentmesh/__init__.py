@@ -4,6 +4,8 @@ Agents are plain async classes; a `Mesh` hosts them and hands out `AgentRef`s th
 which they ask, tell and stop each other. See README.md and docs/ for the concepts.
 """
 
+import logging
+
 from ._private.cluster.directory import NodeInfo
 from ._private.kernel.agent import Agent
 from ._private.kernel.errors import (
@@ -41,6 +43,10 @@ from ._private.sqlite_store import SqliteStateStore
 from ._private.supervision.spec import Backoff, ChildSpec, SupervisorSpec
 from ._private.supervision.supervisor import ChildInfo, Supervisor
 from ._private.transport.grpc_transport import TLS
+
+# A library leaves its output to the application: with no logging configured, nothing
+# logged under "agentmesh" reaches stderr through logging's last-resort handler.
+logging.getLogger("agentmesh").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 

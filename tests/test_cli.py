@@ -29,6 +29,7 @@ def _mesh_options(monkeypatch: pytest.MonkeyPatch, *argv: str) -> dict[str, Any]
     def run(main: Any) -> None:
         main.close()  # the daemon's coroutine, never started
 
+    monkeypatch.setattr(cli, "_log_to_stderr", lambda: None)  # pytest's logging stays
     monkeypatch.setattr(cli, "Mesh", mesh)
     monkeypatch.setattr(cli, "run", run)
     cli.main(list(argv))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 import textwrap
@@ -52,6 +53,15 @@ def _slow_turn(args: argparse.Namespace) -> float | None:
         print("agentmesh: --slow-turn takes 0 (off) or more seconds", file=sys.stderr)
         sys.exit(2)
     return args.slow_turn or None
+
+
+def _log_to_stderr() -> None:
+    """The command is an application: WARNINGs and ERRORs go to stderr, as messages.
+
+    The library has only a `logging.NullHandler` (a program that configures no logging
+    sees nothing), so the command configures logging, unless something already has.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
 
 async def _serve(mesh: Mesh) -> None:
@@ -224,6 +234,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    _log_to_stderr()
     try:
         if args.command == "head":
             mesh = Mesh(
