@@ -151,6 +151,15 @@ def test_every_example_is_covered() -> None:
     }
 
 
+def test_the_readme_layout_lists_every_example() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ", 1)]
+    listed = {line.split()[0] for line in layout.splitlines() if line.startswith("  ")}
+    missing = {p.name for p in EXAMPLES.glob("*.py")} - listed
+    assert not missing, f"README's layout does not list {sorted(missing)}"
+
+
 def test_placement_places_by_resources_labels_strategies_and_gangs() -> None:
     out = _run(str(EXAMPLES / "placement.py")).splitlines()
     assert out[0] == "planner on eu-gpu"
