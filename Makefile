@@ -21,7 +21,8 @@ $(VENV)/.%-installed: requirements/%.txt pyproject.toml | $(BIN)/python
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
-# Predator-prey on the embedded mesh: progress bar, summary, CSV/JSON and a PNG plot.
+# Predator-prey on the embedded mesh: progress bar, summary, CSV/JSON and a plot (the
+# built-in PNG, as the runtime lock has no matplotlib; a titled PNG and SVG with it).
 demo: $(DEMO)
 	$(BIN)/python examples/predator_prey.py --out sim-results
 

@@ -226,9 +226,26 @@ async def main(args: argparse.Namespace) -> sim.EpisodeResult:
     out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, after the run)
     sim.write_csv([result], out / "predator_prey.csv")
     sim.write_json([result], out / "predator_prey.json")
-    plot = sim.plot_png([result], out / "predator_prey.png")
-    print(f"  results      {out / 'predator_prey.csv'}, .json; plot {plot}")
+    plots = write_plots(result, args, out)
+    print(f"  results      {out / 'predator_prey.csv'}, .json; plot {plots}")
     return result
+
+
+def write_plots(result: sim.EpisodeResult, args: argparse.Namespace, out: Path) -> str:
+    """The run as a figure: PNG and SVG with matplotlib (the plot extra), else the
+    built-in PNG (`make demo` installs only the runtime dependencies)."""
+    title = (
+        f"Predator-prey: {args.agents} agents on a {args.size}x{args.size} grid, seed {args.seed}"
+    )
+    try:
+        png = sim.plot([result], out / "predator_prey.png", title=title)
+    except ModuleNotFoundError as exc:
+        if exc.name != "matplotlib":
+            raise
+        png = sim.plot_png([result], out / "predator_prey.png")
+        return f"{png} (built in; pip install 'agentmesh[plot]' for titled axes and SVG)"
+    sim.plot([result], out / "predator_prey.svg", title=title)
+    return f"{png}, .svg"
 
 
 def parse_args() -> argparse.Namespace:

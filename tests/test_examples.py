@@ -75,9 +75,27 @@ def test_predator_prey_runs_small_and_writes_its_results(tmp_path: Path) -> None
     assert "steps        10 in" in out
     assert "defaults     late 0, failed 0" in out
     assert (tmp_path / "predator_prey.png").read_bytes()[:4] == b"\x89PNG"
+    svg = (tmp_path / "predator_prey.svg").read_text()  # matplotlib: in the dev lock
+    assert "Predator-prey: 60 agents on a 15x15 grid, seed 3</text>" in svg
     assert len((tmp_path / "predator_prey.csv").read_text().splitlines()) == 11
     again = _run(str(EXAMPLES / "predator_prey.py"), *args)
     assert _digest(out) == _digest(again)
+
+
+def test_predator_prey_runs_without_the_optional_extras(tmp_path: Path) -> None:
+    """`make demo` installs the runtime alone: no matplotlib, no tqdm."""
+    example = EXAMPLES / "predator_prey.py"
+    args = ["--agents", "60", "--steps", "5", "--seed", "3", "--out", str(tmp_path)]
+    bare = (
+        "import runpy, sys\n"
+        "sys.modules.update(matplotlib=None, tqdm=None)  # as if not installed\n"
+        f"sys.argv = [{str(example)!r}, *{args!r}]\n"
+        f"runpy.run_path({str(example)!r}, run_name='__main__')\n"
+    )
+    out = _run("-c", bare)
+    assert "plot " + str(tmp_path / "predator_prey.png") + " (built in;" in out
+    assert (tmp_path / "predator_prey.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "predator_prey.svg").exists()
 
 
 def test_market_runs_on_simulated_time_and_replays() -> None:

@@ -94,4 +94,4 @@ def test_the_simulation_surface_is_sorted_and_complete() -> None:
     assert sim.__all__ == sorted(sim.__all__)
     for name in sim.__all__:
         assert getattr(sim, name) is not None
-    assert {"Env", "Policy", "run_episode", "run_episodes", "plot_png"} <= set(sim.__all__)
+    assert {"Env", "Policy", "run_episode", "run_episodes", "plot", "plot_png"} <= set(sim.__all__)

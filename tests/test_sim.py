@@ -6,8 +6,6 @@ import asyncio
 import csv
 import io
 import json
-import struct
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -229,38 +227,6 @@ def test_results_go_to_csv_and_json(tmp_path: Path) -> None:
     data = json.loads(sim.write_json(results, tmp_path / "r.json").read_text())
     assert [e["digest"] for e in data["episodes"]] == [r.digest for r in results]
     assert data["episodes"][0]["records"][2]["metrics"]["spread"] >= 0
-
-
-def test_the_plot_is_a_png_of_the_metrics(tmp_path: Path) -> None:
-    record = sim.StepRecord(0, 0, 3, 1.5, 0, 1, 0.01, {"prey": 10.0})
-    results = [
-        sim.EpisodeResult(0, 0, 1, 0.1, {}, {}, {}, {}, (record, record), "x"),
-    ]
-    data = sim.plot_png(results, tmp_path / "p.png", width=300, panel_height=100).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (300, 3 * 100 + 28)  # reward, prey, defaults
-    start = data.index(b"IDAT") + 4
-    length = struct.unpack(">I", data[start - 8 : start - 4])[0]
-    pixels = zlib.decompress(data[start : start + length])
-    assert len(pixels) == height * (1 + 3 * width)
-    assert pixels.count(b"\x1f\x77\xb4") > 100  # the first line's colour is drawn
-
-
-def test_the_progress_bar_draws_only_on_a_terminal() -> None:
-    quiet = io.StringIO()
-    bar = sim.ProgressBar(10, stream=quiet)
-    for _ in range(10):
-        bar.advance()
-    bar.close()
-    assert quiet.getvalue() == ""
-    shown = io.StringIO()
-    bar = sim.ProgressBar(10, stream=shown, enabled=True)
-    for _ in range(10):
-        bar.advance()
-    bar.close()
-    assert "10/10 steps" in shown.getvalue()
-    assert shown.getvalue().endswith("\n")
 
 
 def test_streams_do_not_depend_on_the_process() -> None:

@@ -16,7 +16,8 @@ from .._private.sim.clock import SimAgent, VirtualClockLoop, now, run_virtual, s
 from .._private.sim.cluster import open_local_cluster
 from .._private.sim.env import Env, StepResult
 from .._private.sim.pettingzoo import PettingZooEnv
-from .._private.sim.plot import plot_png
+from .._private.sim.plot import plot
+from .._private.sim.png import plot_png
 from .._private.sim.policy import Policy, stream
 from .._private.sim.progress import ProgressBar
 from .._private.sim.results import EpisodeResult, StepRecord, write_csv, write_json
@@ -35,6 +36,7 @@ __all__ = [
     "VirtualClockLoop",
     "now",
     "open_local_cluster",
+    "plot",
     "plot_png",
     "run_episode",
     "run_episodes",

@@ -1,166 +1,116 @@
-"""`plot_png`: the main metrics of a run over time, as a PNG, with no dependency.
+"""`plot`: the main metrics of a run over time, as a PNG or SVG figure, with matplotlib.
 
-A small rasterizer: one panel per metric, stacked, each with its own scale, one line
-per episode; labels in a 3x5 pixel font; written with zlib and struct as PNG.
+One titled panel per metric, stacked, sharing the step axis; one line per episode. It
+needs matplotlib, the ``plot`` extra (``pip install 'agentmesh[plot]'``), and raises
+`ModuleNotFoundError` saying so without it; `png.plot_png` draws a plainer PNG with
+nothing installed.
 """
 
 from __future__ import annotations
 
-import itertools
-import struct
-import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .results import EpisodeResult, StepRecord
+from .results import EpisodeResult, metric_value, plotted_metrics
 
-__all__ = ["plot_png"]
+__all__ = ["FORMATS", "plot"]
 
-_GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
-    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
-    "6": "111100111101111", "7": "111001001001001", "8": "111101111101111",
-    "9": "111101111001111", "A": "010101111101101", "B": "110101110101110",
-    "C": "011100100100011", "D": "110101101101110", "E": "111100110100111",
-    "F": "111100110100100", "G": "011100101101011", "H": "101101111101101",
-    "I": "111010010010111", "J": "001001001101010", "K": "101101110101101",
-    "L": "100100100100111", "M": "101111111101101", "N": "110101101101101",
-    "O": "010101101101010", "P": "110101110100100", "Q": "010101101110011",
-    "R": "110101110101101", "S": "011100010001110", "T": "111010010010010",
-    "U": "101101101101111", "V": "101101101101010", "W": "101101111111101",
-    "X": "101101010101101", "Y": "101101010010010", "Z": "111001010100111",
-    ".": "000000000000010", "-": "000000111000000", "_": "000000000000111",
-    ":": "000010000010000", ",": "000000000010100", "/": "001001010100100",
-    "=": "000111000111000", "(": "010100100100010", ")": "010001001001010",
-    "%": "101001010100101", "+": "000010111010000", " ": "000000000000000",
-}  # fmt: skip
-_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
-_INK, _GRID, _PAPER = (40, 40, 40), (225, 225, 225), (255, 255, 255)
-_SCALE = 2  # pixels per font dot
+#: The formats `plot` writes, named by the path's suffix.
+FORMATS = ("png", "svg")
+
+#: A panel's title and its y axis' label, for the metrics every step records.
+_LABELS = {
+    "reward": ("Reward per step (sum over agents)", "reward"),
+    "late": ("Late policies per step (given the default action)", "agents"),
+    "failed": ("Failed policies per step (given the default action)", "agents"),
+    "defaults": ("Default actions per step (late + failed)", "agents"),
+    "seconds": ("Wall time per step", "seconds"),
+    "agents": ("Live agents per step", "agents"),
+}
 
 
-class _Canvas:
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.rows = [bytearray(bytes(_PAPER) * width) for _ in range(height)]
-
-    def dot(self, x: int, y: int, color: tuple[int, int, int]) -> None:
-        if 0 <= x < self.width and 0 <= y < self.height:
-            self.rows[y][3 * x : 3 * x + 3] = bytes(color)
-
-    def line(self, x0: int, y0: int, x1: int, y1: int, color: tuple[int, int, int]) -> None:
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        err = dx + dy
-        while True:  # Bresenham, two pixels thick
-            self.dot(x0, y0, color)
-            self.dot(x0, y0 + 1, color)
-            if x0 == x1 and y0 == y1:
-                return
-            e2 = 2 * err
-            if e2 >= dy:
-                err += dy
-                x0 += sx
-            if e2 <= dx:
-                err += dx
-                y0 += sy
-
-    def text(self, x: int, y: int, text: str, color: tuple[int, int, int] = _INK) -> None:
-        for char in text.upper():
-            glyph = _GLYPHS.get(char, _GLYPHS["-"])
-            for i, bit in enumerate(glyph):
-                if bit == "1":
-                    for px in range(_SCALE):
-                        for py in range(_SCALE):
-                            self.dot(x + (i % 3) * _SCALE + px, y + (i // 3) * _SCALE + py, color)
-            x += 4 * _SCALE
-
-    def png(self) -> bytes:
-        raw = b"".join(b"\x00" + bytes(row) for row in self.rows)
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            body = kind + data
-            return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
-        return (
-            b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw, 6))
-            + chunk(b"IEND", b"")
-        )
+def _format(path: Path) -> str:
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in FORMATS:
+        raise ValueError(f"plot writes {' or '.join(FORMATS)}, named by the suffix: {path}")
+    return kind
 
 
-def _label(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+def _default_title(results: Sequence[EpisodeResult]) -> str:
+    if len(results) == 1:
+        only = results[0]
+        return f"Episode {only.episode} (seed {only.seed}): {only.steps} steps"
+    return f"{len(results)} episodes"
 
 
-def _panel(
-    canvas: _Canvas, top: int, height: int, name: str, lines: Sequence[Sequence[float]]
-) -> None:
-    left, right = 70, canvas.width - 15
-    values = [v for line in lines for v in line] or [0.0]
-    low, high = min(values), max(values)
-    if high == low:
-        high, low = high + 1, low - 1
-    plot_top, plot_bottom = top + 16, top + height - 8
-    canvas.text(left, top + 2, name)
-    for y in (plot_top, plot_bottom):
-        canvas.line(left, y, right, y, _GRID)
-    canvas.text(4, plot_top, _label(high))
-    canvas.text(4, plot_bottom - 10, _label(low))
-    canvas.line(left, plot_top, left, plot_bottom, _INK)
-    longest = max((len(line) for line in lines), default=1)
-    span = max(longest - 1, 1)
-    for i, line in enumerate(lines):
-        color = _COLORS[i % len(_COLORS)]
-        points = [
-            (
-                left + round((right - left) * j / span),
-                plot_bottom - round((plot_bottom - plot_top) * (v - low) / (high - low)),
-            )
-            for j, v in enumerate(line)
-        ]
-        if len(points) == 1:
-            canvas.dot(*points[0], color)
-        for (x0, y0), (x1, y1) in itertools.pairwise(points):
-            canvas.line(x0, y0, x1, y1, color)
-
-
-def plot_png(
+def plot(
     results: Iterable[EpisodeResult],
     path: str | Path,
     metrics: Sequence[str] | None = None,
     *,
-    width: int = 800,
-    panel_height: int = 120,
+    title: str | None = None,
+    width: float = 8.0,
+    panel_height: float = 2.2,
 ) -> Path:
-    """Plot ``metrics`` per step (default: reward, the environment's metrics, and
-    late + failed defaults), one panel each, one line per episode. Returns the path.
+    """Plot ``metrics`` per step, one titled panel each, one line per episode, and
+    write the figure to ``path`` as PNG or SVG (by its suffix). Returns the path.
 
-    Metric names are ``reward``, ``late``, ``failed``, ``defaults`` (late + failed),
-    ``seconds``, ``agents``, or any key of the environment's `Env.metrics`.
+    Metric names are those of `plot_png`: ``reward``, ``late``, ``failed``,
+    ``defaults`` (late + failed), ``seconds``, ``agents``, or any key of the
+    environment's `Env.metrics`; the default is reward, the environment's metrics,
+    and defaults. ``title`` (default: the episode and its seed, or how many episodes)
+    heads the figure; ``width`` and ``panel_height`` are in inches (100 pixels each in
+    a PNG). Several episodes get a legend naming each one and its seed.
+
+    Raises `ModuleNotFoundError` without matplotlib (``pip install
+    'agentmesh[plot]'``), and `ValueError` for a suffix other than ``.png`` or
+    ``.svg``.
+
+    Example::
+
+        result = await sim.run_episode(mesh, env, policies, seed=7)
+        sim.plot([result], "run.svg", title="Predator-prey, seed 7")
     """
-    results = list(results)
-    if metrics is None:
-        names: dict[str, None] = {"reward": None}
-        for result in results:
-            for record in result.records:
-                names.update(dict.fromkeys(record.metrics))
-        metrics = [*names, "defaults"]
-    canvas = _Canvas(width, panel_height * len(metrics) + 28)
-    for k, name in enumerate(metrics):
-        lines = [[_value(r, name) for r in result.records] for result in results]
-        _panel(canvas, k * panel_height, panel_height, name, lines)
-    canvas.text(70, canvas.height - 16, "step")
     path = Path(path)
-    path.write_bytes(canvas.png())
+    kind = _format(path)
+    try:  # imported here: matplotlib is optional, and slow to import
+        from matplotlib import rc_context
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "agentmesh.sim.plot needs matplotlib: pip install 'agentmesh[plot]' "
+            "(sim.plot_png writes a plainer PNG with nothing installed)",
+            name="matplotlib",
+        ) from exc
+
+    results = list(results)
+    names = list(metrics) if metrics is not None else plotted_metrics(results)
+    if not names:
+        raise ValueError("nothing to plot: metrics is empty")
+    # In an SVG, text stays text (searchable, and smaller), and the same figure gives
+    # the same file.
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "agentmesh"}):
+        figure = Figure(figsize=(width, panel_height * len(names) + 0.6), dpi=100)
+        axes = figure.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
+        for ax, name in zip(axes, names, strict=True):
+            panel_title, unit = _LABELS.get(name, (f"{name} (the environment's metric)", name))
+            for result in results:
+                steps = [r.step for r in result.records]
+                values = [metric_value(r, name) for r in result.records]
+                label = f"episode {result.episode} (seed {result.seed})"
+                ax.plot(steps, values, marker="." if len(steps) < 2 else None, label=label)
+            ax.set_title(panel_title, loc="left", fontsize="medium")
+            ax.set_ylabel(unit)
+            if unit == "agents":  # counts: no tick between two whole numbers
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+        axes[-1].set_xlabel("step")
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(results) > 1:
+            axes[0].legend(fontsize="small")
+        figure.suptitle(title if title is not None else _default_title(results))
+        figure.set_layout_engine("constrained")
+        metadata = {"Date": None} if kind == "svg" else {}
+        figure.savefig(path, format=kind, metadata=metadata)
     return path
-
-
-def _value(record: StepRecord, name: str) -> float:
-    if name == "defaults":
-        return float(record.late + record.failed)
-    if name in ("reward", "late", "failed", "seconds", "agents"):
-        return float(getattr(record, name))
-    return float(record.metrics.get(name, 0.0))

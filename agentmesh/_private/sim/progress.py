@@ -1,19 +1,47 @@
-"""A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+"""A one-line progress bar on stderr, drawn only when stderr is a terminal.
+
+With tqdm installed (the ``progress`` extra: ``pip install 'agentmesh[progress]'``)
+tqdm draws it: elapsed and remaining time, rate, the note. Without it, a plain line
+of ``#`` does.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["ProgressBar"]
+
+
+def _tqdm_bar(total: int, unit: str, stream: TextIO, width: int) -> tqdm[Any] | None:
+    """A tqdm bar, or None when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(
+        total=total,
+        unit=f" {unit}",
+        file=stream,
+        mininterval=0.1,
+        bar_format=(
+            f"{{l_bar}}{{bar:{width}}}| {{n_fmt}}/{{total_fmt}}{{unit}} "
+            "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+        ),
+    )
 
 
 class ProgressBar:
     """``[#####-----]  50/100 steps  12.3/s``, redrawn at most 10 times a second.
 
     Silent when ``stream`` (default: stderr) is not a terminal, so logs and pipes stay
-    clean; ``enabled`` forces it on or off.
+    clean; ``enabled`` forces it on or off. When tqdm is installed and the bar is
+    enabled, tqdm draws it (with elapsed and remaining time); otherwise the plain line
+    above does.
     """
 
     def __init__(
@@ -34,11 +62,17 @@ class ProgressBar:
         self.note = ""
         self._started = time.perf_counter()
         self._drawn = 0.0
+        self._tqdm = _tqdm_bar(self.total, unit, self.stream, width) if self.enabled else None
 
     def advance(self, n: int = 1, note: str = "") -> None:
         """Count ``n`` more units done; ``note`` is shown after the rate."""
         self.done += n
         self.note = note or self.note
+        if self._tqdm is not None:
+            if note:
+                self._tqdm.set_postfix_str(note, refresh=False)
+            self._tqdm.update(n)
+            return
         now = time.perf_counter()
         if self.enabled and (now - self._drawn >= 0.1 or self.done >= self.total):
             self._drawn = now
@@ -56,6 +90,8 @@ class ProgressBar:
 
     def close(self) -> None:
         """End the line, if anything was drawn."""
-        if self.enabled and self._drawn:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.enabled and self._drawn:
             self.stream.write("\n")
             self.stream.flush()

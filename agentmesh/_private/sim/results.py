@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +67,12 @@ class EpisodeResult:
         )
 
 
-def _metric_names(results: Iterable[EpisodeResult]) -> list[str]:
+#: The metrics every step records, beside the environment's own.
+STEP_METRICS = ("reward", "late", "failed", "defaults", "seconds", "agents")
+
+
+def metric_names(results: Iterable[EpisodeResult]) -> list[str]:
+    """The environment's metric names in these results, in the order first seen."""
     names: dict[str, None] = {}
     for result in results:
         for record in result.records:
@@ -75,11 +80,26 @@ def _metric_names(results: Iterable[EpisodeResult]) -> list[str]:
     return list(names)
 
 
+def plotted_metrics(results: Sequence[EpisodeResult]) -> list[str]:
+    """What a plot shows by default: reward, the environment's metrics, and defaults."""
+    return ["reward", *metric_names(results), "defaults"]
+
+
+def metric_value(record: StepRecord, name: str) -> float:
+    """One metric of one step: one of `STEP_METRICS` (``defaults`` is late + failed)
+    or one of the environment's (0.0 where that step did not report it)."""
+    if name == "defaults":
+        return float(record.late + record.failed)
+    if name in STEP_METRICS:
+        return float(getattr(record, name))
+    return float(record.metrics.get(name, 0.0))
+
+
 def write_csv(results: Iterable[EpisodeResult], path: str | Path) -> Path:
     """One row per step of every episode: episode, step, agents, reward, late,
     failed, seconds, then one column per environment metric. Returns the path."""
     results = list(results)
-    names = _metric_names(results)
+    names = metric_names(results)
     path = Path(path)
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
