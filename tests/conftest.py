@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ import cloudpickle
 import pytest
 
 import agentmesh as am
+from agentmesh._private.daemon import Daemon
 from agentmesh._private.kernel.transport import MemoryNetwork
 from agentmesh._private.transport.grpc_transport import DEFAULT_WINDOW, GrpcTransport
 
@@ -170,31 +170,38 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         signal.signal(signal.SIGALRM, previous)
 
 
+async def start_daemon(*args: str, netns: str | None = None) -> Daemon:
+    """``agentmesh *args`` in a process of its own (inside network namespace ``netns``,
+    if given), its stderr kept in ``log``; returns once it has printed its address."""
+    wrapper = ("ip", "netns", "exec", netns) if netns is not None else ()
+    return await Daemon.start(*args, stderr=asyncio.subprocess.PIPE, wrapper=wrapper, cwd=ROOT)
+
+
 @pytest.fixture(scope="session")
 def far_head() -> Iterator[str]:
     """A head in another process, shared by the session's ``process`` worlds (each
-    test joins it with a driver of its own, whose agents stop when it leaves)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agentmesh", "head", "--listen", "127.0.0.1:0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    test joins it with a driver of its own, whose agents stop when it leaves).
+
+    It outlives every test's event loop, so it is started, watched and stopped on a
+    loop of its own, in a thread.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="far-head", daemon=True)
+    thread.start()
+
+    def run(work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, loop).result(60)
+
     try:
-        assert process.stdout is not None
-        address = process.stdout.readline().strip()
-        assert address, "the head did not start"
-        yield address
-    finally:
-        process.terminate()
+        head = run(start_daemon("head", "--listen", "127.0.0.1:0"))
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+            yield head.address
+        finally:
+            run(head.stop())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 @pytest.fixture(params=["local", "memory", "grpc", "process"])

@@ -16,75 +16,20 @@ from pathlib import Path
 import pytest
 
 import agentmesh as am
+from agentmesh._private.daemon import Daemon
 
 from .agents import Counter, Forever
-from .conftest import wait_for
+from .conftest import ROOT, start_daemon, wait_for
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Daemon:
-    """An ``agentmesh`` daemon process and the address it printed first."""
-
-    def __init__(self, process: asyncio.subprocess.Process, address: str) -> None:
-        self.process = process
-        self.address = address
-        self.log = bytearray()  # its stderr, drained so the pipe never fills
-        self._drain = asyncio.ensure_future(self._read_stderr())
-
-    async def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        while chunk := await self.process.stderr.read(65536):
-            self.log.extend(chunk)
-
-    @classmethod
-    async def start(cls, *args: str, netns: str | None = None) -> Daemon:
-        """Start ``agentmesh *args`` (inside network namespace ``netns``, if given)."""
-        inside = ("ip", "netns", "exec", netns) if netns is not None else ()
-        process = await asyncio.create_subprocess_exec(
-            *inside,
-            sys.executable,
-            "-m",
-            "agentmesh",
-            *args,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert process.stdout is not None
-            line = await asyncio.wait_for(process.stdout.readline(), 20)
-        except BaseException:
-            process.kill()
-            await process.wait()
-            raise
-        if not line:
-            assert process.stderr is not None
-            err = await process.stderr.read()
-            await process.wait()
-            raise AssertionError(f"agentmesh {args[0]} failed: {err.decode()}")
-        return cls(process, line.decode().strip())
-
-    async def stop(self) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        self._drain.cancel()
-        return self.process.returncode or 0
 
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[tuple[Daemon, Daemon]]:
-    head = await Daemon.start("head", "--listen", "127.0.0.1:0")
+    head = await start_daemon("head", "--listen", "127.0.0.1:0")
     worker = None
     try:
-        worker = await Daemon.start(
+        worker = await start_daemon(
             "node", "--join", head.address, "--resources", "cpu=4,gpu=1", "--labels", "zone=eu"
         )
         yield head, worker
@@ -199,8 +144,7 @@ async def test_a_killed_worker_fails_pending_asks_at_once(cluster: tuple[Daemon,
         hanging = [asyncio.create_task(forever.hang()) for _ in range(3)]
         loop = asyncio.get_running_loop()
         killed_at = loop.time()
-        worker.process.send_signal(signal.SIGKILL)
-        await worker.process.wait()
+        await worker.kill()
         for task in hanging:
             with pytest.raises(am.AgentUnavailable):
                 await asyncio.wait_for(task, 10)
@@ -256,15 +200,14 @@ async def test_a_restarted_head_rebuilds_the_registry_and_the_data_plane_carries
         counter = await mesh.spawn(Counter, 1, name="survivor", detached=True)
         for _ in range(100):
             await counter.add.tell(1)
-        head.process.send_signal(signal.SIGKILL)
-        await head.process.wait()
+        await head.kill()
         # Without a head, agents on other nodes keep serving their callers.
         for _ in range(100):
             await counter.add.tell(1)
         assert await counter.get() == 201
-        replacement = await Daemon.start("head", "--listen", head.address)
-        head.process, head.log = replacement.process, replacement.log  # the fixture stops it
-        assert replacement.address == head.address
+        address = head.address
+        await head.restart("head", "--listen", address)  # the fixture stops it
+        assert head.address == address
     # A new driver finds the name: the nodes registered again with the new head.
     assert head.process.returncode is None, head.log.decode()
     async with am.Mesh(join=head.address, ask_timeout=10) as fresh:
@@ -300,7 +243,7 @@ async def test_supervised_agents_of_a_dead_node_restart_on_another(
     cluster: tuple[Daemon, Daemon],
 ) -> None:
     head, worker = cluster
-    second = await Daemon.start("node", "--join", head.address)
+    second = await start_daemon("node", "--join", head.address)
     try:
         async with am.Mesh(join=head.address, ask_timeout=10) as mesh:
             nodes = await mesh.nodes()
@@ -390,7 +333,7 @@ async def _gone(mesh: am.Mesh, name: str) -> bool:
 
 
 async def test_placed_agents_of_a_dead_node_are_placed_again_under_their_constraints() -> None:
-    head = await Daemon.start("head", "--listen", "127.0.0.1:0", "--dead-after", "1.5")
+    head = await start_daemon("head", "--listen", "127.0.0.1:0", "--dead-after", "1.5")
     fast = ("--heartbeat", "0.25")
     workers: dict[str, Daemon] = {}
     try:
@@ -399,7 +342,7 @@ async def test_placed_agents_of_a_dead_node_are_placed_again_under_their_constra
             ("eu2", "cpu=2,gpu=1", "zone=eu"),
             ("us1", "cpu=2,gpu=4", "zone=us"),
         ):
-            workers[name] = await Daemon.start(
+            workers[name] = await start_daemon(
                 "node", "--join", head.address, "--resources", resources, "--labels", labels, *fast
             )
         async with am.Mesh(join=head.address, ask_timeout=10) as mesh:

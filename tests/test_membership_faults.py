@@ -16,10 +16,11 @@ from contextlib import asynccontextmanager
 import pytest
 
 import agentmesh as am
+from agentmesh._private.daemon import Daemon
 
 from .agents import Blocker, Counter, Pinger
-from .conftest import wait_for
-from .test_cluster import ROOT, Daemon, _finds
+from .conftest import ROOT, start_daemon, wait_for
+from .test_cluster import _finds
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +31,13 @@ FAST = ("--heartbeat", "0.25")
 @asynccontextmanager
 async def three_nodes() -> AsyncIterator[tuple[Daemon, Daemon, Daemon]]:
     """A head and two workers, each its own process, detecting deaths in 1.5 s."""
-    head = await Daemon.start(
+    head = await start_daemon(
         "head", "--listen", "127.0.0.1:0", "--dead-after", str(DEAD_AFTER), *FAST
     )
     workers: list[Daemon] = []
     try:
-        workers.append(await Daemon.start("node", "--join", head.address, *FAST))
-        workers.append(await Daemon.start("node", "--join", head.address, *FAST))
+        workers.append(await start_daemon("node", "--join", head.address, *FAST))
+        workers.append(await start_daemon("node", "--join", head.address, *FAST))
         yield head, workers[0], workers[1]
     finally:
         for daemon in workers:
@@ -65,14 +66,9 @@ async def agents_on(mesh: am.Mesh, node: str) -> int:
 
 async def restart_head(head: Daemon) -> None:
     """SIGKILL the head and start a new one at the same address."""
-    head.process.send_signal(signal.SIGKILL)
-    await head.process.wait()
-    head._drain.cancel()
-    replacement = await Daemon.start(
-        "head", "--listen", head.address, "--dead-after", str(DEAD_AFTER), *FAST
-    )
-    assert replacement.address == head.address
-    head.process, head.log, head._drain = replacement.process, replacement.log, replacement._drain
+    address = head.address
+    await head.restart("head", "--listen", address, "--dead-after", str(DEAD_AFTER), *FAST)
+    assert head.address == address
 
 
 async def test_a_head_restart_costs_healthy_nodes_nothing() -> None:

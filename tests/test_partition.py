@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import pytest
 
 import agentmesh as am
+from agentmesh._private.daemon import Daemon
 
 from .agents import Counter
-from .conftest import wait_for
-from .test_cluster import Daemon
+from .conftest import start_daemon, wait_for
 from .test_membership_faults import DEAD_AFTER, FAST, _hosts_some, _moved, _reach, agents_on
 
 pytestmark = pytest.mark.slow
@@ -78,15 +78,15 @@ async def split_cluster(netns: Netns) -> AsyncIterator[tuple[Daemon, Daemon, Dae
     """A head and a worker here, and a worker inside ``netns`` (all with a token:
     they listen beyond loopback)."""
     auth = ("--token", TOKEN)
-    head = await Daemon.start(
+    head = await start_daemon(
         "head", "--listen", f"{netns.outer}:0", "--dead-after", str(DEAD_AFTER), *FAST, *auth
     )
     daemons = [head]
     try:
         join = ("--join", head.address, *FAST, *auth)
-        daemons.append(await Daemon.start("node", "--listen", f"{netns.outer}:0", *join))
+        daemons.append(await start_daemon("node", "--listen", f"{netns.outer}:0", *join))
         daemons.append(
-            await Daemon.start("node", "--listen", f"{netns.inner}:0", *join, netns=netns.name)
+            await start_daemon("node", "--listen", f"{netns.inner}:0", *join, netns=netns.name)
         )
         yield head, daemons[1], daemons[2]
     finally:

@@ -8,50 +8,29 @@ seen from outside, against a head that is a separate process on loopback.
 from __future__ import annotations
 
 import asyncio
-import signal
-import sys
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 import agentmesh as am
 
 from .agents import CallsBackOnStart, Counter, Forever, Relay
+from .conftest import start_daemon
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 async def far() -> AsyncIterator[tuple[am.Mesh, str]]:
     """A driver joined to a head in another process; yields (driver, head node id)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agentmesh",
-        "head",
-        "--listen",
-        "127.0.0.1:0",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    daemon = await start_daemon("head", "--listen", "127.0.0.1:0")
     try:
-        assert process.stdout is not None
-        address = (await asyncio.wait_for(process.stdout.readline(), 20)).decode().strip()
-        async with am.Mesh(join=address, ask_timeout=10, shutdown_timeout=2) as mesh:
+        async with am.Mesh(join=daemon.address, ask_timeout=10, shutdown_timeout=2) as mesh:
             head = next(n.id for n in await mesh.nodes() if n.role == "head")
             yield mesh, head
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await daemon.stop()
 
 
 async def test_order_of_tells_and_asks_from_one_sender(far: tuple[am.Mesh, str]) -> None:

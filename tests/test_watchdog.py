@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sys
 import threading
 import time
 
@@ -15,7 +14,7 @@ import pytest
 import agentmesh as am
 
 from .agents import Counter, Sleeper
-from .conftest import ROOT, wait_for
+from .conftest import start_daemon, wait_for
 
 
 def watchdog_threads() -> list[threading.Thread]:
@@ -100,35 +99,17 @@ def test_slow_turn_must_be_positive_or_none() -> None:
 
 @pytest.mark.slow
 async def test_a_daemon_warns_on_stderr_naming_the_slow_agent() -> None:
-    head = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "agentmesh", "head", "--listen", "127.0.0.1:0", "--slow-turn", "0.1"),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert head.stdout is not None
-    assert head.stderr is not None
+    head = await start_daemon("head", "--listen", "127.0.0.1:0", "--slow-turn", "0.1")
     try:
-        address = (await asyncio.wait_for(head.stdout.readline(), 30)).decode().strip()
-        assert address, "the head did not start"
-        async with am.Mesh(join=address, ask_timeout=10.0) as driver:
+        async with am.Mesh(join=head.address, ask_timeout=10.0) as driver:
             node = next(n.id for n in await driver.nodes() if n.role == "head")
             sleeper = await driver.spawn(Sleeper, name="far-sleeper", node=node)
             assert await sleeper.nap(0.5) == "rested"
-            lines: list[str] = []
-            async with asyncio.timeout(10):
-                while not any("ran again" in line for line in lines):
-                    lines.append((await head.stderr.readline()).decode())
+            await wait_for(lambda: b"ran again" in head.log, timeout=10, what="the second line")
+        lines = head.log.decode().splitlines()
         blocked = [line for line in lines if "(slow_turn=" in line]
         assert len(blocked) == 1, lines
         assert "agent 'far-sleeper' (Sleeper) in nap()" in blocked[0]
         assert "slow_turn=0.1s" in blocked[0]
     finally:
-        if head.returncode is None:
-            head.terminate()
-        try:
-            await asyncio.wait_for(head.wait(), 10)
-        except TimeoutError:
-            head.kill()
-            await head.wait()
+        await head.stop()

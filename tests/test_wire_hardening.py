@@ -23,11 +23,11 @@ import grpc
 import pytest
 
 import agentmesh as am
+from agentmesh._private.daemon import Daemon
 from agentmesh.v1 import wire_pb2, wire_pb2_grpc
 
 from .agents import Counter, Gate
-from .conftest import wait_for
-from .test_cluster import Daemon
+from .conftest import start_daemon, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ HEADER_FORMAT = "<QdH"
 
 @pytest.fixture
 async def head() -> AsyncIterator[Daemon]:
-    daemon = await Daemon.start("head", "--listen", "127.0.0.1:0", "--token", TOKEN)
+    daemon = await start_daemon("head", "--listen", "127.0.0.1:0", "--token", TOKEN)
     try:
         yield daemon
     finally:
