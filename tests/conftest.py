@@ -7,8 +7,9 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import cloudpickle
 import pytest
@@ -219,14 +220,8 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
             yield World("process", driver, None, far_node=head, probe=probe)
         return
     if request.param == "grpc":
-        near, far = GrpcTransport(window=GRPC_WINDOW), GrpcTransport(window=GRPC_WINDOW)
-        async with (
-            am.Mesh(**options, _transport=near) as driver,
-            am.Mesh(**options, _transport=far) as host,
-        ):
-            near.add_peer(host.node_id, far.address)
-            far.add_peer(driver.node_id, near.address)
-            yield World("grpc", driver, host)
+        async with open_grpc_pair(window=GRPC_WINDOW, **options) as pair:
+            yield World("grpc", pair.driver, pair.host)
         return
     network = MemoryNetwork()
     async with (
@@ -234,6 +229,37 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
         am.Mesh(**options, _transport=network.transport()) as host,
     ):
         yield World("memory", driver, host)
+
+
+class GrpcPair(NamedTuple):
+    """Two meshes of this process over real gRPC, and their transports."""
+
+    driver: am.Mesh
+    host: am.Mesh
+    near: GrpcTransport  # the driver's
+    far: GrpcTransport  # the host's
+
+
+@asynccontextmanager
+async def open_grpc_pair(
+    *,
+    window: int = DEFAULT_WINDOW,
+    tokens: tuple[str | None, str | None] = (None, None),
+    **options: Any,
+) -> AsyncIterator[GrpcPair]:
+    """A driver and a host, each a mesh of this process with a `GrpcTransport` on
+    loopback and each told the other's address (no head: they dial each other).
+    ``window`` is both streams' flow-control window, ``tokens`` the driver's and the
+    host's cluster tokens; ``options`` go to both meshes."""
+    near = GrpcTransport(window=window, token=tokens[0])
+    far = GrpcTransport(window=window, token=tokens[1])
+    async with (
+        am.Mesh(**options, _transport=near) as driver,
+        am.Mesh(**options, _transport=far) as host,
+    ):
+        near.add_peer(host.node_id, far.address)
+        far.add_peer(driver.node_id, near.address)
+        yield GrpcPair(driver, host, near, far)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import cloudpickle
@@ -23,7 +22,7 @@ from agentmesh._private.transport.grpc_transport import GrpcTransport, advertise
 from agentmesh.v1 import wire_pb2, wire_pb2_grpc
 
 from .agents import Counter, Forever, Gate
-from .conftest import wait_for
+from .conftest import GrpcPair, open_grpc_pair, wait_for
 
 
 class Quote(pydantic.BaseModel):
@@ -31,19 +30,15 @@ class Quote(pydantic.BaseModel):
     price: float
 
 
-Linked = tuple[am.Mesh, am.Mesh, GrpcTransport, GrpcTransport]
+Linked = GrpcPair
 
 
 @pytest.fixture
 async def linked() -> AsyncIterator[Linked]:
-    near, far = GrpcTransport(token="s3cret"), GrpcTransport(token="s3cret")
-    async with (
-        am.Mesh(_transport=near, ask_timeout=5, shutdown_timeout=1) as driver,
-        am.Mesh(_transport=far, ask_timeout=5, shutdown_timeout=1) as host,
-    ):
-        near.add_peer(host.node_id, far.address)
-        far.add_peer(driver.node_id, near.address)
-        yield driver, host, near, far
+    async with open_grpc_pair(
+        tokens=("s3cret", "s3cret"), ask_timeout=5, shutdown_timeout=1
+    ) as pair:
+        yield pair
 
 
 def _seen_from(mesh: am.Mesh, ref: am.AgentRef) -> am.AgentRef:
@@ -121,20 +116,8 @@ async def test_tells_to_several_agents_in_one_frame_keep_their_order(linked: Lin
     assert link.frames_sent - before < 10
 
 
-@asynccontextmanager
-async def _linked_with(window: int) -> AsyncIterator[tuple[am.Mesh, am.Mesh, GrpcTransport]]:
-    """A driver and a host whose streams have flow-control window ``window``."""
-    near, far = GrpcTransport(window=window), GrpcTransport(window=window)
-    async with (
-        am.Mesh(_transport=near, ask_timeout=5) as driver,
-        am.Mesh(_transport=far, ask_timeout=5) as host,
-    ):
-        near.add_peer(host.node_id, far.address)
-        yield driver, host, near
-
-
 async def test_plain_tells_larger_than_reckoned_are_spread_over_frames() -> None:
-    async with _linked_with(20_000) as (driver, host, near):
+    async with open_grpc_pair(window=20_000, ask_timeout=5) as (driver, host, near, _):
         sizes = _seen_from(driver, await host.spawn(Sizes, mailbox_size=20_000))
         await sizes.seen()  # connect
         link = near.links[host.node_id]
@@ -198,7 +181,7 @@ class Unloadable:
 
 
 async def test_tells_a_receiver_cannot_decode_still_return_their_credit() -> None:
-    async with _linked_with(4) as (driver, host, _):
+    async with open_grpc_pair(window=4, ask_timeout=5) as (driver, host, _, _):
         counter = _seen_from(driver, await host.spawn(Counter))
         with pytest.raises(am.SerializationError, match="cannot be loaded"):
             await counter.record(Unloadable())  # an ask hears why
@@ -210,7 +193,7 @@ async def test_tells_a_receiver_cannot_decode_still_return_their_credit() -> Non
 
 
 async def test_room_given_to_a_cancelled_sender_passes_to_the_next() -> None:
-    async with _linked_with(4) as (driver, host, near):
+    async with open_grpc_pair(window=4, ask_timeout=5) as (driver, host, near, _):
         local = await host.spawn(Counter)
         counter = _seen_from(driver, local)
         assert await counter.add(0) == 0  # connect
@@ -227,12 +210,7 @@ async def test_room_given_to_a_cancelled_sender_passes_to_the_next() -> None:
 
 
 async def test_a_wrong_token_is_refused_and_counted() -> None:
-    right, wrong = GrpcTransport(token="right"), GrpcTransport(token="wrong")
-    async with (
-        am.Mesh(_transport=right) as a,
-        am.Mesh(_transport=wrong) as b,
-    ):
-        b._node.transport.add_peer(a.node_id, right.address)  # type: ignore[union-attr]
+    async with open_grpc_pair(tokens=("right", "wrong")) as (a, b, right, _):
         counter = _seen_from(b, await a.spawn(Counter))
         with pytest.raises(am.AuthError, match="token"):
             await counter.get()
