@@ -67,16 +67,20 @@ class Relay(am.Agent):
         return answer
 
 
+#: A head and a driver that joined it, both meshes of this process, over gRPC.
+HeadAndDriver = tuple[am.Mesh, am.Mesh]
+
+
 @pytest.fixture
-async def pair() -> AsyncIterator[tuple[am.Mesh, am.Mesh]]:
+async def head_and_driver() -> AsyncIterator[HeadAndDriver]:
     async with am.Mesh(listen="127.0.0.1:0", ask_timeout=10) as head:
         assert head.address is not None
         async with am.Mesh(join=head.address, ask_timeout=10) as driver:
             yield head, driver
 
 
-async def test_publications_cross_once_per_interested_node(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    head, driver = pair
+async def test_publications_cross_once_per_interested_node(head_and_driver: HeadAndDriver) -> None:
+    head, driver = head_and_driver
     recorder = await head.spawn(Recorder)
     for label in "abc":  # three subscribers, all on the head
         await head.spawn(Listener, recorder, label)
@@ -92,8 +96,8 @@ async def test_publications_cross_once_per_interested_node(pair: tuple[am.Mesh, 
     assert link.envelopes_sent - before == 10  # nobody is interested: nothing sent
 
 
-async def test_a_driver_stream_hears_agents_on_other_nodes(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    head, driver = pair
+async def test_a_driver_stream_hears_agents_on_other_nodes(head_and_driver: HeadAndDriver) -> None:
+    head, driver = head_and_driver
     announcer = await head.spawn(Announcer)
     async with driver.subscribe("from.head.**") as stream:
         with head._node.bind_refs():
@@ -103,9 +107,9 @@ async def test_a_driver_stream_hears_agents_on_other_nodes(pair: tuple[am.Mesh, 
 
 
 async def test_subscriptions_made_after_joining_are_live_when_spawn_returns(
-    pair: tuple[am.Mesh, am.Mesh],
+    head_and_driver: HeadAndDriver,
 ) -> None:
-    head, driver = pair
+    head, driver = head_and_driver
     recorder = await driver.spawn(Recorder, node=driver.node_id)
     await driver.spawn(Listener, recorder, "late", node=driver.node_id)
     assert await head.publish("news.now", 7) == 0  # no subscriber on the head itself
@@ -123,8 +127,8 @@ class Watcher(am.Agent):
         await self.recorder.log.tell((notice.ref, notice.reason, notice.restarting))
 
 
-async def test_monitors_across_nodes(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    head, driver = pair
+async def test_monitors_across_nodes(head_and_driver: HeadAndDriver) -> None:
+    head, driver = head_and_driver
     from .agents import Counter
 
     recorder = await driver.spawn(Recorder, node=driver.node_id)
@@ -158,9 +162,9 @@ class Slow(am.Agent):
 
 
 async def test_the_control_plane_is_never_stuck_behind_user_traffic(
-    pair: tuple[am.Mesh, am.Mesh],
+    head_and_driver: HeadAndDriver,
 ) -> None:
-    head, driver = pair
+    head, driver = head_and_driver
     slow = await driver.spawn(Slow, node=head.node_id)
     gate = head._node.cells[slow.id].instance.gate  # type: ignore[union-attr]
     # More tells than the mailbox (2) and the agent's window hold: the flood stalls.
@@ -183,8 +187,10 @@ async def _tell_many(ref: am.AgentRef, n: int) -> None:
         await ref.work.tell()
 
 
-async def test_names_of_supervised_children_are_cluster_wide(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    head, driver = pair
+async def test_names_of_supervised_children_are_cluster_wide(
+    head_and_driver: HeadAndDriver,
+) -> None:
+    head, driver = head_and_driver
     recorder = await head.spawn(Recorder)
     spec = am.SupervisorSpec(children=[am.ChildSpec(Listener, recorder, "w", name="w1")])
     await head.spawn(am.Supervisor, spec)
@@ -206,8 +212,8 @@ async def _listen(address: str) -> None:
         pass
 
 
-async def test_a_supervisor_drives_a_child_on_another_node(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    head, driver = pair
+async def test_a_supervisor_drives_a_child_on_another_node(head_and_driver: HeadAndDriver) -> None:
+    head, driver = head_and_driver
     from .agents import Counter
 
     spec = am.SupervisorSpec(
@@ -266,9 +272,9 @@ async def _declared_dead(head: am.Mesh, node_id: str) -> bool:
 
 
 async def test_a_full_agent_does_not_hold_back_others_on_its_node(
-    pair: tuple[am.Mesh, am.Mesh],
+    head_and_driver: HeadAndDriver,
 ) -> None:
-    head, driver = pair
+    head, driver = head_and_driver
     local_gate = await head.spawn(Gate, mailbox_size=2, name="gate")
     await head.spawn(Counter, name="counter")
     gate, counter = await driver.get("gate"), await driver.get("counter")
@@ -311,35 +317,35 @@ async def test_a_full_agent_does_not_hold_back_others_on_its_node(
 
 
 async def test_a_call_chain_across_nodes_is_not_stuck_behind_a_full_mailbox(
-    pair: tuple[am.Mesh, am.Mesh],
+    head_and_driver: HeadAndDriver,
 ) -> None:
     """The chain docs/cluster.md once listed as a deadlock: X on the head, its mailbox
     full of the driver's tells, asks Y on the driver, whose handler asks Z on the
     head; Z's ask travels on the stream behind X's tells, and must not wait for them."""
-    head, driver = pair
+    head, driver = head_and_driver
     await head.spawn(Counter, 42, name="z")
     z = await driver.get("z")  # as the driver sees it (not the head's own ref)
     y = await driver.spawn(Relay, z, node=driver.node_id)
-    await _call_behind_a_flood(pair, y, back=False, expected=42)
+    await _call_behind_a_flood(head_and_driver, y, back=False, expected=42)
 
 
 async def test_a_reentrant_call_reaches_an_agent_behind_its_full_mailbox(
-    pair: tuple[am.Mesh, am.Mesh],
+    head_and_driver: HeadAndDriver,
 ) -> None:
     """X on the head, its mailbox and what the head parks for it full, asks Y on the
     driver, which asks X back in the same call chain: that call runs at once."""
-    _, driver = pair
+    _, driver = head_and_driver
     y = await driver.spawn(Relay, node=driver.node_id)
-    await _call_behind_a_flood(pair, y, back=True, expected=7)  # Caller.get says 7
+    await _call_behind_a_flood(head_and_driver, y, back=True, expected=7)  # Caller.get says 7
 
 
 async def _call_behind_a_flood(
-    pair: tuple[am.Mesh, am.Mesh], y: am.AgentRef, back: bool, expected: int
+    head_and_driver: HeadAndDriver, y: am.AgentRef, back: bool, expected: int
 ) -> None:
     """X on the head asks Y on the driver, which asks X (``back``) or its own source
     on the head once its gate opens, while the driver floods X with tells beyond its
     mailbox and window."""
-    head, driver = pair
+    head, driver = head_and_driver
     x = await driver.spawn(Caller, node=head.node_id)
     caller = head._node.cells[x.id].instance
     relay = driver._node.cells[y.id].instance
@@ -401,9 +407,9 @@ class SlowReader(am.Agent):
 
 
 async def test_a_slow_subscriber_holds_back_only_the_publications(
-    pair: tuple[am.Mesh, am.Mesh],
+    head_and_driver: HeadAndDriver,
 ) -> None:
-    head, driver = pair
+    head, driver = head_and_driver
     local = await head.spawn(SlowReader)
     reader = head._node.cells[local.id].instance
     await head.spawn(Counter, name="counter")
@@ -427,8 +433,8 @@ async def _head_reports(mesh: am.Mesh, field: str, value: int) -> bool:
     return any(n.role == "head" and getattr(n, field) == value for n in nodes)
 
 
-async def test_the_head_reports_frames_it_refused(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    head, driver = pair
+async def test_the_head_reports_frames_it_refused(head_and_driver: HeadAndDriver) -> None:
+    head, driver = head_and_driver
     counter = await driver.spawn(Counter, node=head.node_id)
     assert await counter.add(1) == 1
     link = driver._node.transport.links[head.node_id]  # type: ignore[union-attr]

@@ -21,8 +21,12 @@ def seen_from(mesh: am.Mesh, ref: am.AgentRef) -> am.AgentRef:
     return copy
 
 
+#: Two meshes of this process on one MemoryNetwork: every message pickled across.
+MemoryNodes = tuple[am.Mesh, am.Mesh]
+
+
 @pytest.fixture
-async def pair() -> AsyncIterator[tuple[am.Mesh, am.Mesh]]:
+async def memory_nodes() -> AsyncIterator[MemoryNodes]:
     network = MemoryNetwork()
     async with (
         am.Mesh(_transport=network.transport(), ask_timeout=5) as left,
@@ -31,8 +35,8 @@ async def pair() -> AsyncIterator[tuple[am.Mesh, am.Mesh]]:
         yield left, right
 
 
-async def test_agents_on_two_nodes_call_each_other(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    left, right = pair
+async def test_agents_on_two_nodes_call_each_other(memory_nodes: MemoryNodes) -> None:
+    left, right = memory_nodes
     relay = await left.spawn(Relay)
     counter = seen_from(left, await right.spawn(Counter, 1))
     assert counter.node == right.node_id
@@ -41,8 +45,8 @@ async def test_agents_on_two_nodes_call_each_other(pair: tuple[am.Mesh, am.Mesh]
     assert await relay.ask_back(other, 4) == 4  # reentrant across nodes
 
 
-async def test_arguments_are_copied_like_on_a_wire(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    left, right = pair
+async def test_arguments_are_copied_like_on_a_wire(memory_nodes: MemoryNodes) -> None:
+    left, right = memory_nodes
     counter = seen_from(left, await right.spawn(Counter))
     relay = await left.spawn(Relay)
     payload = {"k": [1, 2]}
@@ -52,8 +56,8 @@ async def test_arguments_are_copied_like_on_a_wire(pair: tuple[am.Mesh, am.Mesh]
     assert seen[0] is not payload
 
 
-async def test_unpicklable_arguments_are_a_typed_error(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    left, right = pair
+async def test_unpicklable_arguments_are_a_typed_error(memory_nodes: MemoryNodes) -> None:
+    left, right = memory_nodes
     counter = seen_from(left, await right.spawn(Counter))
     relay = await left.spawn(Relay)
     with pytest.raises(am.RemoteError, match="SerializationError"):
@@ -61,8 +65,8 @@ async def test_unpicklable_arguments_are_a_typed_error(pair: tuple[am.Mesh, am.M
     assert await relay.call(counter, "get") == 0  # nothing lost, nobody crashed
 
 
-async def test_remote_stop_and_errors(pair: tuple[am.Mesh, am.Mesh]) -> None:
-    left, right = pair
+async def test_remote_stop_and_errors(memory_nodes: MemoryNodes) -> None:
+    left, right = memory_nodes
     counter = seen_from(left, await right.spawn(Counter))
     relay = await left.spawn(Relay)
     with pytest.raises(am.RemoteError) as caught:
