@@ -116,18 +116,26 @@ async def test_an_episode_applies_the_actions_and_records_each_step(mesh: am.Mes
     assert "3 steps, 4 agents" in result.summary()
 
 
-async def test_a_late_policy_gets_the_default_action_and_is_counted() -> None:
-    async with am.Mesh(shutdown_timeout=0.2) as mesh:
-        env = Walk(3, length=4)
-        policies = await _policies(mesh, env, 1)
-        policies["a1"] = await mesh.spawn(Stuck)
-        # A deadline the live policies meet even on a loaded machine: only a1 is late.
-        result = await sim.run_episode(mesh, env, policies, seed=1, deadline=0.5)
-        assert [step["a1"] for step in env.steps_seen] == [-100] * 4
-        assert all(step["a0"] != -100 and step["a2"] != -100 for step in env.steps_seen)
-        assert dict(result.late) == {"a1": 4}
-        assert [r.late for r in result.records] == [1, 1, 1, 1]
-        assert result.total_failed == 0
+def test_a_late_policy_gets_the_default_action_and_is_counted() -> None:
+    # On a virtual clock (`sim.run_virtual`) answering takes no time and the deadline
+    # is exactly 0.05 s however loaded the machine is: only the stuck policy is late.
+    env = Walk(3, length=4)
+
+    async def main() -> tuple[sim.EpisodeResult, float]:
+        async with am.Mesh(shutdown_timeout=0.2, slow_turn=None) as mesh:
+            policies = await _policies(mesh, env, 1)
+            policies["a1"] = await mesh.spawn(Stuck)
+            started = sim.now()
+            result = await sim.run_episode(mesh, env, policies, seed=1, deadline=0.05)
+            return result, sim.now() - started
+
+    result, took = sim.run_virtual(main())
+    assert [step["a1"] for step in env.steps_seen] == [-100] * 4
+    assert all(step["a0"] != -100 and step["a2"] != -100 for step in env.steps_seen)
+    assert dict(result.late) == {"a1": 4}
+    assert [r.late for r in result.records] == [1, 1, 1, 1]
+    assert result.total_failed == 0
+    assert took == pytest.approx(4 * 0.05)  # each step waited out its deadline, no more
 
 
 async def test_a_failing_policy_gets_the_default_action_and_its_error_is_kept(

@@ -46,29 +46,33 @@ def test_parallel_api_test_passes_through_the_adapter() -> None:
     parallel_api_test(sim.PettingZooEnv(rps()), num_cycles=200)
 
 
-async def _play(seed: int, absent: str | None = None) -> sim.EpisodeResult:
-    # With an absent player every step waits out the deadline: fewer, longer steps,
-    # so the present player always answers in time even on a loaded machine.
-    env = sim.PettingZooEnv(rps(max_cycles=10 if absent else 40))
-    async with am.Mesh(shutdown_timeout=0.2) as mesh:
-        policies = {a: await mesh.spawn(Player, seed, a) for a in env.possible_agents}
-        if absent is not None:
-            policies[absent] = await mesh.spawn(Absent)
-        deadline = 0.3 if absent else 5.0
-        return await sim.run_episode(mesh, env, policies, seed=seed, deadline=deadline)
+def _play(seed: int, absent: str | None = None) -> sim.EpisodeResult:
+    """An episode on a virtual clock (`sim.run_virtual`): answering takes no time and
+    the deadline is exactly 0.05 s, so only an absent player is ever late, however
+    loaded the machine is."""
+    env = sim.PettingZooEnv(rps(max_cycles=40))
+
+    async def main() -> sim.EpisodeResult:
+        async with am.Mesh(shutdown_timeout=0.2, slow_turn=None) as mesh:
+            policies = {a: await mesh.spawn(Player, seed, a) for a in env.possible_agents}
+            if absent is not None:
+                policies[absent] = await mesh.spawn(Absent)
+            return await sim.run_episode(mesh, env, policies, seed=seed, deadline=0.05)
+
+    return sim.run_virtual(main())
 
 
-async def test_rock_paper_scissors_runs_end_to_end_and_reproducibly() -> None:
-    first = await _play(5)
+def test_rock_paper_scissors_runs_end_to_end_and_reproducibly() -> None:
+    first = _play(5)
     assert first.steps == 40
     assert sorted(first.returns) == ["player_0", "player_1"]
     assert first.returns["player_0"] == -first.returns["player_1"]  # zero-sum
     assert first.total_late == first.total_failed == 0
-    assert (await _play(5)).digest == first.digest
-    assert (await _play(6)).digest != first.digest
+    assert _play(5).digest == first.digest
+    assert _play(6).digest != first.digest
 
 
-async def test_an_absent_player_plays_the_default_action_counted() -> None:
-    result = await _play(5, absent="player_1")
-    assert dict(result.late) == {"player_1": 10}
+def test_an_absent_player_plays_the_default_action_counted() -> None:
+    result = _play(5, absent="player_1")
+    assert dict(result.late) == {"player_1": 40}
     assert result.total_failed == 0

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import agentmesh as am
+from agentmesh import sim
 
 from .agents import Recorder
 from .conftest import recorded, wait_for
@@ -434,25 +435,42 @@ async def test_spawn_under_a_local_supervisor_raises_plain_errors(mesh: am.Mesh)
     assert (await sup.children())[0].ref == worker
 
 
-async def test_a_supervisor_stop_waits_for_each_child_in_turn() -> None:
+def test_a_supervisor_stop_waits_for_each_child_in_turn() -> None:
+    """Children stop newest first, each within its own shutdown timeout: together
+    they may take longer than one. On a virtual clock (`sim.run_virtual`), where a
+    stop's work takes exactly the time it says however loaded the machine is."""
+
     class SlowStop(am.Agent):
         def __init__(self, label: str, recorder: am.AgentRef) -> None:
             self.label = label
             self.recorder = recorder
 
         async def on_stop(self) -> None:
-            await asyncio.sleep(0.4)  # the work of stopping: well within 1 s
-            await self.recorder.log.tell(self.label)
+            await self.recorder.log.tell(("begins", self.label, round(sim.now(), 6)))
+            await asyncio.sleep(0.6)  # the work of stopping: within 1 s, not twice
+            await self.recorder.log.tell(("ends", self.label, round(sim.now(), 6)))
 
-    # Wide margins, so a loaded machine cannot make a 0.4 s stop take 1 s.
-    async with am.Mesh(shutdown_timeout=1.0) as mesh:
-        recorder = await mesh.spawn(Recorder)
-        spec = am.SupervisorSpec(
-            children=[am.ChildSpec(SlowStop, label, recorder) for label in "abc"]
-        )
-        sup = await mesh.spawn(am.Supervisor, spec)
-        await sup.stop()  # 3 x 0.4 s: more than one shutdown timeout, each within its own
-        assert await recorder.all() == ["c", "b", "a"]
+    async def main() -> tuple[list[Any], float]:
+        async with am.Mesh(shutdown_timeout=1.0, slow_turn=None) as mesh:
+            recorder = await mesh.spawn(Recorder)
+            spec = am.SupervisorSpec(
+                children=[am.ChildSpec(SlowStop, label, recorder) for label in "abc"]
+            )
+            sup = await mesh.spawn(am.Supervisor, spec)
+            started = sim.now()
+            await sup.stop()
+            return await recorder.all(), sim.now() - started
+
+    events, took = sim.run_virtual(main())
+    assert events == [  # one at a time, newest first, none cut short
+        ("begins", "c", 0.0),
+        ("ends", "c", 0.6),
+        ("begins", "b", 0.6),
+        ("ends", "b", 1.2),
+        ("begins", "a", 1.2),
+        ("ends", "a", 1.8),
+    ]
+    assert took == pytest.approx(1.8)  # more than one shutdown timeout
 
 
 async def test_stopping_a_supervisor_cancels_a_pending_backoff(mesh: am.Mesh) -> None:
