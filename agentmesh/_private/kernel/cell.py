@@ -319,6 +319,13 @@ class Cell(Lifecycle):
         state = self.state
         if state is _RUNNING and self.concurrency == 1 and not self.checkpoint_every:
             self._turns_left = TURNS_PER_SLICE
+            items = self.mailbox.items
+            if items is not None and len(items) > 1:
+                coro = self._run()  # several queued: awaited in one coroutine
+                try:
+                    return coro, coro.send(None)
+                except StopIteration:
+                    return self.slice_ended()
             turn = self._turns_now()
             if turn is not None:
                 coro = self._run(turn)
@@ -341,7 +348,7 @@ class Cell(Lifecycle):
             self.runner = None
             return False
         else:
-            self._turns_left = 1 if self.checkpoint_every else TURNS_PER_SLICE
+            self._turns_left = TURNS_PER_SLICE
             coro = self._run()
         try:
             return coro, coro.send(None)
@@ -505,12 +512,59 @@ class Cell(Lifecycle):
             self._since_checkpoint += 1
 
     async def _drain_serial(self) -> None:
-        while self.mailbox and self._turns_left > 0 and not self._halt:
-            turn = self._turns_now()
-            if turn is not None:
-                await self._finish_turn(*turn)
-            if self.checkpoint_every:
-                await self._checkpoint_if_due()
+        """Turns one after the other while the slice lasts, each handler awaited here:
+        the path of a slice that finds several messages queued (one StopIteration for
+        the slice, where `_turns_now` pays one a turn). Its steps are `_turns_now`'s,
+        written out again: this loop is the hot path of a busy agent."""
+        mailbox = self.mailbox
+        handlers = self.methods.handlers
+        instance = self.instance
+        while True:
+            items = mailbox.items
+            if not items or self._turns_left <= 0 or self._halt:
+                return
+            self._turns_left -= 1
+            env = items.popleft()
+            if mailbox.putters:
+                mailbox.wake_putter()
+            reply = env.reply
+            if reply is not None and reply.done():
+                continue  # the asker gave up before this message started
+            try:
+                handler = handlers.get(env.method)
+            except TypeError:  # not a name at all: from a peer that breaks the protocol
+                handler = None
+            if handler is None:
+                self._reject(env, self.methods.unknown(str(env.method)))
+                continue
+            self.chain = env.chain
+            self.current = env
+            try:
+                try:
+                    kwargs = env.kwargs
+                    if kwargs is NO_KWARGS:
+                        coro = handler(instance, *env.args)
+                    else:
+                        coro = handler(instance, *env.args, **kwargs)
+                except TypeError as exc:
+                    self._reject(env, BadArguments(f"{self.label}.{env.method}(): {exc}"))
+                    continue
+                self.handled += 1
+                try:
+                    result = await coro
+                except Exception as exc:
+                    self._failed(env, exc)
+                    continue
+                except asyncio.CancelledError as exc:
+                    self._stray_cancel(exc, env)
+                    continue
+                if reply is not None and not reply.done():
+                    reply.set_result(result)
+                if self.checkpoint_every:
+                    self._since_checkpoint += 1
+                    await self._checkpoint_if_due()
+            finally:
+                self.current = None
 
     async def _drain_concurrent(self) -> None:
         mailbox = self.mailbox
