@@ -28,6 +28,7 @@ from .kernel.info import AgentInfo
 from .kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_TURN, Node
 from .kernel.placing import GangStrategy, OnNode, Selector, Strategy, Ticket, make_request
+from .kernel.ports import NodeRequest
 from .kernel.ref import AgentRef
 from .kernel.state import StateStore
 from .kernel.transport import Transport
@@ -125,6 +126,7 @@ class Mesh:
         self._node.facade = self
         self._bus = Bus()
         self._node.bus = self._bus
+        self._node.serve("!node.publish", NodeRequest(self._bus.take_publication, ordered=True))
         self._entered = False
         self._token: contextvars.Token[Node | None] | None = None
         self._root: Supervisor | None = None
@@ -151,6 +153,7 @@ class Mesh:
                 heartbeat=heartbeat,
                 dead_after=dead_after,
                 scheduler=self._scheduler,
+                bus=self._bus,
             )
             self._node.ended_hooks.append(self._membership.release_name)
             self._node.name_claims.append(self._membership.claim_name)

@@ -43,6 +43,7 @@ from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
 
 if TYPE_CHECKING:
     from ..kernel.node import Node
+    from ..pubsub.bus import Bus
 
 __all__ = ["Membership", "NodeService", "PlacementService", "RemotePlacer", "SpawnService"]
 
@@ -344,8 +345,11 @@ class Membership:
         heartbeat: float = DEFAULT_HEARTBEAT,
         dead_after: float = DEFAULT_DEAD_AFTER,
         scheduler: Scheduler | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.node = node
+        #: The node's pub/sub bus: publications to other nodes go out through here.
+        self.bus = bus
         self.scheduler = scheduler
         self.transport = transport
         self.role = role
@@ -383,7 +387,7 @@ class Membership:
         await self._register()
         self.transport.resolve = self._resolve
         node.remote_children = RemoteChildren(self)
-        bus = node.bus
+        bus = self.bus
         if bus is not None:
             bus.remote_publish = self.remote_publish
             bus.share_interest = self.share_interest
@@ -411,7 +415,7 @@ class Membership:
         for peer, patterns in beat.interests.items():
             if peer != self.node.id:
                 self.apply_interest(peer, patterns)
-        bus = self.node.bus
+        bus = self.bus
         if bus is not None and bus.interest() and bus.share_interest is not None:
             await self.share_interest(bus.interest())  # a new head learns it again
 
@@ -552,7 +556,7 @@ class Membership:
             try:
                 await self.transport.send(node_id, env)
             except AgentmeshError as exc:
-                bus = self.node.bus
+                bus = self.bus
                 if bus is not None:
                     bus.dead_letter(topic, payload, f"node unreachable: {exc}", node_id, sender)
 

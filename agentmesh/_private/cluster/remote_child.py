@@ -99,7 +99,10 @@ class OrphanGuard:
 
 
 class RemoteCell:
-    """The supervisor-side stand-in for a child's cell on another node."""
+    """The supervisor-side stand-in for a child's cell on another node (a kernel
+    `RemoteChildHandle`)."""
+
+    remote = True
 
     def __init__(
         self,
