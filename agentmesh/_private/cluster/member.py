@@ -36,7 +36,7 @@ from ..kernel.ref import AgentRef
 from ..placement.scheduler import LocalPlacer, Scheduler
 from ..pubsub.topics import TopicTrie
 from ..supervision.spec import ChildSpec
-from ..supervision.supervisor import Supervisor, claim_batch
+from ..supervision.supervisor import Supervisor, claim_batch, start_many_directly
 from ..transport.grpc_transport import GrpcTransport
 from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Beat, Directory, NodeInfo
 from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
@@ -123,8 +123,9 @@ async def _start_child_here(
     )
     # As an OTP child is linked to its supervisor: if the supervisor ends for good
     # (its node died, say), the child stops rather than live on unsupervised.
-    assert ref._cell is not None
-    node.monitor(supervisor, OrphanGuard(ref._cell))
+    cell = node.cell_of(ref)
+    assert cell is not None
+    node.monitor(supervisor, OrphanGuard(cell))
     return ref
 
 
@@ -207,7 +208,7 @@ class SpawnService(Agent):
         if not isinstance(instance, Supervisor):
             return AgentUnavailable(f"no live supervisor {supervisor} on node {node.id}")
         try:
-            outcomes = await instance._start_children(specs)
+            outcomes = await start_many_directly(instance, specs)
         except AgentmeshError as exc:  # PlacementError ...: raised as it is at the spawner
             return exc
         return [_sendable(o, s.name or s.class_name) for o, s in zip(outcomes, specs, strict=True)]

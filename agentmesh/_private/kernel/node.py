@@ -425,6 +425,11 @@ class Node:
                 self._watchdog.stop()
                 self._watchdog = None
 
+    def cell_of(self, ref: AgentRef) -> Cell | None:
+        """The cell of ``ref``'s agent if it lives on this node (None otherwise): for
+        the layers above, which start, watch or drive agents here."""
+        return self._cell_of(ref, missing_ok=True)
+
     def _cell_of(self, ref: AgentRef, missing_ok: bool = False) -> Cell | None:
         cell = ref._cell
         if cell is not None:

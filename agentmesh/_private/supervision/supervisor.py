@@ -307,7 +307,7 @@ class Supervisor(Agent):
             if ticket is not None and placer is not None:
                 placer.release(ticket.key)
             raise
-        child.cell = ref._cell
+        child.cell = node.cells[ref.id]
         return ref
 
     async def _start_children(
@@ -563,3 +563,22 @@ class Supervisor(Agent):
             last_error=cell.last_error,
             dynamic=child.dynamic,
         )
+
+
+async def start_directly(
+    supervisor: Supervisor, spec: ChildSpec, ticket: Ticket | None = None
+) -> AgentRef:
+    """Start a dynamic child of a supervisor of this node directly, not through its
+    mailbox (as `Supervisor.start_child`), so errors come as they are (NameTaken,
+    SpawnError ...): how the mesh starts what it spawns."""
+    return await supervisor._start_child(spec, dynamic=True, ticket=ticket)
+
+
+async def start_many_directly(
+    supervisor: Supervisor,
+    specs: Sequence[ChildSpec],
+    tickets: Sequence[Ticket | None] | None = None,
+) -> list[AgentRef | Exception]:
+    """`Supervisor.start_children` for a supervisor of this node, directly: each
+    child's ref, or the error that kept it from starting."""
+    return await supervisor._start_children(specs, tickets)
