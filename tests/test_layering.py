@@ -125,9 +125,11 @@ def _all_imports(path: Path) -> list[tuple[str, bool]]:
             elif isinstance(child, ast.ImportFrom | ast.Import):
                 names = [child.module or ""] if isinstance(child, ast.ImportFrom) else []
                 names += [a.name for a in child.names] if isinstance(child, ast.Import) else []
-                for name in names:
-                    if name.startswith("agentmesh._private."):
-                        found.append((name.split(".")[2], typing))
+                found.extend(
+                    (name.split(".")[2], typing)
+                    for name in names
+                    if name.startswith("agentmesh._private.")
+                )
             visit(child, typing)
 
     visit(ast.parse(path.read_text()), False)
