@@ -28,6 +28,7 @@ from .kernel.info import AgentInfo
 from .kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_TURN, Node
 from .kernel.placing import GangStrategy, OnNode, Selector, Strategy, Ticket, make_request
+from .kernel.ports import NodeRequest
 from .kernel.ref import AgentRef
 from .kernel.state import StateStore
 from .kernel.transport import Transport
@@ -36,7 +37,7 @@ from .placement.scheduler import DEFAULT_PLACEMENT_TIMEOUT, LocalPlacer, Schedul
 from .pubsub.bus import Bus, BusStatistics
 from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
-from .supervision.supervisor import Supervisor, settle
+from .supervision.supervisor import Supervisor, settle, start_directly, start_many_directly
 from .transport.grpc_transport import TLS, GrpcTransport
 
 __all__ = ["Mesh"]
@@ -125,6 +126,7 @@ class Mesh:
         self._node.facade = self
         self._bus = Bus()
         self._node.bus = self._bus
+        self._node.serve("!node.publish", NodeRequest(self._bus.take_publication, ordered=True))
         self._entered = False
         self._token: contextvars.Token[Node | None] | None = None
         self._root: Supervisor | None = None
@@ -151,6 +153,7 @@ class Mesh:
                 heartbeat=heartbeat,
                 dead_after=dead_after,
                 scheduler=self._scheduler,
+                bus=self._bus,
             )
             self._node.ended_hooks.append(self._membership.release_name)
             self._node.name_claims.append(self._membership.claim_name)
@@ -191,8 +194,9 @@ class Mesh:
             exit_listener=self._root_exited,
             agent_id=f"sys.root.{self.node_id}",
         )
-        assert self._root_ref._cell is not None
-        root = self._root_ref._cell.instance
+        root_cell = self._node.cell_of(self._root_ref)
+        assert root_cell is not None
+        root = root_cell.instance
         assert isinstance(root, Supervisor)
         self._root = root
         if self._membership is not None:
@@ -557,17 +561,17 @@ class Mesh:
         """Start ``specs`` as children of this node's root, each holding its ticket's
         resources: each one's ref, or why it did not start."""
         root = self._live_root()
-        return await root._start_children(specs, tickets)
+        return await start_many_directly(root, specs, tickets)
 
     async def _start_specs_under(
         self, specs: list[ChildSpec], supervisor: AgentRef
     ) -> list[AgentRef | Exception]:
-        if supervisor._cell is not None or supervisor.node == self.node_id:
-            cell = supervisor._cell or self._node.cells.get(supervisor.id)
+        if supervisor.node == self.node_id or self._node.cell_of(supervisor) is not None:
+            cell = self._node.cell_of(supervisor)
             local = None if cell is None else cell.instance
             if not isinstance(local, Supervisor):
                 raise AgentUnavailable(f"{supervisor} is not a live supervisor")
-            return await local._start_children(specs)
+            return await start_many_directly(local, specs)
         if self._membership is None:
             raise AgentUnavailable(f"supervisor {supervisor} is not reachable")
         spawner = self._membership.spawner(supervisor.node)
@@ -673,22 +677,24 @@ class Mesh:
         """Start ``spec`` as a child of ``supervisor`` (else of this node's root), with
         the resources ``ticket`` reserved, if any."""
         if supervisor is not None:
-            local = supervisor._cell.instance if supervisor._cell is not None else None
+            cell = self._node.cell_of(supervisor)
+            local = None if cell is None else cell.instance
             if not isinstance(local, Supervisor):
                 ref: AgentRef = await supervisor.start_child(spec)
                 return ref
             # A local supervisor starts the child directly rather than through its
             # mailbox, so errors come as they are (NameTaken, SpawnError ...).
-            return await local._start_child(spec, dynamic=True)
+            return await start_directly(local, spec)
         # The root is local: start the child directly rather than through its mailbox.
-        return await self._live_root()._start_child(spec, dynamic=True, ticket=ticket)
+        return await start_directly(self._live_root(), spec, ticket)
 
     def _live_root(self) -> Supervisor:
         if self._node.closed:
             raise RuntimeError("the mesh is closed")
-        if self._root is None or self._root_ref is None or self._root_ref._cell is None:
+        root = None if self._root_ref is None else self._node.cell_of(self._root_ref)
+        if self._root is None or root is None:
             raise RuntimeError("the mesh is not started")
-        if self._root_ref._cell.instance is not self._root:
+        if root.instance is not self._root:
             raise AgentUnavailable("the mesh's root supervisor gave up; see wait_failure()")
         return self._root
 
@@ -747,3 +753,9 @@ class Mesh:
         """Wait until ``ref``'s agent ends for good (restarts do not count); returns
         the `Terminated` notice saying why."""
         return await self._node.wait_terminated(ref)
+
+
+def node_of(mesh: Mesh) -> Node:
+    """The kernel node a mesh runs its agents on: for the layers built on the mesh
+    (the simulation's step asks the policies of this node directly)."""
+    return mesh._node

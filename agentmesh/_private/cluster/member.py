@@ -36,13 +36,14 @@ from ..kernel.ref import AgentRef
 from ..placement.scheduler import LocalPlacer, Scheduler
 from ..pubsub.topics import TopicTrie
 from ..supervision.spec import ChildSpec
-from ..supervision.supervisor import Supervisor, claim_batch
+from ..supervision.supervisor import Supervisor, claim_batch, start_many_directly
 from ..transport.grpc_transport import GrpcTransport
 from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Beat, Directory, NodeInfo
 from .remote_child import ChildLink, OrphanGuard, RemoteChildren, child_op
 
 if TYPE_CHECKING:
     from ..kernel.node import Node
+    from ..pubsub.bus import Bus
 
 __all__ = ["Membership", "NodeService", "PlacementService", "RemotePlacer", "SpawnService"]
 
@@ -122,8 +123,9 @@ async def _start_child_here(
     )
     # As an OTP child is linked to its supervisor: if the supervisor ends for good
     # (its node died, say), the child stops rather than live on unsupervised.
-    assert ref._cell is not None
-    node.monitor(supervisor, OrphanGuard(ref._cell))
+    cell = node.cell_of(ref)
+    assert cell is not None
+    node.monitor(supervisor, OrphanGuard(cell))
     return ref
 
 
@@ -206,7 +208,7 @@ class SpawnService(Agent):
         if not isinstance(instance, Supervisor):
             return AgentUnavailable(f"no live supervisor {supervisor} on node {node.id}")
         try:
-            outcomes = await instance._start_children(specs)
+            outcomes = await start_many_directly(instance, specs)
         except AgentmeshError as exc:  # PlacementError ...: raised as it is at the spawner
             return exc
         return [_sendable(o, s.name or s.class_name) for o, s in zip(outcomes, specs, strict=True)]
@@ -344,8 +346,11 @@ class Membership:
         heartbeat: float = DEFAULT_HEARTBEAT,
         dead_after: float = DEFAULT_DEAD_AFTER,
         scheduler: Scheduler | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.node = node
+        #: The node's pub/sub bus: publications to other nodes go out through here.
+        self.bus = bus
         self.scheduler = scheduler
         self.transport = transport
         self.role = role
@@ -383,7 +388,7 @@ class Membership:
         await self._register()
         self.transport.resolve = self._resolve
         node.remote_children = RemoteChildren(self)
-        bus = node.bus
+        bus = self.bus
         if bus is not None:
             bus.remote_publish = self.remote_publish
             bus.share_interest = self.share_interest
@@ -411,7 +416,7 @@ class Membership:
         for peer, patterns in beat.interests.items():
             if peer != self.node.id:
                 self.apply_interest(peer, patterns)
-        bus = self.node.bus
+        bus = self.bus
         if bus is not None and bus.interest() and bus.share_interest is not None:
             await self.share_interest(bus.interest())  # a new head learns it again
 
@@ -552,7 +557,7 @@ class Membership:
             try:
                 await self.transport.send(node_id, env)
             except AgentmeshError as exc:
-                bus = self.node.bus
+                bus = self.bus
                 if bus is not None:
                     bus.dead_letter(topic, payload, f"node unreachable: {exc}", node_id, sender)
 

@@ -99,7 +99,10 @@ class OrphanGuard:
 
 
 class RemoteCell:
-    """The supervisor-side stand-in for a child's cell on another node."""
+    """The supervisor-side stand-in for a child's cell on another node (a kernel
+    `RemoteChildHandle`)."""
+
+    remote = True
 
     def __init__(
         self,
@@ -233,7 +236,7 @@ class RemoteChildren:
         outcomes = await spawner.spawn_children.ask(batch, supervisor, timeout=timeout)
         refs = [o for o in outcomes if isinstance(o, AgentRef)]
         # Its node's death reaches the supervisor: one monitor request for them all.
-        self.node.remote_monitors.watch_many(refs, supervisor._cell)
+        self.node.remote_monitors.watch_many(refs, self.node.cell_of(supervisor))
         return [
             RemoteCell(self, spec, o, supervisor, key) if isinstance(o, AgentRef) else o
             for spec, key, o in zip(specs, keys, outcomes, strict=True)
@@ -300,7 +303,7 @@ class RemoteChildren:
         if isinstance(outcome, AgentmeshError):
             raise outcome
         ref: AgentRef = outcome
-        self.node.monitor(ref, supervisor._cell)  # its node's death reaches the supervisor
+        self.node.monitor(ref, self.node.cell_of(supervisor))  # its node's death: news to it
         return ref
 
     async def operate(

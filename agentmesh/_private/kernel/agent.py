@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .methods import MethodTable
 
 if TYPE_CHECKING:
-    from ..mesh import Mesh
+    from ..mesh import Mesh  # the one name from above the kernel: the type of `mesh`
     from .cell import Cell
     from .exits import Terminated
+    from .ports import BusPort
     from .ref import AgentRef
 
 __all__ = ["Agent", "check_agent_class", "method_table"]
@@ -118,7 +119,7 @@ class Agent:
         ``handler``, if given)."""
         self._bus().unsubscribe_handler(self._am_cell, pattern, handler)
 
-    def _bus(self) -> Any:
+    def _bus(self) -> BusPort:
         bus = self._am_cell.node.bus
         if bus is None:
             raise RuntimeError("this agent's node has no pub/sub bus")
@@ -161,7 +162,7 @@ class Agent:
         """The mesh this agent lives in: spawn, get and publish from here."""
         facade = self._am_cell.node.facade
         assert facade is not None, "agent is not attached to a Mesh"
-        return facade  # type: ignore[no-any-return]
+        return cast("Mesh", facade)
 
     def __repr__(self) -> str:
         cell = getattr(self, "_am_cell", None)

@@ -163,6 +163,9 @@ class Lifecycle(abc.ABC):
     _done: asyncio.Future[None] | None
     _suspended: asyncio.Future[None] | None
 
+    #: A cell is a child here, never on another node (`ports.ChildHandle`).
+    remote = False
+
     @property
     def label(self) -> str:
         """The agent's name, else its id: how logs and errors call it."""

@@ -37,6 +37,7 @@ from .info import AgentInfo
 from .mailbox import DEFAULT_MAILBOX_SIZE
 from .monitors import RemoteMonitors, RemoteWatcher
 from .placing import Placer, Ticket
+from .ports import FRAMEWORK_PREFIX, BusPort, NodeRequest, RemoteChildrenPort
 from .ref import AgentRef
 from .state import MemoryStateStore, StateStore
 from .waits import describe_wait
@@ -99,16 +100,23 @@ class Node:
         self._background: set[asyncio.Task[None]] = set()
         self.remote_monitors = RemoteMonitors(self)
         self.names: dict[str, Cell] = {}
-        #: The user-facing object agents see as ``self.mesh`` (set by the mesh layer).
-        self.facade: Any = None
+        #: The user-facing object agents see as ``self.mesh`` (set by the mesh layer;
+        #: the kernel only hands it out).
+        self.facade: object | None = None
         #: The node's pub/sub bus (set by the mesh layer; the kernel only calls it).
-        self.bus: Any = None
+        self.bus: BusPort | None = None
+        #: The requests other nodes make of this one, by method (`serve`).
+        self.requests: dict[str, NodeRequest] = {
+            "!node.stop": NodeRequest(self._stop_request),
+            "!node.monitor": NodeRequest(self._monitor_request),
+            "!node.terminated": NodeRequest(self._terminated_request),
+        }
         #: Called with each cell that ends for good (the cluster releases its name).
         self.ended_hooks: list[Callable[[Cell], None]] = []
         #: Chooses nodes and holds resources for spawns (set by the mesh layer).
         self.placer: Placer | None = None
         #: Starts supervised children on other nodes (set by the cluster layer).
-        self.remote_children: Any = None
+        self.remote_children: RemoteChildrenPort | None = None
         #: Called with each named agent once started (the cluster claims its name
         #: everywhere; NameTaken stops the agent and fails the spawn).
         self.name_claims: list[Callable[[AgentRef], Awaitable[None]]] = []
@@ -417,6 +425,11 @@ class Node:
                 self._watchdog.stop()
                 self._watchdog = None
 
+    def cell_of(self, ref: AgentRef) -> Cell | None:
+        """The cell of ``ref``'s agent if it lives on this node (None otherwise): for
+        the layers above, which start, watch or drive agents here."""
+        return self._cell_of(ref, missing_ok=True)
+
     def _cell_of(self, ref: AgentRef, missing_ok: bool = False) -> Cell | None:
         cell = ref._cell
         if cell is not None:
@@ -645,15 +658,9 @@ class Node:
         None when done (delivered, run, served, or a tell dead-lettered), else what
         finishes it, waiting for room. Raises `AgentUnavailable` for an ask to an
         agent that is not here. The transport keeps the order per agent."""
-        method = env.method
-        if method.startswith("!node."):
-            if method == "!node.publish" and self.bus is not None:
-                topic, payload = env.args
-                rest: Callable[[], Awaitable[None]] | None
-                rest = self.bus.offer_publish(topic, payload, env.sender)
-                return rest
-            if self._node_request(env):
-                return None
+        request = self.requests.get(env.method)
+        if request is not None:
+            return request.serve(env)
         cell = self.cells.get(env.target)
         try:
             if cell is None:
@@ -667,12 +674,29 @@ class Node:
 
     def bypasses_queue(self, env: Envelope) -> bool:
         """Whether a peer's envelope is served at once, never queued behind an agent's
-        other messages: a node-level request (not a publication), a reentrant call,
-        or one for an agent that is not here or no longer takes messages."""
-        if env.method.startswith("!node."):
-            return env.method != "!node.publish"
+        other messages: a node-level request that is not ordered (`NodeRequest`), a
+        reentrant call, or one for an agent that is not here or takes no messages."""
+        request = self.requests.get(env.method)
+        if request is not None:
+            return not request.ordered
         cell = self.cells.get(env.target)
         return cell is None or cell.runs_at_once(env)
+
+    def serve(self, method: str, request: NodeRequest) -> None:
+        """Serve requests ``method`` (``!node.<what>``) from other nodes so: the layers
+        above the kernel register theirs (the bus, ``!node.publish``)."""
+        if not method.startswith("!node."):
+            raise ValueError(f"a node-level request is named !node.<what>, not {method!r}")
+        self.requests[method] = request
+
+    def is_control(self, env: Envelope) -> bool:
+        """Framework traffic, which the transport neither queues behind user messages
+        nor flow-controls: to the framework's own agents (``sys.*``), except ordered
+        node-level requests (publications, which are user traffic)."""
+        if not env.target.startswith(FRAMEWORK_PREFIX):
+            return False
+        request = self.requests.get(env.method)
+        return request is None or not request.ordered
 
     async def _post_from_peer(self, cell: Cell, env: Envelope) -> None:
         try:
@@ -686,26 +710,25 @@ class Node:
         # Nobody waits for a tell: its sender learns nothing, the dead letters do.
         self.undeliverable(env.target, env, str(exc))
 
-    def _node_request(self, env: Envelope) -> bool:
-        """Serve a node-level request (``!node.stop``, ``!node.monitor``,
-        ``!node.terminated``); False if ``env`` is none of them."""
-        if env.method == "!node.stop":
-            self._spawn_background(self._stop_for_peer(env))
-        elif env.method == "!node.monitor":
-            agent_ids, watcher_node = env.args  # one id, or a tuple of them
-            watcher = RemoteWatcher(self, watcher_node)
-            for agent_id in agent_ids if isinstance(agent_ids, tuple) else (agent_ids,):
-                cell = self.cells.get(agent_id)
-                if cell is None:
-                    ref = AgentRef._create(agent_id, None, self.id, self)
-                    watcher.deliver_notice("!terminated", self._gone_notice(ref))
-                else:
-                    cell.watch(watcher)
-        elif env.method == "!node.terminated":
-            self.remote_monitors.notice(env.args[0])
-        else:
-            return False
-        return True
+    def _stop_request(self, env: Envelope) -> None:
+        """``!node.stop``: stop one of this node's agents for a peer."""
+        self._spawn_background(self._stop_for_peer(env))
+
+    def _monitor_request(self, env: Envelope) -> None:
+        """``!node.monitor``: a peer watches agents of this node."""
+        agent_ids, watcher_node = env.args  # one id, or a tuple of them
+        watcher = RemoteWatcher(self, watcher_node)
+        for agent_id in agent_ids if isinstance(agent_ids, tuple) else (agent_ids,):
+            cell = self.cells.get(agent_id)
+            if cell is None:
+                ref = AgentRef._create(agent_id, None, self.id, self)
+                watcher.deliver_notice("!terminated", self._gone_notice(ref))
+            else:
+                cell.watch(watcher)
+
+    def _terminated_request(self, env: Envelope) -> None:
+        """``!node.terminated``: an agent a watcher here watched, on a peer, ended."""
+        self.remote_monitors.notice(env.args[0])
 
     def offer_tells(
         self, tells: list[Any], start: int, held: Container[str], delivered: dict[str, int]

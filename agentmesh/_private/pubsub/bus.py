@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..kernel.cell import Cell
+from ..kernel.envelope import Envelope
 from .decorator import decorated_handlers
 from .subscriptions import (
     AgentSubscription,
@@ -175,6 +176,12 @@ class Bus:
         if self.remote_publish is not None and not local_only:
             await self.remote_publish(topic, payload, sender)
         return len(subs)
+
+    def take_publication(self, env: Envelope) -> Callable[[], Awaitable[None]] | None:
+        """Serve ``!node.publish``, a publication another node sends here once for
+        all its subscribers on this node (see `offer_publish`)."""
+        topic, payload = env.args
+        return self.offer_publish(topic, payload, env.sender)
 
     def offer_publish(
         self, topic: str, payload: Any, sender: str | None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..kernel.agent import Agent
 from ..kernel.ref import AgentRef
+from ..mesh import node_of
 from .env import Env
 from .fanout import Collected, LocalFanout, NodeFanout
 from .progress import ProgressBar
@@ -34,11 +35,11 @@ class _Stepper:
 
     def __init__(self, mesh: Mesh, policies: Mapping[str, AgentRef]) -> None:
         self.mesh = mesh
-        node = mesh._node
+        node = node_of(mesh)
         here: dict[str, AgentRef] = {}
         self.elsewhere: dict[str, dict[str, AgentRef]] = {}
         for agent, ref in policies.items():
-            if ref._cell is not None or ref.node == node.id:
+            if ref.node == node.id or node.cell_of(ref) is not None:
                 here[agent] = ref
             else:
                 self.elsewhere.setdefault(ref.node, {})[agent] = ref
@@ -168,7 +169,7 @@ async def run_episode(
     missing = sorted(set(env.possible_agents) - set(policies))
     if missing:
         raise ValueError(f"no policy for agents {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    timeout = mesh._node.ask_timeout if deadline is None else deadline
+    timeout = node_of(mesh).ask_timeout if deadline is None else deadline
     stepper = _Stepper(mesh, policies)
     await stepper.start()
     tally = _Tally(episode)
@@ -280,7 +281,7 @@ async def run_episodes(
 
 
 def _episode_timeout(mesh: Mesh) -> float:
-    return max(mesh._node.ask_timeout, 24 * 3600.0)  # an episode may take long
+    return max(node_of(mesh).ask_timeout, 24 * 3600.0)  # an episode may take long
 
 
 async def _hosting_nodes(mesh: Mesh) -> list[str]:

@@ -9,7 +9,7 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from ..kernel.agent import Agent
 from ..kernel.cell import Cell, State
@@ -22,6 +22,7 @@ from ..kernel.errors import (
 )
 from ..kernel.exits import ABNORMAL, ExitReason, Terminated
 from ..kernel.placing import OnNode, PlacementRequest, Ticket
+from ..kernel.ports import ChildHandle, RemoteChildHandle
 from ..kernel.ref import AgentRef
 from .spec import ChildSpec, SupervisorSpec
 
@@ -53,8 +54,8 @@ class ChildInfo:
 class _Child:
     """A supervisor's record of one child, and the child's exit listener.
 
-    ``cell`` is the child's `Cell` when it lives on this node, or a stand-in with the
-    same surface (state, stop, suspend, restart, end) when it lives on another.
+    ``cell`` is the child's `Cell` when it lives on this node, or a stand-in when it
+    lives on another: a kernel `ChildHandle` either way (``remote`` tells which).
     """
 
     __slots__ = ("batch", "cell", "dynamic", "early", "key", "spec", "supervisor")
@@ -64,14 +65,14 @@ class _Child:
         self.key = key
         self.spec = spec
         self.dynamic = dynamic
-        self.cell: Any = None
+        self.cell: ChildHandle | None = None
         #: An exit notice from a child on another node that came before the reply
         #: saying it started (kept, and handled once it has).
         self.early: tuple[Any, ...] | None = None
         #: The batch it was started in (`Supervisor._start_children`), if any.
         self.batch: int | None = None
 
-    def started(self, cell: Any) -> None:
+    def started(self, cell: ChildHandle) -> None:
         """The child is running (``cell``: its cell or stand-in); an exit notice that
         overtook the news is handled now, in a turn of the supervisor."""
         self.cell = cell
@@ -241,9 +242,9 @@ class Supervisor(Agent):
             (c for c in self._children.values() if c.cell is not None and c.cell.ref == notice.ref),
             None,
         )
-        if child is None or not hasattr(child.cell, "node_lost"):
+        if child is None or child.cell is None or not child.cell.remote:
             return
-        child.cell.node_lost(notice.error)
+        cast("RemoteChildHandle", child.cell).node_lost(notice.error)
         taken = takes_restart(child.spec.restart, "node_down")
         await self._child_exited(child.key, "node_down", notice.error, taken)
 
@@ -288,10 +289,9 @@ class Supervisor(Agent):
             if target is not None and target != node.id:
                 if node.remote_children is None:
                     raise AgentUnavailable(f"node {target} is not reachable: no cluster here")
-                child.started(
-                    await node.remote_children.spawn(spec, cell.ref, child.key, target, ticket)
-                )
-                return child.cell.ref  # type: ignore[no-any-return]
+                handle = await node.remote_children.spawn(spec, cell.ref, child.key, target, ticket)
+                child.started(handle)
+                return handle.ref
             ref = await node.spawn(
                 spec.agent_class,
                 spec.args,
@@ -307,7 +307,7 @@ class Supervisor(Agent):
             if ticket is not None and placer is not None:
                 placer.release(ticket.key)
             raise
-        child.cell = ref._cell
+        child.cell = node.cells[ref.id]
         return ref
 
     async def _start_children(
@@ -368,7 +368,7 @@ class Supervisor(Agent):
                 except Exception as exc:
                     outcomes[i] = exc
                     continue
-                children[i].started(ref._cell)
+                children[i].started(node.cells[ref.id])
                 outcomes[i] = ref
             if bulk:
                 claimed = await claim_batch(node, [outcomes[i] for i in indices])
@@ -439,19 +439,17 @@ class Supervisor(Agent):
 
     async def _stop_batch(self, children: list[_Child]) -> None:
         node = self._am_cell.node
-        here = [c for c in children if isinstance(c.cell, Cell)]
-        there = [c.cell for c in children if c.cell is not None and not isinstance(c.cell, Cell)]
+        here = [(c, c.cell) for c in children if c.cell is not None and not c.cell.remote]
+        there = [(c, c.cell) for c in children if c.cell is not None and c.cell.remote]
 
-        async def stop_here() -> None:
-            for child in here:
-                await child.cell.stop(child.spec.shutdown or node.shutdown_timeout)
+        async def stop(handles: list[tuple[_Child, ChildHandle]]) -> None:
+            for child, handle in handles:
+                await handle.stop(child.spec.shutdown or node.shutdown_timeout)
 
         if not there or node.remote_children is None:
-            await stop_here()
-            for cell in there:  # (no cluster: nothing there to stop)
-                await cell.stop(cell.spec.shutdown or node.shutdown_timeout)
+            await stop(here + there)  # (no cluster: nothing there to stop)
             return
-        await asyncio.gather(stop_here(), node.remote_children.stop_many(there))
+        await asyncio.gather(stop(here), node.remote_children.stop_many([h for _, h in there]))
 
     # -- restarting -----------------------------------------------------------------
 
@@ -474,8 +472,8 @@ class Supervisor(Agent):
             # while its node was away): what it says is stale.
             log.info("%s: ignoring the exit of a stale instance %s", self._label, instance)
             return
-        if hasattr(child.cell, "exited"):  # a child on another node: note what it said
-            child.cell.exited(reason, error, taken)
+        if child.cell.remote:  # a child on another node: note what it said
+            cast("RemoteChildHandle", child.cell).exited(reason, error, taken)
         if not taken:
             log.info("%s: child %s exited (%s)", self._label, child.cell.label, reason)
             if child.dynamic and not child.alive:
@@ -565,3 +563,22 @@ class Supervisor(Agent):
             last_error=cell.last_error,
             dynamic=child.dynamic,
         )
+
+
+async def start_directly(
+    supervisor: Supervisor, spec: ChildSpec, ticket: Ticket | None = None
+) -> AgentRef:
+    """Start a dynamic child of a supervisor of this node directly, not through its
+    mailbox (as `Supervisor.start_child`), so errors come as they are (NameTaken,
+    SpawnError ...): how the mesh starts what it spawns."""
+    return await supervisor._start_child(spec, dynamic=True, ticket=ticket)
+
+
+async def start_many_directly(
+    supervisor: Supervisor,
+    specs: Sequence[ChildSpec],
+    tickets: Sequence[Ticket | None] | None = None,
+) -> list[AgentRef | Exception]:
+    """`Supervisor.start_children` for a supervisor of this node, directly: each
+    child's ref, or the error that kept it from starting."""
+    return await supervisor._start_children(specs, tickets)

@@ -23,6 +23,7 @@ import grpc
 from ...v1 import wire_pb2
 from ..kernel.envelope import Envelope
 from ..kernel.errors import AgentUnavailable, AuthError, MailboxFull
+from ..kernel.ports import FRAMEWORK_PREFIX
 from ..kernel.transport import Transport
 from .auth import check_listen_address, new_nonce, prove, verify
 from .frames import MalformedFrame
@@ -213,7 +214,7 @@ class GrpcTransport(Transport):
         link.send_nowait(env)
 
     def route(self, peer: str, target: str) -> Link | None:
-        if target.startswith("sys."):  # the framework's own traffic: not windowed
+        if target.startswith(FRAMEWORK_PREFIX):  # the framework's own traffic: not windowed
             return None
         link = self.links.get(peer)
         return None if link is None or link.closed else link
@@ -313,6 +314,7 @@ class GrpcTransport(Transport):
             node.take_from_peer,
             node.bypasses_queue,
             node.offer_tells,
+            node.is_control,
             self.window,
         )
         link.on_malformed = functools.partial(self._malformed, link)

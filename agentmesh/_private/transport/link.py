@@ -75,12 +75,6 @@ def _has_typed(env: Envelope) -> bool:
     return False
 
 
-def _is_control(env: Envelope) -> bool:
-    """Messages for the framework's own agents, except publications (user traffic,
-    which keeps its order and flow control)."""
-    return env.target.startswith("sys.") and env.method != "!node.publish"
-
-
 class Link:
     """A stream to ``peer`` after the handshake; `run` serves it until it breaks."""
 
@@ -95,6 +89,7 @@ class Link:
         take: Take,
         bypasses: Callable[[Envelope], bool],
         offer_tells: OfferTells,
+        control: Callable[[Envelope], bool],
         receive_window: int | None = None,
     ) -> None:
         self.peer = peer
@@ -102,6 +97,9 @@ class Link:
         self._read = read
         self._write = write
         self._deliver = deliver  # for the framework's own agents
+        #: Whether an envelope is control traffic: never windowed nor queued behind
+        #: user messages (`Node.is_control`).
+        self._is_control = control
         self.window = window  # envelopes we may still send before credit comes back
         self._per_agent = window  # tells to one agent in flight, at most
         self._sent: dict[str, int] = {}  # tells in flight per agent (not delivered)
@@ -150,7 +148,7 @@ class Link:
         if corr:
             time_left = max(0.0, env.deadline - asyncio.get_running_loop().time())
         wire: wire_pb2.Envelope | bytes
-        if _has_typed(env) and not _is_control(env):
+        if _has_typed(env) and not self._is_control(env):
             wire = wire_pb2.Envelope(
                 target=env.target,
                 method=env.method,
@@ -221,7 +219,7 @@ class Link:
     async def send(self, env: Envelope) -> None:
         """Queue ``env``, first waiting for the peer to grant room: on the stream, and
         for a tell, at its agent."""
-        if not _is_control(env):
+        if not self._is_control(env):
             tell = env.reply is None
             while True:
                 self._check_open()
@@ -257,7 +255,7 @@ class Link:
 
     def _send(self, env: Envelope) -> None:
         self._check_open()
-        if _is_control(env):  # the framework's own traffic: no window
+        if self._is_control(env):  # the framework's own traffic: no window
             control = self._encode(env)
             assert isinstance(control, bytes)
             self._control_out.append(control)
