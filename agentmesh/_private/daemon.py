@@ -9,6 +9,7 @@ and benchmarks their heads and workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -98,7 +99,11 @@ class Daemon:
             await daemon.kill()
             raise
         if not line:
-            await daemon.kill()  # it has exited: this waits for it and its stderr
+            # It is exiting (its stdout closed): let it finish, so that its own exit
+            # code is the one reported, not the SIGKILL of a process still unwinding.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), timeout)
+            await daemon.kill()  # (if it has not exited yet) and wait for its stderr
             said = daemon.log.decode(errors="replace").strip()
             raise RuntimeError(
                 f"agentmesh {' '.join(args)} exited with {process.returncode} before "
