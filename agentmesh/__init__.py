@@ -7,6 +7,7 @@ which they ask, tell and stop each other. See README.md and docs/ for the concep
 import logging
 
 from ._private.cluster.directory import NodeInfo
+from ._private.config import MeshConfig
 from ._private.kernel.agent import Agent
 from ._private.kernel.errors import (
     AgentmeshError,
@@ -78,6 +79,7 @@ __all__ = [
     "MailboxFull",
     "MemoryStateStore",
     "Mesh",
+    "MeshConfig",
     "MethodRef",
     "NameTaken",
     "Near",

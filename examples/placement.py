@@ -33,10 +33,10 @@ async def main() -> None:
             join=str(head.address),
             resources={"cpu": 8, "gpu": 1},
             labels={"zone": "eu", "accelerator": "a100"},
-            _role="worker",
+            role="worker",
         ) as eu,
         am.Mesh(
-            join=str(head.address), resources={"cpu": 8}, labels={"zone": "us"}, _role="worker"
+            join=str(head.address), resources={"cpu": 8}, labels={"zone": "us"}, role="worker"
         ) as us,
         am.Mesh(join=str(head.address)) as driver,
     ):

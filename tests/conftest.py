@@ -225,8 +225,8 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
         return
     network = MemoryNetwork()
     async with (
-        am.Mesh(**options, _transport=network.transport()) as driver,
-        am.Mesh(**options, _transport=network.transport()) as host,
+        am.Mesh._over(network.transport(), **options) as driver,
+        am.Mesh._over(network.transport(), **options) as host,
     ):
         yield World("memory", driver, host)
 
@@ -254,8 +254,8 @@ async def open_grpc_pair(
     near = GrpcTransport(window=window, token=tokens[0])
     far = GrpcTransport(window=window, token=tokens[1])
     async with (
-        am.Mesh(**options, _transport=near) as driver,
-        am.Mesh(**options, _transport=far) as host,
+        am.Mesh._over(near, **options) as driver,
+        am.Mesh._over(far, **options) as host,
     ):
         near.add_peer(host.node_id, far.address)
         far.add_peer(driver.node_id, near.address)

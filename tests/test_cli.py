@@ -84,7 +84,7 @@ def test_the_head_listens_on_its_port_and_takes_dead_after(
 
 def test_a_worker_joins_and_listens_on_any_port(monkeypatch: pytest.MonkeyPatch) -> None:
     options = _mesh_options(monkeypatch, "node", "--join", "head:7470")
-    assert (options["join"], options["listen"], options["_role"]) == (
+    assert (options["join"], options["listen"], options["role"]) == (
         "head:7470",
         "127.0.0.1:0",
         "worker",

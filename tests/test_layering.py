@@ -96,8 +96,9 @@ ALLOWED = {
     "running": set(),
     "protogen": set(),
     "cluster": {"kernel", "supervision", "placement", "pubsub", "transport"},
-    "mesh": {"kernel", "supervision", "placement", "pubsub", "transport", "cluster"},
-    "cli": {"kernel", "placement", "transport", "cluster", "mesh", "running"},
+    "config": {"kernel", "placement", "transport", "cluster"},
+    "mesh": {"kernel", "supervision", "placement", "pubsub", "transport", "cluster", "config"},
+    "cli": {"kernel", "placement", "transport", "cluster", "mesh", "running", "config"},
     "sim": {"kernel", "mesh", "daemon", "running"},
 }
 #: The one name a lower layer takes from a higher one, for type checking only: the

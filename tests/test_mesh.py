@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -121,3 +122,30 @@ async def test_many_idle_agents_hold_no_tasks(mesh: am.Mesh) -> None:
     await wait_for(lambda: len(asyncio.all_tasks()) == before, what="runners ended")
     cells = [mesh._node.cells[r.id] for r in refs]
     assert all(cell.runner is None and cell.mailbox.items is None for cell in cells)
+
+
+async def test_a_config_object_and_keywords_configure_a_mesh_alike() -> None:
+    config = am.MeshConfig(ask_timeout=2.0, mailbox_size=7)
+    async with am.Mesh(config, shutdown_timeout=1.0) as mesh:
+        assert mesh.config == dataclasses.replace(config, shutdown_timeout=1.0)
+        counter = await mesh.spawn(Counter, 1)
+        assert (await mesh.info(counter)).mailbox_size == 7
+    async with am.Mesh(ask_timeout=2.0, mailbox_size=7, shutdown_timeout=1.0) as mesh:
+        assert mesh.config == dataclasses.replace(config, shutdown_timeout=1.0)
+
+
+def test_a_config_is_checked_when_made() -> None:
+    with pytest.raises(ValueError, match="mailbox_size"):
+        am.MeshConfig(mailbox_size=0)
+    with pytest.raises(ValueError, match="heartbeat"):
+        am.MeshConfig(heartbeat=5.0, dead_after=2.0)
+    with pytest.raises(ValueError, match="role"):
+        am.MeshConfig(role="worker")  # a worker joins a cluster
+    with pytest.raises(TypeError, match="bogus"):
+        am.Mesh(bogus=1)  # type: ignore[call-arg]
+
+
+def test_mesh_options_and_config_fields_are_the_same() -> None:
+    from agentmesh._private.config import MeshOptions, config_fields
+
+    assert list(MeshOptions.__annotations__) == config_fields()

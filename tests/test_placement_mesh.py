@@ -139,10 +139,10 @@ async def cluster() -> AsyncIterator[tuple[am.Mesh, am.Mesh, am.Mesh, am.Mesh]]:
                 join=head.address,
                 resources={"cpu": 4, "gpu": 1},
                 labels={"zone": "eu", "tier": "gpu"},
-                _role="worker",
+                role="worker",
             ) as eu,
             am.Mesh(
-                join=head.address, resources={"cpu": 4}, labels={"zone": "us"}, _role="worker"
+                join=head.address, resources={"cpu": 4}, labels={"zone": "us"}, role="worker"
             ) as us,
             am.Mesh(join=head.address, ask_timeout=10) as driver,
         ):
@@ -183,7 +183,7 @@ async def test_a_busy_cluster_queues_spawns_until_a_node_joins(
     await wait_for(lambda: _queued(driver), what="the spawn queued at the head")
     assert head.address is not None
     async with am.Mesh(
-        join=head.address, resources={"gpu": 2}, labels={"zone": "ap"}, _role="worker"
+        join=head.address, resources={"gpu": 2}, labels={"zone": "ap"}, role="worker"
     ) as ap:
         ref = await asyncio.wait_for(waiting, 10)
         assert ref.node == ap.node_id

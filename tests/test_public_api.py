@@ -35,6 +35,7 @@ EXPECTED = {
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "MailboxFull",
     "Mesh",
+    "MeshConfig",
     "MethodRef",
     "NodeInfo",
     "NameTaken",

@@ -176,10 +176,10 @@ async def cluster() -> AsyncIterator[tuple[am.Mesh, am.Mesh, am.Mesh, am.Mesh]]:
                 join=head.address,
                 resources={"cpu": 4, "gpu": 1},
                 labels={"zone": "eu"},
-                _role="worker",
+                role="worker",
             ) as eu,
             am.Mesh(
-                join=head.address, resources={"cpu": 4}, labels={"zone": "us"}, _role="worker"
+                join=head.address, resources={"cpu": 4}, labels={"zone": "us"}, role="worker"
             ) as us,
             am.Mesh(join=head.address, ask_timeout=10) as driver,
         ):

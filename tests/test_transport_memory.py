@@ -29,8 +29,8 @@ MemoryNodes = tuple[am.Mesh, am.Mesh]
 async def memory_nodes() -> AsyncIterator[MemoryNodes]:
     network = MemoryNetwork()
     async with (
-        am.Mesh(_transport=network.transport(), ask_timeout=5) as left,
-        am.Mesh(_transport=network.transport(), ask_timeout=5) as right,
+        am.Mesh._over(network.transport(), ask_timeout=5) as left,
+        am.Mesh._over(network.transport(), ask_timeout=5) as right,
     ):
         yield left, right
 

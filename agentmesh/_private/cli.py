@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                 tls=_tls(args),
                 heartbeat=args.heartbeat,
                 slow_turn=_slow_turn(args),
-                _role="worker",
+                role="worker",
             )
             run(_serve(mesh))
         elif args.command == "drain":

@@ -7,13 +7,14 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
-from .cluster.directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, NodeInfo
+from .cluster.directory import NodeInfo
 from .cluster.member import Membership
+from .config import MeshConfig, MeshOptions
 from .kernel.agent import Agent
 from .kernel.cell import Cell
 from .kernel.context import current_cell, current_node
@@ -25,20 +26,19 @@ from .kernel.errors import (
 )
 from .kernel.exits import ExitReason, Terminated
 from .kernel.info import AgentInfo
-from .kernel.mailbox import DEFAULT_MAILBOX_SIZE
-from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_TURN, Node
-from .kernel.placing import GangStrategy, OnNode, Selector, Strategy, Ticket, make_request
+from .kernel.node import Node
+from .kernel.placing import GangStrategy, OnNode, Selector, Strategy, Ticket
 from .kernel.ports import NodeRequest
 from .kernel.ref import AgentRef
 from .kernel.state import StateStore
 from .kernel.transport import Transport
 from .placement.resources import machine_resources
-from .placement.scheduler import DEFAULT_PLACEMENT_TIMEOUT, LocalPlacer, Scheduler
+from .placement.scheduler import LocalPlacer, Scheduler
 from .pubsub.bus import Bus, BusStatistics
 from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
 from .supervision.supervisor import Supervisor, settle, start_directly, start_many_directly
-from .transport.grpc_transport import TLS, GrpcTransport
+from .transport.grpc_transport import GrpcTransport
 
 __all__ = ["Mesh"]
 
@@ -58,13 +58,16 @@ class Mesh:
     the failure is kept: `wait_failure` returns it, and leaving the mesh raises it if
     nobody retrieved it.
 
-    Options (all keyword-only): ``ask_timeout`` (default 30 s) bounds every ask that
+    Options are keywords (``Mesh(ask_timeout=5)``), or a `MeshConfig` made before
+    (``Mesh(config)``; keywords given too replace its fields); ``mesh.config`` is
+    what the mesh runs with. ``ask_timeout`` (default 30 s) bounds every ask that
     does not pass its own; ``shutdown_timeout`` (default 5 s) is how long a stopping
     agent may take before it is cancelled; ``mailbox_size`` (default 1000) is the
     capacity of a mailbox when neither the agent class nor `spawn` sets one;
     ``state_store`` (default: in memory) keeps agents' snapshots; ``slow_turn``
     (default 0.5 s; None: off) is how long a turn may block the event loop before a
     watchdog thread logs a WARNING naming the agent and method (docs/lifecycle.md).
+    The cluster's options (``listen``, ``join``, ``role`` ...) are in docs/cluster.md.
 
     The mesh, its agents and its refs belong to the event loop it was entered on;
     from other threads use ``ref.method.ask_sync()`` / ``tell_sync()``.
@@ -76,52 +79,45 @@ class Mesh:
             assert await counter.add(2) == 2
     """
 
-    def __init__(
-        self,
-        *,
-        ask_timeout: float = DEFAULT_ASK_TIMEOUT,
-        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-        mailbox_size: int = DEFAULT_MAILBOX_SIZE,
-        state_store: StateStore | None = None,
-        restart_intensity: int = 3,
-        restart_period: float = 5.0,
-        listen: str | None = None,
-        join: str | None = None,
-        advertise: str | None = None,
-        token: str | None = None,
-        resources: Mapping[str, float] | None = None,
-        labels: Mapping[str, str] | None = None,
-        tls: TLS | None = None,
-        heartbeat: float = DEFAULT_HEARTBEAT,
-        dead_after: float = DEFAULT_DEAD_AFTER,
-        placement_timeout: float = DEFAULT_PLACEMENT_TIMEOUT,
-        node_id: str | None = None,
-        slow_turn: float | None = DEFAULT_SLOW_TURN,
-        _transport: Transport | None = None,
-        _role: str | None = None,
-    ) -> None:
-        if mailbox_size < 1:
-            raise ValueError(f"mailbox_size must be at least 1, got {mailbox_size}")
-        if not 0 < heartbeat < dead_after:
-            raise ValueError(f"need 0 < heartbeat < dead_after, got {heartbeat}, {dead_after}")
-        if placement_timeout < 0:
-            raise ValueError(f"placement_timeout must be 0 or more, got {placement_timeout}")
-        self._root_spec = SupervisorSpec(intensity=restart_intensity, period=restart_period)
+    def __init__(self, config: MeshConfig | None = None, /, **options: Unpack[MeshOptions]) -> None:
+        config = MeshConfig(**options) if config is None else replace(config, **options)
+        self._setup(config, None)
+
+    @classmethod
+    def _over(
+        cls, transport: Transport, config: MeshConfig | None = None, /, **options: Any
+    ) -> Mesh:
+        """A mesh whose node talks through ``transport`` (a `MemoryNetwork`'s: several
+        meshes in one process, for tests and simulations)."""
+        mesh = cls.__new__(cls)
+        mesh._setup(
+            MeshConfig(**options) if config is None else replace(config, **options), transport
+        )
+        return mesh
+
+    def _setup(self, config: MeshConfig, transport: Transport | None) -> None:
+        #: What this mesh was configured with.
+        self.config = config
+        self._root_spec = SupervisorSpec(
+            intensity=config.restart_intensity, period=config.restart_period
+        )
         grpc_transport: GrpcTransport | None = None
-        if listen is not None or join is not None:
-            token = token if token is not None else os.environ.get("AGENTMESH_TOKEN")
+        if config.clustered:
             grpc_transport = GrpcTransport(
-                listen or "127.0.0.1:0", token=token, tls=tls, advertise=advertise
+                config.listen or "127.0.0.1:0",
+                token=config.cluster_token(),
+                tls=config.tls,
+                advertise=config.advertise,
             )
-            _transport = grpc_transport
+            transport = grpc_transport
         self._node = Node(
-            node_id=node_id,
-            ask_timeout=ask_timeout,
-            shutdown_timeout=shutdown_timeout,
-            mailbox_size=mailbox_size,
-            transport=_transport,
-            state_store=state_store,
-            slow_turn=slow_turn,
+            node_id=config.node_id,
+            ask_timeout=config.ask_timeout,
+            shutdown_timeout=config.shutdown_timeout,
+            mailbox_size=config.mailbox_size,
+            transport=transport,
+            state_store=config.state_store,
+            slow_turn=config.slow_turn,
         )
         self._node.facade = self
         self._bus = Bus()
@@ -134,24 +130,25 @@ class Mesh:
         self._failure: asyncio.Future[RestartIntensityExceeded | None] | None = None
         self._failure_seen = False
         self._membership: Membership | None = None
-        role = _role or ("head" if join is None else "driver")
+        role = config.role or ("head" if config.join is None else "driver")
+        resources = config.resources
         if resources is None:
             resources = {} if role == "driver" else machine_resources()
-        make_request(resources, labels)  # refuse bad names and amounts now
-        self._scheduler = Scheduler(placement_timeout)
+        labels = config.labels or {}
+        self._scheduler = Scheduler(config.placement_timeout)
         if grpc_transport is None:
-            self._scheduler.node_up(self._node.id, "head", resources, labels or {})
+            self._scheduler.node_up(self._node.id, "head", resources, labels)
             self._node.placer = LocalPlacer(self._scheduler)
         else:
             self._membership = Membership(
                 self._node,
                 grpc_transport,
                 role=role,
-                head=join,
-                resources=dict(resources or {}),
-                labels=dict(labels or {}),
-                heartbeat=heartbeat,
-                dead_after=dead_after,
+                head=config.join,
+                resources=dict(resources),
+                labels=dict(labels),
+                heartbeat=config.heartbeat,
+                dead_after=config.dead_after,
                 scheduler=self._scheduler,
                 bus=self._bus,
             )
