@@ -6,7 +6,7 @@ with a stand-in, so a test sees the keyword arguments a command line becomes.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from typing import Any
 
 import pytest
@@ -38,7 +38,7 @@ def _mesh_options(monkeypatch: pytest.MonkeyPatch, *argv: str) -> dict[str, Any]
 
 
 def _library_default(option: str) -> Any:
-    return inspect.signature(am.Mesh).parameters[option].default
+    return next(f.default for f in dataclasses.fields(am.MeshConfig) if f.name == option)
 
 
 @pytest.mark.parametrize(
