@@ -50,6 +50,11 @@ _OPEN = (
 # (about 0.1 us on Python 3.11), too much on the path of every message.
 _RUNNING = State.RUNNING
 
+#: A slice that finds more messages queued than this awaits them in one coroutine
+#: (`_drain_serial`); fewer are driven by hand (`_turns_now`): three coroutines to
+#: make cost about what a `StopIteration` a turn does for two or three turns.
+_AWAIT_FROM = 3
+
 #: States in which the agent takes turns (STOPPING: those queued before the stop).
 _TAKES_TURNS = (State.RUNNING, State.STOPPING)
 #: States in which there is nothing to run: no instance, or ended.
@@ -320,8 +325,8 @@ class Cell(Lifecycle):
         if state is _RUNNING and self.concurrency == 1 and not self.checkpoint_every:
             self._turns_left = TURNS_PER_SLICE
             items = self.mailbox.items
-            if items is not None and len(items) > 1:
-                coro = self._run()  # several queued: awaited in one coroutine
+            if items is not None and len(items) > _AWAIT_FROM:
+                coro = self._run()  # a backlog: awaited in one coroutine
                 try:
                     return coro, coro.send(None)
                 except StopIteration:
@@ -374,7 +379,12 @@ class Cell(Lifecycle):
                     if turn is not None:
                         started, turn = turn, None
                         await self._finish_turn(*started)
-                    await self._run_once()
+                    if self.state is State.STARTING:
+                        await self._run_start()
+                    if self.concurrency == 1:
+                        await self._drain_serial()
+                    else:
+                        await self._drain_concurrent()
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if not self._halt or task is None or self.state is State.STOPPED:
@@ -397,14 +407,6 @@ class Cell(Lifecycle):
         finally:
             self.runner = None
             self.mailbox.release()
-
-    async def _run_once(self) -> None:
-        if self.state is State.STARTING:
-            await self._run_start()
-        if self.concurrency == 1:
-            await self._drain_serial()
-        else:
-            await self._drain_concurrent()
 
     def chain_of_current_task(self) -> int:
         """The call chain of the running handler of this agent, for asks it makes.

@@ -40,6 +40,7 @@ log = logging.getLogger("agentmesh.watchdog")
 #: an envelope (``env``), a lifecycle hook (``hook``), or the constructor (None).
 _TURNS: dict[CodeType, str | None] = {
     Cell._turns_now.__code__: "env",
+    Cell._drain_serial.__code__: "env",
     Cell._finish_turn.__code__: "env",
     Cell._turn.__code__: "env",
     Lifecycle._hook.__code__: "hook",
