@@ -272,7 +272,7 @@ class Cell(Lifecycle):
                 dispatcher.task is None and asyncio._get_running_loop() is not node.loop
             ):
                 self._scheduled_elsewhere()  # raises, unless it bound an unbound node
-            # Dispatcher.schedule, inlined: this runs once per message to an idle agent.
+            # Onto the dispatcher's ready queue (once per message to an idle agent).
             self.queued = True
             dispatcher.ready.append(self)
             if dispatcher.task is None:

@@ -94,17 +94,9 @@ class Dispatcher:
         self.base = contextvars.copy_context()
         self.base.run(_enter_node, self.node)
 
-    def schedule(self, cell: Cell) -> None:
-        """Queue ``cell`` for turns (it has messages, or a start, stop or crash to go
-        through) and make sure a task serves the queue. Call on the node's loop;
-        `Cell.schedule` does the same inline."""
-        cell.queued = True
-        self.ready.append(cell)
-        if self.task is None:
-            self.start()
-
     def start(self) -> None:
-        """Start a task to serve the ready queue (none serves it now)."""
+        """Start a task to serve the ready queue (none serves it now). Cells queue
+        themselves (`Cell.schedule`: append to `ready`, then this if `task` is None)."""
         self.task = self.loop.create_task(self._serve(), context=self.base.copy())
 
     def context_for(self, cell: Cell) -> contextvars.Context:
