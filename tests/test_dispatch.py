@@ -13,6 +13,7 @@ import contextvars
 import pytest
 
 import agentmesh as am
+from agentmesh._private.kernel.answers import PENDING, Answers
 
 from .conftest import wait_for
 
@@ -52,7 +53,7 @@ class Patient(am.Agent):
             return f"group failed: {eg.exceptions[0]}"
         return "never"
 
-    async def wait_gate(self) -> str:
+    async def wait_gate(self, _: object = None) -> str:
         await self.gate.wait()
         return "through"
 
@@ -199,40 +200,143 @@ async def test_a_crash_while_suspended_restarts_cleanly(mesh: am.Mesh, seconds: 
     await sup.stop()
 
 
-class _Slot:
-    """A `Reply` that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.outcome: tuple[str, object] | None = None
-
-    def done(self) -> bool:
-        return self.outcome is not None
-
-    def set_result(self, value: object) -> None:
-        self.outcome = ("ok", value)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.outcome = ("error", exc)
-
-
-async def test_asks_in_a_batch_answer_into_their_replies(mesh: am.Mesh) -> None:
+async def test_asks_in_a_batch_answer_by_position(mesh: am.Mesh) -> None:
     node = mesh._node
     agents = [await mesh.spawn(Patient) for _ in range(3)]
     gone = await mesh.spawn(Patient)
     await gone.stop()
+    busy = await mesh.spawn(Patient)
+    stuck = asyncio.ensure_future(busy.wait_gate())  # its turn waits: the next queues
+    await wait_for(lambda: busy._cell is not None and busy._cell.current is not None)
     full = await mesh.spawn(Patient, mailbox_size=1)
-    stuck = asyncio.ensure_future(full.wait_gate())  # its turn waits: the next queues
+    stuck_too = asyncio.ensure_future(full.wait_gate())
     await wait_for(lambda: full._cell is not None and full._cell.current is not None)
     await full.echo.tell(0)  # the one place in its mailbox, taken
-    slots = [_Slot() for _ in range(5)]
-    calls = [(a, "echo", (i,), s) for i, (a, s) in enumerate(zip(agents, slots, strict=False))]
-    calls.append((gone, "echo", (9,), slots[3]))
-    calls.append((full, "echo", (10,), slots[4]))
-    deadline = asyncio.get_running_loop().time() + 5
-    assert node.offer_asks(calls, deadline) == [4]  # the full mailbox: the caller's to ask
-    assert slots[3].outcome is not None
-    assert isinstance(slots[3].outcome[1], am.AgentUnavailable)
-    await wait_for(lambda: all(s.done() for s in slots[:3]), what="the three answers")
-    assert [s.outcome for s in slots[:3]] == [("ok", 0), ("ok", 1), ("ok", 2)]
+    refs = [*agents, gone, busy, full]
+    deadline = asyncio.get_running_loop().time() + 10
+    answers = node.ask_each(refs, "echo", list(range(len(refs))), deadline)
+    assert isinstance(answers.errors[3], am.AgentUnavailable)  # at once: it is gone
+    await wait_for(lambda: answers.left == 2, what="the idle agents' answers")
+    assert answers.values[:3] == [0, 1, 2]
+    # the busy agent has it in its mailbox; the full one in a task, waiting for room
+    busy._cell.instance.gate.set()  # type: ignore[union-attr]
     full._cell.instance.gate.set()  # type: ignore[union-attr]
-    assert await stuck == "through"
+    await answers.wait(deadline)
+    assert answers.values == [0, 1, 2, PENDING, 4, 5]
+    assert await stuck == await stuck_too == "through"
+
+
+async def test_answers_after_the_deadline_are_dropped(mesh: am.Mesh) -> None:
+    slow = await mesh.spawn(Patient)
+    loop = asyncio.get_running_loop()
+    answers = mesh._node.ask_each([slow], "wait_gate", [None], loop.time() + 10)
+    await answers.wait(loop.time() + 0.05)  # the gate is closed: it cannot answer
+    assert answers.values == [PENDING]
+    assert answers.closed
+    slow._cell.instance.gate.set()  # type: ignore[union-attr]
+    assert await slow.echo(1) == 1  # the turn ended; its late answer went nowhere
+    assert answers.values == [PENDING]
+
+
+class Recorder(am.Agent):
+    """Keeps the order its messages arrive in; some handlers wait, fail or stop."""
+
+    def __init__(self) -> None:
+        self.log: list[object] = []
+
+    async def record(self, x: object) -> object:
+        self.log.append(x)
+        return x
+
+    async def waits(self, seconds: float) -> tuple[bool, str]:
+        before = asyncio.current_task()
+        await asyncio.sleep(0)
+        try:
+            async with asyncio.timeout(seconds):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            pass
+        self.log.append("waited")
+        return asyncio.current_task() is before, request_id.get()
+
+    async def tag(self, value: str) -> str:
+        request_id.set(value)
+        return value
+
+    async def boom(self, _: object) -> None:
+        raise ValueError("boom")
+
+    async def leave(self, _: object) -> str:
+        await self.ref.stop()
+        return "leaving"
+
+    async def history(self) -> list[object]:
+        return self.log
+
+
+def _ask_each(mesh: am.Mesh, refs: list[am.AgentRef], method: str, args: list[object]) -> Answers:
+    """One round of asks, as the simulation's step makes them."""
+    deadline = asyncio.get_running_loop().time() + 10
+    return mesh._node.ask_each(refs, method, args, deadline)
+
+
+async def _all(answers: Answers) -> list[object]:
+    """Every answer of the round: a value, or the exception raised."""
+    await answers.wait(asyncio.get_running_loop().time() + 10)
+    assert answers.left == 0
+    return [answers.errors.get(i, v) for i, v in enumerate(answers.values)]
+
+
+async def test_a_batched_turn_that_waits_keeps_its_task_and_context(mesh: am.Mesh) -> None:
+    a, b, c = [await mesh.spawn(Recorder) for _ in range(3)]
+    assert await _all(_ask_each(mesh, [a], "tag", ["a-tag"])) == ["a-tag"]
+    # a's turn waits; b's and c's, after it in the batch, go on meanwhile
+    waiting = _ask_each(mesh, [b, a, c], "waits", [0.01, 0.2, 0.01])
+    # the turn that waited kept one task and ran in a's context (its first turn set it)
+    assert await _all(waiting) == [(True, "-"), (True, "a-tag"), (True, "-")]
+    assert await a.history() == ["waited"]
+
+
+async def test_messages_after_a_batch_wait_behind_its_asks(mesh: am.Mesh) -> None:
+    a = await mesh.spawn(Recorder)
+    first = _ask_each(mesh, [a], "record", ["first"])
+    await a.record.tell("second")  # queued behind the batched ask, not before it
+    third = _ask_each(mesh, [a], "record", ["third"])
+    assert await _all(first) == ["first"]
+    assert await _all(third) == ["third"]
+    assert await a.history() == ["first", "second", "third"]
+
+
+async def test_one_agent_twice_in_a_batch_answers_both_in_order(mesh: am.Mesh) -> None:
+    a = await mesh.spawn(Recorder)
+    assert await _all(_ask_each(mesh, [a, a, a], "record", [0, 1, 2])) == [0, 1, 2]
+    assert await a.history() == [0, 1, 2]
+
+
+async def test_bad_calls_in_a_batch_get_typed_errors_and_the_agent_goes_on(
+    mesh: am.Mesh,
+) -> None:
+    a, b = await mesh.spawn(Recorder), await mesh.spawn(Recorder)
+    boom = await _all(_ask_each(mesh, [a, b], "boom", [None, None]))
+    assert [type(e) for e in boom] == [am.RemoteError, am.RemoteError]
+    assert [type(e) for e in await _all(_ask_each(mesh, [a], "nope", [1]))] == [am.UnknownMethod]
+    assert [type(e) for e in await _all(_ask_each(mesh, [b], "history", [1]))] == [am.BadArguments]
+    assert await _all(_ask_each(mesh, [a, b], "record", ["after", "after"])) == ["after"] * 2
+    assert await a.history() == ["after"]
+    assert (await mesh.info(a)).rejected == 1
+    assert (await mesh.info(b)).rejected == 1
+
+
+async def test_an_agent_stopping_itself_in_a_batched_turn_stops(mesh: am.Mesh) -> None:
+    a = await mesh.spawn(Recorder)
+    assert await _all(_ask_each(mesh, [a], "leave", [None])) == ["leaving"]
+    await asyncio.wait_for(mesh.wait_terminated(a), 5)
+    assert (await mesh.info(a)).state == "stopped"
+
+
+async def test_an_agent_stopped_after_batching_answers_then_stops(mesh: am.Mesh) -> None:
+    a = await mesh.spawn(Recorder)
+    answers = _ask_each(mesh, [a], "record", ["queued"])
+    await a.stop()  # the ask was queued before the stop: it is handled first
+    assert await _all(answers) == ["queued"]
+    assert (await mesh.info(a)).state == "stopped"

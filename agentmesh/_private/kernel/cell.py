@@ -11,13 +11,15 @@ An agent holds no task: a message to an idle agent queues its cell on the node's
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import types
 from _thread import get_ident
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .answers import PENDING, Answers
 from .context import current_chain
 from .dispatch import TURNS_PER_SLICE, Suspended, resume
 from .envelope import NO_KWARGS, Envelope, Reply, TellEnvelope, chains
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from .node import Node
     from .ref import AgentRef
 
-__all__ = ["Cell", "State"]
+__all__ = ["AskBatch", "Cell", "State"]
 
 log = logging.getLogger("agentmesh.agent")
 
@@ -643,3 +645,193 @@ class Cell(Lifecycle):
             from .lifecycle import remote_error
 
             reply.set_exception(remote_error(self.label, exc))
+
+
+class AskBatch:
+    """Asks of one `Node.ask_each` to idle agents of this node, which the dispatcher
+    runs one after the other, each turn straight from the batch: no envelope, mailbox
+    or ready-queue round trip of its own; the answers go into the round's `Answers`.
+
+    Each agent was idle with an empty mailbox when its ask was batched, and was marked
+    queued then, so messages sent to it later wait in its mailbox behind the ask, as if
+    the ask had been queued first. A turn that suspends goes on as any turn does (the
+    dispatcher's task stays with it); an agent no longer simply running (stopping,
+    crashed, restarting), or an unknown method, gets its ask through its mailbox, at
+    the front.
+    """
+
+    __slots__ = (
+        "answers",
+        "args",
+        "base",
+        "cells",
+        "context",
+        "env",
+        "fresh",
+        "method",
+        "next",
+        "positions",
+        "queued",
+        "runner",
+        "waits",
+    )
+
+    def __init__(
+        self,
+        cells: list[Cell],
+        positions: list[int],
+        method: str,
+        args: Sequence[Any],
+        answers: Answers,
+        envelope: Envelope,
+        context: contextvars.Context,
+    ) -> None:
+        self.cells = cells
+        self.positions = positions  # of each cell's ask in ``args`` and ``answers``
+        self.method = method
+        self.args = args
+        self.answers = answers
+        self.next = 0
+        self.queued = True
+        self.runner: asyncio.Task[None] | None = None
+        self.base = context
+        self.context: contextvars.Context | None = context
+        # The current turn's envelope while no turn suspends (a turn that waits gets
+        # one of its own): only its chain is read meanwhile (reentrancy). Chain 0:
+        # asks from outside any call chain, each starts one.
+        self.env = envelope
+        self.fresh = envelope.chain == 0
+        self.waits: Cell | None = None  # the agent whose turn suspended
+
+    @property
+    def label(self) -> str:
+        return f"a batch of {len(self.cells)} asks"
+
+    def run_slice(self) -> Suspended | bool:
+        """Run up to `TURNS_PER_SLICE` of the asks; True if some are left."""
+        cells = self.cells
+        positions = self.positions
+        args = self.args
+        answers = self.answers
+        values = answers.values
+        method = self.method
+        env = self.env
+        me = self.runner
+        i = self.next
+        end = min(len(cells), i + TURNS_PER_SLICE)
+        while i < end:
+            cell = cells[i]
+            k = positions[i]
+            i += 1
+            cell.queued = False
+            handler = cell.methods.handlers.get(method)
+            if cell.state is not _RUNNING or handler is None or answers.closed:
+                self._to_mailbox(cell, k)
+                continue
+            ctx = cell.context
+            if ctx is None:
+                ctx = cell.context = cell.node.dispatcher.context_for(cell)
+            if self.fresh:
+                env.chain = next(chains)
+            cell.chain = env.chain
+            env.target = cell.id
+            env.args = (args[k],)
+            cell.current = env
+            cell.runner = me
+            try:
+                coro = handler(cell.instance, args[k])
+            except TypeError as exc:
+                cell.current = cell.runner = None
+                error = BadArguments(f"{cell.label}.{method}(): {exc}")
+                cell._reject(self._envelope(cell, k), error)
+                _after_turn(cell)
+                continue
+            if type(coro) is not _Coroutine:
+                coro = _awaited(coro)
+            cell.handled += 1
+            try:
+                yielded = ctx.run(coro.send, None)
+            except StopIteration as done:
+                cell.current = cell.runner = None
+                # Answers.put, inlined: this runs once per ask.
+                if not answers.closed and values[k] is PENDING:
+                    values[k] = done.value
+                    answers.left -= 1
+                    if answers.left == 0 and not answers.waiter.done():
+                        answers.waiter.set_result(None)
+                if cell.mailbox.items or cell.state is not _RUNNING:
+                    cell.schedule()
+                continue
+            except Exception as exc:
+                cell.current = None
+                cell._failed(self._envelope(cell, k), exc)
+                cell.runner = None
+                _after_turn(cell)
+                continue
+            except asyncio.CancelledError as exc:
+                cell.current = cell.runner = None
+                cell._stray_cancel(exc, self._envelope(cell, k))
+                _after_turn(cell)
+                continue
+            # The turn waits: it goes on as the agent's slice (`Cell._run`), in the
+            # dispatcher's task; the asks left go first to the next dispatcher.
+            self.next = i
+            if i < len(cells):
+                self.queued = True
+                cell.node.dispatcher.ready.appendleft(self)
+            turn = self._envelope(cell, k)
+            cell.current = turn
+            cell._turns_left = TURNS_PER_SLICE - 1
+            self.waits = cell
+            self.context = ctx
+            run = cell._run((turn, coro, yielded))
+            return run, run.send(None)  # up to where the handler waits: runs no code
+        self.next = i
+        return i < len(cells)
+
+    def slice_ended(self) -> bool:
+        """The turn that suspended is done: the agent's slice ends as a cell's does."""
+        cell = self.waits
+        self.waits = None
+        self.context = self.base
+        if cell is not None and cell.slice_ended():
+            cell.queued = True
+            cell.node.dispatcher.ready.append(cell)
+        return False  # the batch queued itself again if asks were left
+
+    def _envelope(self, cell: Cell, k: int, chain: int = 0) -> Envelope:
+        """Ask ``k`` as an envelope of its own, answering into its slot, on ``chain``
+        (by default the current turn's)."""
+        env = self.env
+        return Envelope(
+            cell.id,
+            self.method,
+            (self.args[k],),
+            NO_KWARGS,
+            self.answers.reply(k),
+            chain or env.chain,
+            env.sender,
+            env.deadline,
+        )
+
+    def _to_mailbox(self, cell: Cell, k: int) -> None:
+        """Ask ``k`` as an ordinary message, ahead of anything queued since it was
+        batched: the agent's slice deals with it as with any message."""
+        state = cell.state
+        if state not in _OPEN and state is not State.STOPPING:
+            self.answers.fail(k, AgentUnavailable(cell.unavailable_reason()))
+            return
+        # (A stopping agent handles what was queued before the stop: this ask was.)
+        mailbox = cell.mailbox
+        if mailbox.items is None:
+            mailbox.items = SPARE_QUEUES.pop() if SPARE_QUEUES else deque()
+        chain = next(chains) if self.fresh else self.env.chain
+        mailbox.items.appendleft(self._envelope(cell, k, chain))
+        if cell.runner is None and not cell.queued and cell.instance is not None:
+            cell.schedule()
+
+
+def _after_turn(cell: Cell) -> None:
+    """A batched turn ended unusually: let the agent's slice handle what follows."""
+    if cell.mailbox.items or cell.state is not _RUNNING:
+        cell.schedule()

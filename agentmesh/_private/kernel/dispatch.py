@@ -12,6 +12,10 @@ handler's start to its end: that task stays with the agent until the turn (and w
 the agent has queued meanwhile) is done, and a new task takes over dispatching.
 
 Each agent's code runs in the agent's own `contextvars.Context` (`Cell.context`).
+
+Besides cells, the ready queue takes batches of asks to idle agents (`AskBatch`, from
+`Node.offer_asks`): the dispatcher runs each ask's turn straight from the batch, with
+no mailbox, envelope or ready-queue round trip of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .context import current_cell, current_chain, current_node
 
@@ -30,7 +34,14 @@ if TYPE_CHECKING:
     from .cell import Cell
     from .node import Node
 
-__all__ = ["SLICES_PER_PASS", "TURNS_PER_SLICE", "Dispatcher", "Suspended", "resume"]
+__all__ = [
+    "SLICES_PER_PASS",
+    "TURNS_PER_SLICE",
+    "Dispatcher",
+    "Runnable",
+    "Suspended",
+    "resume",
+]
 
 log = logging.getLogger("agentmesh.dispatch")
 
@@ -41,6 +52,20 @@ SLICES_PER_PASS = 128
 
 #: A coroutine that ran up to its first suspension, and what it yielded there.
 Suspended = tuple[Coroutine[Any, Any, Any], Any]
+
+
+class Runnable(Protocol):
+    """What the ready queue holds: a `Cell`, or an `AskBatch`."""
+
+    queued: bool
+    runner: asyncio.Task[None] | None
+    #: Where its code runs; after a slice suspended, where the suspended turn resumes.
+    context: contextvars.Context | None
+
+    @property
+    def label(self) -> str: ...
+    def run_slice(self) -> Suspended | bool: ...
+    def slice_ended(self) -> bool: ...
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -85,7 +110,7 @@ class Dispatcher:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.ready: deque[Cell] = deque()
+        self.ready: deque[Runnable] = deque()
         self.task: asyncio.Task[None] | None = None  # the one that dispatches now
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -118,8 +143,8 @@ class Dispatcher:
                     cell = ready.popleft()
                     cell.queued = False
                     ctx = cell.context
-                    if ctx is None:
-                        ctx = cell.context = self.context_for(cell)
+                    if ctx is None:  # a cell's first slice (a batch always has one)
+                        ctx = cell.context = self.context_for(cast("Cell", cell))
                     cell.runner = me
                     try:
                         ran = ctx.run(cell.run_slice)
@@ -134,6 +159,8 @@ class Dispatcher:
                         self.task = None
                         if ready:
                             self.start()
+                        ctx = cell.context  # a batch's: that of the agent whose turn waits
+                        assert ctx is not None
                         await resume(*ran, run=ctx.run)
                         ran = cell.slice_ended()
                     if ran:

@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .agent import Agent, check_agent_class, method_table
-from .cell import Cell, State
+from .answers import Answers
+from .cell import AskBatch, Cell, State
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
-from .envelope import NO_KWARGS, Envelope, Reply, chains, new_chain, tell_envelope
+from .envelope import NO_KWARGS, Envelope, chains, new_chain, tell_envelope
 from .errors import (
     AgentmeshError,
     AgentNotFound,
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from .transport import Transport
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "DEFAULT_SLOW_TURN", "Node"]
+
+_RUNNING = State.RUNNING  # a global: an enum member costs a descriptor call
 
 log = logging.getLogger("agentmesh.node")
 
@@ -516,57 +519,99 @@ class Node:
             if sender is not None and sender.waiting_on is not None:
                 sender.waiting_on.pop(fut, None)
 
-    def offer_asks(
-        self, calls: Sequence[tuple[AgentRef, str, tuple[Any, ...], Reply]], deadline: float
-    ) -> list[int]:
-        """Queue asks to agents of this node whose results go to their ``Reply``
-        (anything with ``done``, ``set_result`` and ``set_exception``) as far as that
-        needs no waiting: no future, task or timer of their own.
+    def ask_each(
+        self, refs: Sequence[AgentRef], method: str, args: Sequence[Any], deadline: float
+    ) -> Answers:
+        """Ask each agent of ``refs`` ``method(args[i])``, all at once; the answers go
+        into one `Answers`, by position, which the caller `Answers.wait`s on.
 
-        For callers that ask many agents at once and collect the answers themselves
-        (the simulation's step). Returns the positions of the calls not queued (the
-        agent lives elsewhere, or its mailbox is full: then `ask`); a call to an agent
-        that is gone gets `AgentUnavailable` through its reply. The asks carry the
-        call chain of the running handler, as `ask` does; the caller keeps to
-        ``deadline`` (a reply whose ``done()`` says True is not sent).
+        For callers that ask many agents together (the simulation's step). An idle
+        agent of this node runs its ask straight from a batch the dispatcher serves:
+        no future, task, timer, envelope or reply object each. A busy one gets it in
+        its mailbox; one on another node, or whose mailbox is full, an ordinary ask
+        in a task. An agent that is gone answers `AgentUnavailable`. The asks carry
+        the call chain of the running handler, as `ask` does; none starts after
+        ``deadline`` (or after the answers were closed).
         """
         if threading.get_ident() != self.thread:
             self.wrong_loop("ask")
+        dispatcher = self.dispatcher
+        loop = self.loop
+        if loop is None or (dispatcher.task is None and asyncio._get_running_loop() is not loop):
+            self.wrong_loop("ask")
+            loop = asyncio.get_running_loop()  # (an unbound node was bound to it)
+        answers = Answers(len(refs), loop)
         sender = current_cell.get()
         if sender is None:
             chain, sender_id = current_chain.get(), None
         else:
             chain, sender_id = sender.chain_of_current_task(), sender.id
         here = self.id
-        new = object.__new__
-        left: list[int] = []
-        for i, (ref, method, args, reply) in enumerate(calls):
+        cells: list[Cell] = []
+        positions: list[int] = []
+        for i, ref in enumerate(refs):
             cell = ref._cell
             if cell is None:
                 if ref._node_id != here:
-                    left.append(i)
+                    answers.tasks.append(self._ask_into(answers, i, ref, method, args[i], deadline))
                     continue
                 cell = self.cells.get(ref._id)
                 if cell is None:
-                    reply.set_exception(AgentUnavailable(self._gone(ref._id)))
+                    answers.fail(i, AgentUnavailable(self._gone(ref._id)))
                     continue
                 ref._cell = cell
-            # An Envelope set field by field: cheaper than its __init__, a Python call.
-            env = new(Envelope)
-            env.target = ref._id
-            env.method = method
-            env.args = args
-            env.kwargs = NO_KWARGS
-            env.reply = reply
-            env.chain = chain or next(chains)
-            env.sender = sender_id
-            env.deadline = deadline
+            if (
+                cell.runner is None
+                and not cell.queued
+                and cell.state is _RUNNING
+                and not cell.mailbox.items
+                and cell.concurrency == 1
+                and not cell.active
+                and not cell.checkpoint_every
+            ):
+                # Idle: its turn runs straight from the batch (marked queued meanwhile,
+                # so what comes next waits in its mailbox behind this ask).
+                cell.queued = True
+                cells.append(cell)
+                positions.append(i)
+                continue
+            env = Envelope(
+                ref._id,
+                method,
+                (args[i],),
+                NO_KWARGS,
+                answers.reply(i),
+                chain or next(chains),
+                sender_id,
+                deadline,
+            )
             try:
-                if not cell.offer(env):
-                    left.append(i)
+                if not cell.offer(env):  # a full mailbox: wait for room in a task
+                    answers.tasks.append(self._ask_into(answers, i, ref, method, args[i], deadline))
             except AgentUnavailable as exc:
-                reply.set_exception(exc)
-        return left
+                answers.fail(i, exc)
+        if cells:
+            envelope = Envelope("", method, (), NO_KWARGS, None, chain, sender_id, deadline)
+            dispatcher.ready.append(
+                AskBatch(cells, positions, method, args, answers, envelope, dispatcher.base)
+            )
+            if dispatcher.task is None:
+                dispatcher.start()
+        return answers
+
+    def _ask_into(
+        self, answers: Answers, i: int, ref: AgentRef, method: str, arg: Any, deadline: float
+    ) -> asyncio.Future[Any]:
+        """An ordinary ask in a task, answering into ``answers``' slot ``i``."""
+
+        async def ask() -> None:
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            try:
+                answers.put(i, await self.ask(ref, method, (arg,), NO_KWARGS, timeout))
+            except Exception as exc:
+                answers.fail(i, exc)
+
+        return asyncio.ensure_future(ask())
 
     def _expire(
         self,

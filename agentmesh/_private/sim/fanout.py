@@ -1,9 +1,10 @@
 """One step's round of asks: observations out to the policies, actions back by a
 deadline; late and failed policies are named, never hidden.
 
-Policies on this node are asked without a task or future per ask (`Node.offer_asks`:
-the ask goes straight into the mailbox and its answer into an `_Answer`; one waiter
-counts them), which is what lets thousands of policy agents step together. Policies
+Policies on this node are asked all at once (`Node.ask_each`: an idle policy's turn
+runs straight from one batch, its answer goes into a list by position; no future,
+task or envelope per ask), which is what lets thousands of policy agents step
+together. Policies
 on other nodes are asked through one `NodeFanout` agent per node, so a step costs one
 message per node on the wire.
 """
@@ -11,16 +12,17 @@ message per node on the wire.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernel.agent import Agent
+from ..kernel.answers import PENDING
 from ..kernel.errors import AskTimeout, RemoteError
 from ..kernel.node import Node
 from ..kernel.ref import AgentRef
 
-__all__ = ["Collected", "LocalFanout", "NodeFanout", "wait_until"]
+__all__ = ["Collected", "LocalFanout", "NodeFanout"]
 
 
 @dataclass
@@ -57,153 +59,61 @@ def groups_of(policies: Mapping[str, AgentRef]) -> list[_Group]:
     return [_Group(ref, tuple(agents)) for ref, agents in by_ref.items()]
 
 
-async def wait_until(futures: Iterable[asyncio.Future[Any]], deadline: float) -> None:
-    """Wait until every future is done or the loop's clock reaches ``deadline``."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    remaining = 0
-
-    def one_done(_: asyncio.Future[Any]) -> None:
-        nonlocal remaining
-        remaining -= 1
-        if remaining == 0 and not waiter.done():
-            waiter.set_result(None)
-
-    for fut in futures:
-        if not fut.done():
-            remaining += 1
-            fut.add_done_callback(one_done)
-    if remaining == 0:
-        return
-
-    def expire() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    timer = loop.call_at(deadline, expire)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-
-
-class _Answers:
-    """Where one round's direct asks answer: counted as they come, no future each."""
-
-    __slots__ = ("closed", "left", "waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.left = 0
-        self.closed = False  # past the deadline: late answers are not taken
-        self.waiter: asyncio.Future[None] = loop.create_future()
-
-
-class _Answer:
-    """One policy's answer (a kernel `Reply`): an action, or why there is none."""
-
-    __slots__ = ("answers", "error", "state", "value")
-
-    def __init__(self, answers: _Answers) -> None:
-        self.answers = answers
-        self.state = 0  # 0 waiting, 1 action, 2 error
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def done(self) -> bool:
-        return self.state != 0 or self.answers.closed
-
-    def set_result(self, value: Any) -> None:
-        self.value = value
-        self.state = 1
-        answers = self.answers
-        answers.left -= 1
-        if answers.left == 0 and not answers.waiter.done():
-            answers.waiter.set_result(None)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.error = exc
-        self.state = 2
-        answers = self.answers
-        answers.left -= 1
-        if answers.left == 0 and not answers.waiter.done():
-            answers.waiter.set_result(None)
-
-
 class LocalFanout:
-    """Asks policies for actions: those on ``node`` directly, others one by one."""
+    """Asks policies for actions, all at once (`Node.ask_each`): one round for the
+    policies that serve one agent each, one for those that serve several."""
 
     def __init__(self, policies: Mapping[str, AgentRef], node: Node) -> None:
         self.node = node
-        self.groups = groups_of(policies)
-
-    def _ask(self, ref: AgentRef, method: str, arg: Any, deadline: float) -> asyncio.Future[Any]:
-        """The ordinary ask, in a task of its own (a remote policy, or a full mailbox)."""
-        loop = asyncio.get_running_loop()
-        timeout = max(deadline - loop.time(), 0.0)
-        return asyncio.ensure_future(ref[method].ask(arg, timeout=timeout))
+        groups = groups_of(policies)
+        # One policy agent per environment agent (the common case), and the rest.
+        singles = [g for g in groups if len(g.agents) == 1]
+        self.single_agents = [g.agents[0] for g in singles]
+        self.single_refs = [g.ref for g in singles]
+        self.groups = [g for g in groups if len(g.agents) > 1]
 
     async def collect(self, observations: Mapping[str, Any], timeout: float) -> Collected:
         """Ask every live agent's policy for its action; wait at most ``timeout`` s."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        answers = _Answers(loop)
-        sent: list[tuple[tuple[str, ...], bool, _Answer | asyncio.Future[Any]]] = []
-        calls: list[tuple[AgentRef, str, tuple[Any, ...], _Answer]] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        agents = self.single_agents
+        refs = self.single_refs
+        if len(observations) < len(agents) or not all(map(observations.__contains__, agents)):
+            live = [i for i, a in enumerate(agents) if a in observations]
+            agents = [agents[i] for i in live]
+            refs = [refs[i] for i in live]
+        singles = self.node.ask_each(refs, "act", [observations[a] for a in agents], deadline)
         keys = observations.keys()
-        live: tuple[str, ...]
+        batched: list[tuple[str, ...]] = []
+        batch_refs: list[AgentRef] = []
         for group in self.groups:
-            agents = group.agents
-            if len(agents) == 1:  # one policy agent per agent: a dict lookup each
-                if agents[0] not in observations:
-                    continue
-                answer = _Answer(answers)
-                calls.append((group.ref, "act", (observations[agents[0]],), answer))
-                sent.append((agents, False, answer))
-                continue
-            if group.members <= keys:  # all of its agents are live
-                live = agents
-            else:
-                live = tuple(a for a in agents if a in keys)
-            if live:
-                answer = _Answer(answers)
-                batch = {a: observations[a] for a in live}
-                calls.append((group.ref, "act_batch", (batch,), answer))
-                sent.append((live, True, answer))
-        answers.left = len(calls)
-        # Straight into the mailboxes; the others (elsewhere, or full) one ask each.
-        for i in self.node.offer_asks(calls, deadline):
-            ref, method, (arg,), answer = calls[i]
-            answers.left -= 1
-            live, batched, _ = sent[i]
-            sent[i] = (live, batched, self._ask(ref, method, arg, deadline))
-        waits = [a for _, _, a in sent if isinstance(a, asyncio.Future)]
-        if answers.left:
-            waits.append(answers.waiter)
-        await wait_until(waits, deadline)
-        answers.closed = True
+            live_group = group.agents
+            if not group.members <= keys:  # some of its agents are done
+                live_group = tuple(a for a in live_group if a in keys)
+            if live_group:
+                batched.append(live_group)
+                batch_refs.append(group.ref)
+        batches = self.node.ask_each(
+            batch_refs, "act_batch", [{a: observations[a] for a in g} for g in batched], deadline
+        )
+        await singles.wait(deadline)
+        await batches.wait(deadline)
         out = Collected()
-        for live, batched, got in sent:
-            if isinstance(got, _Answer):
-                _take(out, live, batched, got.state, got.value, got.error)
-            elif not got.done() or got.cancelled():
-                got.cancel()  # the policy never starts it, if it has not yet
-                out.late.extend(live)
-            else:
-                exc = got.exception()
-                _take(out, live, batched, 2 if exc else 1, None if exc else got.result(), exc)
+        if singles.left == 0 and not singles.errors:
+            # Every policy answered with an action: in agent order, in one go.
+            out.actions = dict(zip(agents, singles.values, strict=True))
+        else:
+            for i, agent in enumerate(agents):
+                _take(out, (agent,), False, singles.values[i], singles.errors.get(i))
+        for i, group_agents in enumerate(batched):
+            _take(out, group_agents, True, batches.values[i], batches.errors.get(i))
         return out
 
 
 def _take(
-    out: Collected,
-    live: tuple[str, ...],
-    batched: bool,
-    state: int,
-    value: Any,
-    exc: BaseException | None,
+    out: Collected, live: tuple[str, ...], batched: bool, value: Any, exc: BaseException | None
 ) -> None:
-    """Record one policy's answer (state 0: none in time, 1: ``value``, 2: ``exc``)."""
-    if state == 0 or isinstance(exc, AskTimeout):
+    """Record one policy's answer: ``value``, or ``exc``, or none in time (`PENDING`)."""
+    if (value is PENDING and exc is None) or isinstance(exc, AskTimeout):
         out.late.extend(live)
     elif exc is not None:
         if isinstance(exc, RemoteError):
