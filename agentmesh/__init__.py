@@ -28,7 +28,7 @@ from ._private.kernel.errors import (
     WrongLoop,
 )
 from ._private.kernel.exits import Terminated
-from ._private.kernel.info import AgentInfo
+from ._private.kernel.info import AgentInfo, AgentListing
 from ._private.kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_TURN
 from ._private.kernel.placing import AwayFrom, DoesNotExist, Exists, In, Near, NotIn, OnNode
@@ -54,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "AgentInfo",
+    "AgentListing",
     "AgentNotFound",
     "AgentRef",
     "AgentUnavailable",

@@ -15,7 +15,7 @@ import agentmesh as am
 from agentmesh._private import cli
 
 #: The Mesh options whose defaults the daemons must share with the library.
-TUNED = ("heartbeat", "dead_after", "slow_turn")
+TUNED = ("heartbeat", "dead_after", "forget_dead_after", "slow_turn")
 
 
 def _mesh_options(monkeypatch: pytest.MonkeyPatch, *argv: str) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def _mesh_options(monkeypatch: pytest.MonkeyPatch, *argv: str) -> dict[str, Any]
     def run(main: Any) -> None:
         main.close()  # the daemon's coroutine, never started
 
-    monkeypatch.setattr(cli, "_log_to_stderr", lambda: None)  # pytest's logging stays
+    monkeypatch.setattr(cli, "_log_to_stderr", lambda *args: None)  # pytest's logging stays
     monkeypatch.setattr(cli, "Mesh", mesh)
     monkeypatch.setattr(cli, "run", run)
     cli.main(list(argv))
@@ -99,3 +99,43 @@ def test_tls_needs_a_certificate_and_its_key(
         _mesh_options(monkeypatch, "head", "--tls-cert", "cert.pem")
     assert exited.value.code == 2
     assert "--tls-key" in capsys.readouterr().err
+
+
+def test_a_heartbeat_beyond_dead_after_is_a_usage_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _mesh_options(monkeypatch, "node", "--join", "127.0.0.1:7470", "--heartbeat", "3")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--heartbeat (3s)" in err
+    assert "--dead-after (2.5s)" in err
+    assert "Traceback" not in err
+    # A node given a longer --dead-after (its head's) takes the slower heartbeat.
+    options = _mesh_options(
+        monkeypatch, "node", "--join", "h:1", "--heartbeat", "3", "--dead-after", "10"
+    )
+    assert (options["heartbeat"], options["dead_after"]) == (3.0, 10.0)
+
+
+def test_the_head_takes_how_long_dead_nodes_stay_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _mesh_options(monkeypatch, "head")["forget_dead_after"] == _library_default(
+        "forget_dead_after"
+    )
+    options = _mesh_options(monkeypatch, "head", "--forget-dead-after", "5")
+    assert options["forget_dead_after"] == 5.0
+
+
+@pytest.mark.parametrize(
+    "argv", [("head",), ("node", "--join", "127.0.0.1:7470")], ids=["head", "node"]
+)
+def test_daemons_log_at_the_level_and_in_the_format_asked(
+    monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]
+) -> None:
+    asked: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(cli, "Mesh", lambda **options: object())
+    monkeypatch.setattr(cli, "run", lambda main: main.close())
+    monkeypatch.setattr(cli, "_log_to_stderr", lambda *args: asked.append(args))
+    cli.main([*argv])
+    cli.main([*argv, "--log-level", "debug", "--log-format", "json"])
+    assert asked == [("warning", "text"), ("debug", "json")]

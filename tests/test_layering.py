@@ -98,7 +98,12 @@ ALLOWED = {
     "cluster": {"kernel", "supervision", "placement", "pubsub", "transport"},
     "config": {"kernel", "placement", "transport", "cluster"},
     "mesh": {"kernel", "supervision", "placement", "pubsub", "transport", "cluster", "config"},
-    "cli": {"kernel", "placement", "transport", "cluster", "mesh", "running", "config"},
+    "logs": set(),
+    "tables": {"kernel", "cluster"},
+    "cli": {
+        *("kernel", "placement", "transport", "cluster", "mesh", "running", "config"),
+        *("logs", "tables"),
+    },
     "sim": {"kernel", "mesh", "daemon", "running"},
 }
 #: The one name a lower layer takes from a higher one, for type checking only: the

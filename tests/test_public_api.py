@@ -7,6 +7,7 @@ import agentmesh as am
 EXPECTED = {
     "Agent",
     "AgentInfo",
+    "AgentListing",
     "Backoff",
     "BusStatistics",
     "DEAD_LETTERS",

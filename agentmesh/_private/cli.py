@@ -1,4 +1,5 @@
-"""The ``agentmesh`` command: ``head``, ``node``, ``status``, ``drain`` and ``stop``.
+"""The ``agentmesh`` command: ``head``, ``node``, ``status``, ``list agents``, ``drain``
+and ``stop``.
 
 Daemons print the address they bound as their first line of output (so ``--listen
 127.0.0.1:0`` works for scripts), then serve until SIGTERM or SIGINT or a drain
@@ -10,20 +11,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from .cluster.directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT
-from .kernel.errors import AgentmeshError, AgentNotFound
+from . import logs
+from .cluster.directory import DEFAULT_DEAD_AFTER, DEFAULT_FORGET_DEAD_AFTER, DEFAULT_HEARTBEAT
+from .kernel.errors import AgentmeshError, AgentNotFound, AgentUnavailable
 from .kernel.node import DEFAULT_SLOW_TURN
+from .logs import TextFormatter
 from .mesh import Mesh
 from .placement.resources import machine_resources
 from .running import run
+from .tables import agent_table, node_table
 from .transport.grpc_transport import TLS
 
 __all__ = ["main"]
@@ -55,13 +61,15 @@ def _slow_turn(args: argparse.Namespace) -> float | None:
     return args.slow_turn or None
 
 
-def _log_to_stderr() -> None:
-    """The command is an application: WARNINGs and ERRORs go to stderr, as messages.
-
-    The library has only a `logging.NullHandler` (a program that configures no logging
-    sees nothing), so the command configures logging, unless something already has.
-    """
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+def _log_to_stderr(level: str | None = None, fmt: str = "text") -> TextFormatter | None:
+    """The command is an application, so it configures logging (unless something
+    already has): a daemon at ``level`` in ``fmt`` (``--log-level``, ``--log-format``;
+    docs/observability.md), the other commands their WARNINGs and ERRORs as bare
+    messages. The library has only a `logging.NullHandler`."""
+    if level is None:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        return None
+    return logs.configure(level, fmt)
 
 
 async def _serve(mesh: Mesh) -> None:
@@ -83,9 +91,33 @@ async def _serve(mesh: Mesh) -> None:
         await mesh.drain()
 
 
-async def _drain(address: str, token: str | None, node: str, tls: TLS | None) -> None:
+class _Fatal(Exception):
+    """What a client command says, on one line, before it exits with 1."""
+
+
+@contextlib.asynccontextmanager
+async def _joined(args: argparse.Namespace) -> AsyncIterator[Mesh]:
+    """Join the cluster whose head is at ``--address`` as a driver, for one command;
+    a head that cannot be reached is said so, plainly."""
+    mesh = Mesh(join=args.address, token=args.token, tls=_tls(args))
+    try:
+        await mesh.__aenter__()
+    except AgentUnavailable as exc:
+        why = str(exc).removeprefix(f"cannot reach {args.address}: ")
+        raise _Fatal(
+            f"cannot reach the head at {args.address} ({why}); is it running there? "
+            "(--address HOST:PORT)"
+        ) from None
+    try:
+        yield mesh
+    finally:
+        await mesh.aclose()
+
+
+async def _drain(args: argparse.Namespace) -> None:
     """Ask a node (by id or address) to drain, and wait until it has left."""
-    async with Mesh(join=address, token=token, tls=tls) as mesh:
+    node = args.node
+    async with _joined(args) as mesh:
         nodes = await mesh.nodes()
         match = [n for n in nodes if n.alive and node in (n.id, n.address)]
         if not match:
@@ -97,48 +129,49 @@ async def _drain(address: str, token: str | None, node: str, tls: TLS | None) ->
     print(f"node {target} drained and left")
 
 
-async def _stop(address: str, token: str | None, name: str, tls: TLS | None) -> None:
+async def _stop(args: argparse.Namespace) -> None:
     """Stop the agent registered as ``name``, wherever it runs."""
-    async with Mesh(join=address, token=token, tls=tls) as mesh:
-        ref = await mesh.get(name)
+    async with _joined(args) as mesh:
+        ref = await mesh.get(args.name)
         await ref.stop()
-    print(f"agent {name!r} stopped")
+    print(f"agent {args.name!r} stopped")
 
 
-def _amount(name: str, value: float) -> str:
-    if name == "memory" and value >= 2**30:
-        return f"{value / 2**30:.1f}GiB"
-    return f"{value:g}"
-
-
-async def _status(address: str, token: str | None, as_json: bool, tls: TLS | None) -> None:
-    async with Mesh(join=address, token=token, tls=tls) as mesh:
+async def _status(args: argparse.Namespace) -> None:
+    async with _joined(args) as mesh:
         nodes = [n for n in await mesh.nodes() if n.id != mesh.node_id]
         waiting, failures = await mesh.placement_report()
-    if as_json:
+    if args.json:
         view = {"nodes": [asdict(n) for n in nodes], "waiting": waiting, "failures": failures}
         print(json.dumps(view, indent=2))
         return
-    print(
-        f"{'node':10} {'role':7} {'state':5} {'address':22} {'agents':>6} {'queued':>6} "
-        f"{'held':>5} {'refused':>7}  resources used/total, labels"
-    )
-    for n in nodes:
-        state = ("drain" if n.draining else "up") if n.alive else "down"
-        extra = ", ".join(
-            f"{k}={_amount(k, n.used.get(k, 0.0))}/{_amount(k, v)}" for k, v in n.resources.items()
-        )
-        if n.labels:
-            extra += "  " + ", ".join(f"{k}={v}" for k, v in n.labels.items())
-        print(
-            f"{n.id:10} {n.role:7} {state:5} {n.address:22} {n.agents:>6} "
-            f"{n.mailbox_depth:>6} {n.held:>5} {n.refused:>7}  {extra}"
-        )
+    print("\n".join(node_table(nodes)))
     print(f"placement: {waiting} spawn(s) waiting for room")
     if failures:
         print("latest placement failures:")
         for failure in failures[-5:]:
             print(textwrap.indent(failure, "  "))
+
+
+async def _list_agents(args: argparse.Namespace) -> None:
+    """``list agents``: every live agent of the cluster (of a node, of a class)."""
+    async with _joined(args) as mesh:
+        listing = await mesh.list_agents(
+            node=args.node, agent_class=args.agent_class, timeout=args.timeout
+        )
+    if args.json:
+        view = {
+            "agents": [asdict(a) for a in listing.agents],
+            "unreachable": listing.unreachable,
+            "truncated": listing.truncated,
+        }
+        print(json.dumps(view, indent=2))
+    else:
+        print("\n".join(agent_table(listing.agents)))
+    for node, why in listing.unreachable.items():
+        print(f"agentmesh list: node {node} did not answer: {why}", file=sys.stderr)
+    for node, count in listing.truncated.items():
+        print(f"agentmesh list: node {node} has {count} such agents; listed the oldest")
 
 
 def _tls(args: argparse.Namespace) -> TLS | None:
@@ -191,6 +224,27 @@ def _daemon_options(connection: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="warn on stderr, naming the agent and method, when a turn blocks the event "
         f"loop this long (default {DEFAULT_SLOW_TURN:g}; 0: off)",
     )
+    options.add_argument(
+        "--dead-after",
+        type=float,
+        default=DEFAULT_DEAD_AFTER,
+        metavar="SECONDS",
+        help="head: seconds of silence before a node is declared dead; node: how long it "
+        "waits for the head to answer a heartbeat (give it the head's value); more than "
+        f"--heartbeat (default {DEFAULT_DEAD_AFTER:g})",
+    )
+    options.add_argument(
+        "--log-level",
+        choices=logs.LEVELS,
+        default="warning",
+        help="log records at this level and above to stderr (default warning)",
+    )
+    options.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="text: time, level, logger, message; json: one object per line (default text)",
+    )
     return options
 
 
@@ -204,11 +258,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     head.add_argument("--listen", default=_HEAD_ADDRESS, help="HOST:PORT (port 0: any)")
     head.add_argument(
-        "--dead-after",
+        "--forget-dead-after",
         type=float,
-        default=DEFAULT_DEAD_AFTER,
+        default=DEFAULT_FORGET_DEAD_AFTER,
         metavar="SECONDS",
-        help=f"seconds of silence before a node is dead (default {DEFAULT_DEAD_AFTER:g})",
+        help="seconds a dead node stays listed (down) in status "
+        f"(default {DEFAULT_FORGET_DEAD_AFTER:g})",
     )
     node = commands.add_parser("node", parents=[daemon], help="run a worker node that joins a head")
     node.add_argument("--join", required=True, help="the head's HOST:PORT")
@@ -217,6 +272,23 @@ def _parser() -> argparse.ArgumentParser:
         "status", parents=[connection], help="show nodes, resources, labels and load"
     )
     status.add_argument("--json", action="store_true", help="print JSON")
+    listing = commands.add_parser("list", help="list what runs in the cluster")
+    what = listing.add_subparsers(dest="what", required=True)
+    agents = what.add_parser(
+        "agents", parents=[connection], help="every live agent, from every live node"
+    )
+    agents.add_argument("--node", help="only this node's agents (a node id)")
+    agents.add_argument(
+        "--class", dest="agent_class", metavar="CLASS", help="only agents of this class"
+    )
+    agents.add_argument("--json", action="store_true", help="print JSON")
+    agents.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long each node has to answer (default 5)",
+    )
     drain = commands.add_parser(
         "drain",
         parents=[connection],
@@ -227,14 +299,49 @@ def _parser() -> argparse.ArgumentParser:
         "stop", parents=[connection], help="stop the agent registered under a name"
     )
     stop.add_argument("name", help="the agent's name")
-    for client in (status, drain, stop):
+    for client in (status, agents, drain, stop):
         client.add_argument("--address", default=_HEAD_ADDRESS, help="the head's HOST:PORT")
     return parser
 
 
+def _check_timing(args: argparse.Namespace) -> None:
+    """A daemon's heartbeat must come well within its ``--dead-after`` (a usage
+    error, said as one, rather than the `MeshConfig` check's traceback)."""
+    why = None
+    if not 0 < args.heartbeat < args.dead_after:
+        why = (
+            f"--heartbeat ({args.heartbeat:g}s) must be positive and less than --dead-after "
+            f"({args.dead_after:g}s); give a node the --dead-after its head has"
+        )
+    elif args.command == "head" and not args.forget_dead_after > 0:
+        why = "--forget-dead-after takes a positive number of seconds"
+    if why is not None:
+        print(f"agentmesh {args.command}: {why}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command in ("head", "node"):
+        _check_timing(args)
+        _daemon(args)
+        return
     _log_to_stderr()
+    clients = {"status": _status, "list": _list_agents, "drain": _drain, "stop": _stop}
+    name = "list agents" if args.command == "list" else args.command
+    try:
+        run(clients[args.command](args))
+    except _Fatal as exc:
+        print(f"agentmesh {name}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except (AgentmeshError, OSError, TimeoutError) as exc:
+        print(f"agentmesh {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _daemon(args: argparse.Namespace) -> None:
+    """``head`` or ``node``: serve until told to stop."""
+    formatter = _log_to_stderr(args.log_level, args.log_format)
     try:
         if args.command == "head":
             mesh = Mesh(
@@ -246,10 +353,10 @@ def main(argv: list[str] | None = None) -> None:
                 tls=_tls(args),
                 heartbeat=args.heartbeat,
                 dead_after=args.dead_after,
+                forget_dead_after=args.forget_dead_after,
                 slow_turn=_slow_turn(args),
             )
-            run(_serve(mesh))
-        elif args.command == "node":
+        else:
             resources = args.resources if args.resources is not None else machine_resources()
             mesh = Mesh(
                 join=args.join,
@@ -260,16 +367,13 @@ def main(argv: list[str] | None = None) -> None:
                 labels=args.labels,
                 tls=_tls(args),
                 heartbeat=args.heartbeat,
+                dead_after=args.dead_after,
                 slow_turn=_slow_turn(args),
                 role="worker",
             )
-            run(_serve(mesh))
-        elif args.command == "drain":
-            run(_drain(args.address, args.token, args.node, _tls(args)))
-        elif args.command == "stop":
-            run(_stop(args.address, args.token, args.name, _tls(args)))
-        else:
-            run(_status(args.address, args.token, args.json, _tls(args)))
+        if formatter is not None:
+            formatter.node = mesh.node_id
+        run(_serve(mesh))
     except (AgentmeshError, OSError, RuntimeError) as exc:  # RuntimeError: a bind failure
         print(f"agentmesh {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(2)

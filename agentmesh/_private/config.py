@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal, TypedDict
 
-from .cluster.directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT
+from .cluster.directory import DEFAULT_DEAD_AFTER, DEFAULT_FORGET_DEAD_AFTER, DEFAULT_HEARTBEAT
 from .kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from .kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_TURN
 from .kernel.placing import make_request
@@ -51,6 +51,7 @@ class MeshConfig:
     tls: TLS | None = None
     heartbeat: float = DEFAULT_HEARTBEAT
     dead_after: float = DEFAULT_DEAD_AFTER
+    forget_dead_after: float = DEFAULT_FORGET_DEAD_AFTER
     placement_timeout: float = DEFAULT_PLACEMENT_TIMEOUT
     node_id: str | None = None
     slow_turn: float | None = DEFAULT_SLOW_TURN
@@ -64,6 +65,10 @@ class MeshConfig:
         if not 0 < self.heartbeat < self.dead_after:
             raise ValueError(
                 f"need 0 < heartbeat < dead_after, got {self.heartbeat}, {self.dead_after}"
+            )
+        if not self.forget_dead_after > 0:
+            raise ValueError(
+                f"forget_dead_after must be positive seconds, got {self.forget_dead_after}"
             )
         if self.placement_timeout < 0:
             raise ValueError(f"placement_timeout must be 0 or more, got {self.placement_timeout}")
@@ -104,6 +109,7 @@ class MeshOptions(TypedDict, total=False):
     tls: TLS | None
     heartbeat: float
     dead_after: float
+    forget_dead_after: float
     placement_timeout: float
     node_id: str | None
     slow_turn: float | None

@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
@@ -25,7 +26,8 @@ from .kernel.errors import (
     RestartIntensityExceeded,
 )
 from .kernel.exits import ExitReason, Terminated
-from .kernel.info import AgentInfo
+from .kernel.info import AgentInfo, AgentListing
+from .kernel.listing import DEFAULT_LIMIT, ask_node, local_agents
 from .kernel.node import Node
 from .kernel.placing import GangStrategy, OnNode, Selector, Strategy, Ticket
 from .kernel.ports import NodeRequest
@@ -130,6 +132,7 @@ class Mesh:
         self._failure: asyncio.Future[RestartIntensityExceeded | None] | None = None
         self._failure_seen = False
         self._membership: Membership | None = None
+        self._started = 0.0  # in the event loop's clock
         role = config.role or ("head" if config.join is None else "driver")
         resources = config.resources
         if resources is None:
@@ -149,6 +152,7 @@ class Mesh:
                 labels=dict(labels),
                 heartbeat=config.heartbeat,
                 dead_after=config.dead_after,
+                forget_dead_after=config.forget_dead_after,
                 scheduler=self._scheduler,
                 bus=self._bus,
             )
@@ -175,6 +179,7 @@ class Mesh:
         self._node.bind_loop()
         self._token = current_node.set(self._node)
         self._failure = asyncio.get_running_loop().create_future()
+        self._started = asyncio.get_running_loop().time()
         try:
             await self._start()
         except BaseException:
@@ -216,7 +221,8 @@ class Mesh:
             info = NodeInfo(
                 self.node_id, "", "embedded", view.total, view.labels, len(cells), depth
             )
-            return [dataclasses.replace(info, used=used)]
+            uptime = asyncio.get_running_loop().time() - self._started
+            return [dataclasses.replace(info, used=used, uptime=uptime)]
         return await self._membership.nodes()
 
     async def placement_report(self) -> tuple[int, list[str]]:
@@ -705,15 +711,75 @@ class Mesh:
                 raise
         return await self._membership.lookup(name)
 
-    async def info(self, ref: AgentRef) -> AgentInfo:
-        """A frozen snapshot of an agent's state and counters (also after it ended)."""
-        return self._node.info(ref)
+    async def info(self, ref: AgentRef, *, timeout: float = 5.0) -> AgentInfo:
+        """A frozen snapshot of an agent's state and counters, wherever it lives.
+
+        An agent of this node is read here (also after it ended, through a ref that
+        reached it); one on another node is asked of that node, which answers within
+        ``timeout`` seconds or `AskTimeout`; `AgentUnavailable` if the agent has ended
+        there or its node is away.
+        """
+        return await self._node.info_anywhere(ref, timeout)
 
     async def agents(self) -> list[AgentInfo]:
         """Snapshots of every live agent on this mesh's node, oldest first (the
-        framework's own agents, with ids ``sys.*``, excluded)."""
-        cells = self._node.cells.values()
-        return [AgentInfo.of(c) for c in cells if not c.id.startswith("sys.")]
+        framework's own agents, with ids ``sys.*``, excluded). For the whole cluster,
+        `list_agents`."""
+        return local_agents(self._node, None, sys.maxsize)[1]
+
+    async def list_agents(
+        self,
+        *,
+        node: str | None = None,
+        agent_class: type | str | None = None,
+        timeout: float = 5.0,
+        limit: int = DEFAULT_LIMIT,
+    ) -> AgentListing:
+        """Snapshots of the live user agents of every live node of the cluster (of
+        node ``node`` only, if given), or of those of ``agent_class`` (a class, or its
+        qualified name).
+
+        Each node answers for its own agents, all at once; one that does not answer
+        within ``timeout`` seconds is named in ``unreachable`` with why, and the
+        listing goes on without it. A node lists its oldest ``limit`` agents at most
+        (``truncated`` says which had more). Raises `AgentNotFound` if ``node`` is not
+        a live node. On an embedded mesh, this node's agents.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must be 0 or more, got {limit}")
+        if isinstance(agent_class, type):
+            agent_class = agent_class.__qualname__
+        if self._membership is None:
+            live = [self.node_id]
+        else:
+            live = [n.id for n in await self._membership.nodes() if n.alive]
+        if node is not None:
+            if node not in live:
+                raise AgentNotFound(f"no live node {node!r}; live nodes: {', '.join(live)}")
+            live = [node]
+
+        async def ask(peer: str) -> Any:  # (count, infos), as the peer says
+            if peer == self.node_id:
+                return local_agents(self._node, agent_class, limit)
+            return await ask_node(self._node, peer, "!node.agents", (agent_class, limit), timeout)
+
+        answers = await asyncio.gather(*(ask(peer) for peer in live), return_exceptions=True)
+        agents: list[AgentInfo] = []
+        unreachable: dict[str, str] = {}
+        truncated: dict[str, int] = {}
+        for peer, answer in zip(live, answers, strict=True):
+            if isinstance(answer, AgentmeshError):
+                unreachable[peer] = f"{type(answer).__name__}: {answer}"
+            elif isinstance(answer, BaseException):
+                raise answer
+            elif not (isinstance(answer, tuple) and len(answer) == 2):
+                unreachable[peer] = f"answered what is no listing: {type(answer).__name__}"
+            else:
+                count, infos = answer
+                agents.extend(infos)
+                if count > len(infos):
+                    truncated[peer] = count
+        return AgentListing(agents, unreachable, truncated)
 
     async def publish(self, topic: str, payload: Any) -> int:
         """Publish ``payload`` on ``topic`` to every matching subscription.

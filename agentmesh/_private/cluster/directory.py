@@ -6,6 +6,10 @@ declared dead and dropped, with its names. Every heartbeat answer carries the li
 membership and the nodes that are gone (dead or left), so nodes learn of joins and
 deaths within one heartbeat.
 
+A node declared dead stays listed, down, for ``forget_dead_after`` seconds (so
+``agentmesh status`` shows what died), then leaves the listing; the verdict itself is
+kept longer (bounded), so a node that comes back still fences first.
+
 A node is only ever declared gone by a verdict (missed heartbeats, or a clean
 leave), never because a list lacks it: a head that restarts knows nobody, and the
 first node to register again must not conclude that the others died. A new head
@@ -28,7 +32,14 @@ from ..kernel.errors import AgentmeshError
 from ..kernel.ref import AgentRef
 from ..placement.scheduler import Resources, Scheduler
 
-__all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_HEARTBEAT", "Beat", "Directory", "NodeInfo"]
+__all__ = [
+    "DEFAULT_DEAD_AFTER",
+    "DEFAULT_FORGET_DEAD_AFTER",
+    "DEFAULT_HEARTBEAT",
+    "Beat",
+    "Directory",
+    "NodeInfo",
+]
 
 log = logging.getLogger("agentmesh.cluster")
 
@@ -36,8 +47,13 @@ log = logging.getLogger("agentmesh.cluster")
 DEFAULT_HEARTBEAT = 0.5
 #: Seconds of silence after which the head declares a node dead.
 DEFAULT_DEAD_AFTER = 2.5
+#: Seconds a node declared dead stays listed (down) before the head forgets it.
+DEFAULT_FORGET_DEAD_AFTER = 60.0
 #: How many gone nodes (dead or left) heartbeat answers list at most, newest kept.
 GONE_KEPT = 4096
+#: How many verdicts of death the head remembers, newest kept (a node declared dead
+#: must fence itself before it joins again, also once it is no longer listed).
+VERDICTS_KEPT = 65536
 
 
 @dataclass(frozen=True)
@@ -56,12 +72,16 @@ class NodeInfo:
     #: Frames and handshakes this node refused (malformed, wrong token).
     refused: int = 0
     alive: bool = True
+    #: Seconds since the head last heard from it (as `Mesh.nodes` reports it).
     last_seen: float = 0.0
     #: Of ``resources``, how much placement has reserved for agents.
     used: dict[str, float] = field(default_factory=dict)
     #: Handing its agents over before it leaves (``agentmesh drain``, SIGTERM):
     #: placement no longer picks it.
     draining: bool = False
+    #: Seconds it has been running: as it said when it registered, plus the time
+    #: since (until it was last heard from, for a dead one).
+    uptime: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +109,22 @@ class Directory(Agent):
         scheduler: Scheduler,
         dead_after: float = DEFAULT_DEAD_AFTER,
         forget_after: float | None = None,
+        forget_dead_after: float = DEFAULT_FORGET_DEAD_AFTER,
     ) -> None:
         self.scheduler = scheduler
         self.dead_after = dead_after
+        #: Seconds a node declared dead stays listed, down, in `members`.
+        self.forget_dead_after = forget_dead_after
         #: Seconds a gone node stays in heartbeat answers: long enough for every live
         #: node to have heard (they beat well within ``dead_after``), short enough that
         #: answers stay small. A node away longer is declared dead itself and fences.
         self.forget_after = max(60.0, 20 * dead_after) if forget_after is None else forget_after
         self.nodes: dict[str, NodeInfo] = {}
+        #: When each node in ``nodes`` registered, in this head's clock (its uptime).
+        self._registered: dict[str, float] = {}
+        #: Nodes this head declared dead (newest last, bounded): such a node must
+        #: fence itself before it joins again, listed or not.
+        self.verdicts: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.names: dict[str, AgentRef] = {}
         #: Each node's pub/sub interest: the patterns its subscribers hold.
         self.interests: dict[str, frozenset[str]] = {}
@@ -139,11 +167,13 @@ class Directory(Agent):
             return Beat("dead")
         self.gone.pop(node.id, None)
         self.expected.pop(node.id, None)
-        self.nodes[node.id] = replace(node, alive=True, last_seen=self._now())
+        self.verdicts.pop(node.id, None)
+        now = self._now()
+        self.nodes[node.id] = replace(node, alive=True, last_seen=now)
+        self._registered[node.id] = now
         for name, ref in names.items():
             self.names.setdefault(name, ref)
         self.scheduler.node_up(node.id, node.role, node.resources, node.labels, held)
-        now = self._now()
         for peer, address in (known or {}).items():
             if peer not in self.nodes and peer not in self.gone:
                 self.expected.setdefault(peer, (address, now))
@@ -202,19 +232,22 @@ class Directory(Agent):
         return None if expected is None else expected[0]
 
     async def leave(self, node_id: str) -> None:
-        """A node leaves cleanly: it is forgotten (a dead one stays listed, down)."""
+        """A node leaves cleanly: it is forgotten (a dead one stays listed, down, for
+        ``forget_dead_after``)."""
         self._drop(node_id, "left")
-        self.nodes.pop(node_id, None)
+        self._forget(node_id)
         self.scheduler.node_down(node_id)
 
     async def members(self) -> list[NodeInfo]:
-        """Every node known, live or dead, with its last reported load."""
+        """Every node known, live or dead (until forgotten), with its last reported
+        load; ``last_seen`` and ``uptime`` in seconds as of now."""
         now = self._now()
         views = self.scheduler.view.nodes
         return [
             replace(
                 n,
                 last_seen=now - n.last_seen,
+                uptime=n.uptime + ((now if n.alive else n.last_seen) - self._registered[n.id]),
                 used={k: v for k, v in views[n.id].used.items() if v} if n.id in views else {},
             )
             for n in self.nodes.values()
@@ -227,11 +260,15 @@ class Directory(Agent):
 
     def _declared_dead(self, node_id: str) -> bool:
         """Whether this head declared ``node_id`` dead (a node that left is not);
-        the verdict outlives its tombstone: the node stays listed, down."""
-        node = self.nodes.get(node_id)
-        if node is not None and not node.alive:
+        the verdict outlives its tombstone and its listing (`VERDICTS_KEPT`)."""
+        if node_id in self.verdicts:
             return True
         return node_id in self.gone and self.gone[node_id][0] != "left"
+
+    def _forget(self, node_id: str) -> None:
+        """No longer list ``node_id`` (it left, or it has been dead long enough)."""
+        self.nodes.pop(node_id, None)
+        self._registered.pop(node_id, None)
 
     def _bury(self, node_id: str, why: str) -> None:
         self.gone[node_id] = (why, self._now())
@@ -244,6 +281,11 @@ class Directory(Agent):
         if node is None or not node.alive:
             return
         self._bury(node_id, why)
+        if why != "left":
+            self.verdicts[node_id] = None
+            self.verdicts.move_to_end(node_id)
+            while len(self.verdicts) > VERDICTS_KEPT:
+                self.verdicts.popitem(last=False)
         self.nodes[node_id] = replace(node, alive=False)
         self.interests.pop(node_id, None)
         self.scheduler.node_down(node_id)
@@ -257,9 +299,13 @@ class Directory(Agent):
         while True:
             await asyncio.sleep(self.dead_after / 5)
             deadline = self._now() - self.dead_after
+            # Declared dead once silent for dead_after: listed until this long silent.
+            listed = deadline - self.forget_dead_after
             for node in list(self.nodes.values()):
                 if node.alive and node.role != "head" and node.last_seen < deadline:
                     self._drop(node.id, f"missed heartbeats for {self.dead_after:g}s: dead")
+                elif not node.alive and node.last_seen < listed:
+                    self._forget(node.id)
             forgotten = self._now() - self.forget_after
             while self.gone and next(iter(self.gone.values()))[1] < forgotten:
                 self.gone.popitem(last=False)

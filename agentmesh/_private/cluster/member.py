@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..kernel.cell import Cell
@@ -35,7 +36,14 @@ from ..placement.scheduler import LocalPlacer, Scheduler
 from ..pubsub.topics import TopicTrie
 from ..supervision.spec import ChildSpec
 from ..transport.grpc_transport import GrpcTransport
-from .directory import DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT, Beat, Directory, NodeInfo
+from .directory import (
+    DEFAULT_DEAD_AFTER,
+    DEFAULT_FORGET_DEAD_AFTER,
+    DEFAULT_HEARTBEAT,
+    Beat,
+    Directory,
+    NodeInfo,
+)
 from .placer import PlacementService, RemotePlacer, placement_id
 from .remote_child import ChildLink, RemoteChildren
 from .services import NodeService, SpawnService, service_id, spawner_id
@@ -67,6 +75,7 @@ class Membership:
         labels: dict[str, str],
         heartbeat: float = DEFAULT_HEARTBEAT,
         dead_after: float = DEFAULT_DEAD_AFTER,
+        forget_dead_after: float = DEFAULT_FORGET_DEAD_AFTER,
         scheduler: Scheduler | None = None,
         bus: Bus | None = None,
     ) -> None:
@@ -81,6 +90,9 @@ class Membership:
         self.labels = labels
         self.heartbeat = heartbeat
         self.dead_after = dead_after
+        self.forget_dead_after = forget_dead_after
+        #: When this node started, in its event loop's clock (its uptime).
+        self.started = 0.0
         self.directory: AgentRef | None = None
         self.members: dict[str, str] = {}
         self.remote_interest: TopicTrie[str] = TopicTrie()  # pattern -> node, for others
@@ -95,12 +107,15 @@ class Membership:
 
     async def start(self, spawn: Callable[..., Any], spawn_many: Callable[..., Any]) -> None:
         node = self.node
+        self.started = asyncio.get_running_loop().time()
         await node.spawn(NodeService, (spawn, self), agent_id=service_id(node.id))
         await node.spawn(SpawnService, (spawn_many,), agent_id=spawner_id(node.id))
         if self.head_address is None:
             scheduler = self.scheduler or Scheduler()
             self.directory = await node.spawn(
-                Directory, (scheduler, self.dead_after), agent_id=directory_id(node.id)
+                Directory,
+                (scheduler, self.dead_after, None, self.forget_dead_after),
+                agent_id=directory_id(node.id),
             )
             await node.spawn(PlacementService, (scheduler,), agent_id=placement_id(node.id))
             node.placer = LocalPlacer(scheduler)
@@ -124,9 +139,11 @@ class Membership:
         self.directory = AgentRef._create(directory_id(head), None, head, self.node)
 
     def _me(self) -> NodeInfo:
-        return NodeInfo(
+        uptime = asyncio.get_running_loop().time() - self.started
+        info = NodeInfo(
             self.node.id, self.transport.address, self.role, self.resources, self.labels
         )
+        return replace(info, uptime=uptime)
 
     async def _register(self) -> None:
         assert self.directory is not None

@@ -56,20 +56,28 @@ class ChildLink:
         #: While draining, notices wait here for the drain to send (and await) them.
         self.outbox: list[tuple[str, Envelope]] = []
 
+    @property
+    def supervisor_id(self) -> str:
+        """The supervisor's id (`AgentInfo.supervisor` of the child)."""
+        return self.supervisor.id
+
     def __call__(self, cell: Cell, reason: ExitReason, error: str | None) -> bool:
         if self.moving is not None:
             notice = (self.key, "node_down", self.moving, takes_restart(self.restart, "node_down"))
             self._tell(cell, notice)
             return False  # this instance ends here; its supervisor starts a new one
         takes = not cell.stop_requested and takes_restart(self.restart, reason)
-        self._tell(cell, (self.key, reason, error, takes))
+        # A crash's traceback goes with the news: the supervisor's node logs it (the
+        # driver that started the agent sees it, not just this node's log).
+        traceback = cell.last_traceback if reason == "crash" else None
+        self._tell(cell, (self.key, reason, error, takes), traceback)
         return takes
 
-    def _tell(self, cell: Cell, notice: tuple[Any, ...]) -> None:
+    def _tell(self, cell: Cell, notice: tuple[Any, ...], traceback: str | None = None) -> None:
         env = Envelope(
             self.supervisor.id,
             "!child_exited",
-            (*notice, cell.id),
+            (*notice, cell.id, traceback),
             NO_KWARGS,
             None,
             new_chain(),
@@ -130,9 +138,13 @@ class RemoteCell:
     def label(self) -> str:
         return self.ref.name or self.ref.id
 
-    def exited(self, reason: ExitReason, error: str | None, taken: bool) -> None:
+    def exited(
+        self, reason: ExitReason, error: str | None, taken: bool, traceback: str | None = None
+    ) -> None:
         if error is not None:
             self.last_error = error
+        if reason == "crash":
+            _log_crash(self.ref, error, traceback)
         if reason == "node_down":  # its node is draining: start it elsewhere
             self.lost = True
         if taken:
@@ -323,6 +335,32 @@ class RemoteChildren:
 
 
 _SLACK = 5.0  # seconds a stop request may take beyond the stop itself
+
+#: Where crashes are logged, here as on the node they happened on.
+agent_log = logging.getLogger("agentmesh.agent")
+
+
+def _log_crash(ref: AgentRef, error: str | None, traceback: str | None) -> None:
+    """Log a remote child's crash at ERROR, naming the agent and its node, its
+    traceback (formatted there) as the record's ``exc_text``: formatters print it
+    as they print a local one's."""
+    if not agent_log.isEnabledFor(logging.ERROR):
+        return
+    if not isinstance(traceback, str):  # (what a peer sent: never worth a crash here)
+        traceback = None
+    label = ref.name or ref.id
+    record = agent_log.makeRecord(
+        agent_log.name,
+        logging.ERROR,
+        __file__,
+        0,
+        "agent %s crashed on node %s: %s",
+        (label, ref.node, error or "unknown error"),
+        None,
+        extra={"agent": label, "agent_id": ref.id, "agent_node": ref.node},
+    )
+    record.exc_text = traceback.rstrip("\n") if traceback else None
+    agent_log.handle(record)
 
 
 def _options(spec: ChildSpec, ticket: Ticket | None) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class Cell(Lifecycle):
         self.watchers: list[Any] | None = None
         self.exit_reason: str | None = None
         self.last_error: str | None = None
+        self.last_traceback: str | None = None
         self.checkpoint_every = 0
         self.reservation = None  # what placement holds for it (a Ticket)
         self.handled = 0

@@ -1,14 +1,15 @@
-"""`AgentInfo`: a frozen snapshot of one agent's state, for programs and status views."""
+"""`AgentInfo`: a frozen snapshot of one agent's state, for programs and status views;
+`AgentListing`: those of many agents across a cluster."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .cell import Cell
 
-__all__ = ["AgentInfo"]
+__all__ = ["AgentInfo", "AgentListing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,9 @@ class AgentInfo:
     ``handled`` counts messages whose handler ran, ``rejected`` calls refused as
     unknown or ill-typed, ``crashes`` crashes so far, ``restarts`` restarts by its
     supervisor, ``last_error`` the latest crash as ``"Type: message"``,
-    ``exit_reason`` why the agent ended, if it did.
+    ``exit_reason`` why the agent ended, if it did. ``agent_class`` is the class's
+    qualified name; ``supervisor`` the id of the supervisor that owns the agent, on
+    this node or another (``sys.root.<node>`` for a plain spawn), None if none does.
     """
 
     id: str
@@ -38,6 +41,7 @@ class AgentInfo:
     restarts: int
     last_error: str | None
     exit_reason: str | None
+    supervisor: str | None = None
 
     @classmethod
     def of(cls, cell: Cell) -> AgentInfo:
@@ -57,4 +61,21 @@ class AgentInfo:
             restarts=cell.restarts,
             last_error=cell.last_error,
             exit_reason=cell.exit_reason,
+            # Supervisors' exit listeners name them (`ExitListener`); the root's not.
+            supervisor=getattr(cell.exit_listener, "supervisor_id", None),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentListing:
+    """The agents of many nodes (`Mesh.list_agents`), as each node answered.
+
+    ``agents`` are ordered by node, then oldest first. ``unreachable`` maps each node
+    that did not answer to why (the listing goes on without it); ``truncated`` maps
+    each node that had more matching agents than the listing's ``limit`` to how many
+    it had (it sent the oldest ``limit``).
+    """
+
+    agents: list[AgentInfo]
+    unreachable: dict[str, str] = field(default_factory=dict)
+    truncated: dict[str, int] = field(default_factory=dict)

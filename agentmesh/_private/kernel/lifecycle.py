@@ -54,7 +54,8 @@ class State(enum.Enum):
 _ENDED = (State.STOPPED, State.CRASHED)
 
 #: Called with (cell, reason, error) when an instance ends; returns True if it takes
-#: charge (it will call `restart` or `end`), False to let the agent end now.
+#: charge (it will call `restart` or `end`), False to let the agent end now. A
+#: supervisor's listener also has ``supervisor_id`` (its id), which `AgentInfo` shows.
 ExitListener = Callable[[Any, ExitReason, "str | None"], bool]
 
 
@@ -106,6 +107,7 @@ class Lifecycle(abc.ABC):
         "instance",
         "kwargs",
         "last_error",
+        "last_traceback",
         "mailbox",
         "methods",
         "name",
@@ -139,6 +141,8 @@ class Lifecycle(abc.ABC):
     watchers: list[Any] | None
     exit_reason: str | None
     last_error: str | None
+    #: The latest crash's traceback, formatted (what a remote supervisor is told).
+    last_traceback: str | None
     checkpoint_every: int
     reservation: Ticket | None
     crashes: int
@@ -336,6 +340,7 @@ class Lifecycle(abc.ABC):
         self.crashes += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.exit_reason = f"crashed in {where}: {self.last_error}"
+        self.last_traceback = "".join(traceback.format_exception(exc))
         log.error("agent %s crashed in %s", self.label, where, exc_info=exc)
         self._cancel_turns(f"agent {self.label!r} crashed while this call was running")
         runner = self.runner

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import listing
 from .agent import Agent, check_agent_class, method_table
 from .answers import Answers
 from .cell import AskBatch, Cell, State
@@ -113,6 +114,7 @@ class Node:
             "!node.stop": NodeRequest(self._stop_request),
             "!node.monitor": NodeRequest(self._monitor_request),
             "!node.terminated": NodeRequest(self._terminated_request),
+            **listing.requests(self),
         }
         #: Called with each cell that ends for good (the cluster releases its name).
         self.ended_hooks: list[Callable[[Cell], None]] = []
@@ -343,6 +345,18 @@ class Node:
         cell = self._cell_of(ref)
         assert cell is not None
         return AgentInfo.of(cell)
+
+    async def info_anywhere(self, ref: AgentRef, timeout: float) -> AgentInfo:
+        """A snapshot of ``ref``'s agent, asked of its node if it lives on another
+        (`AgentUnavailable` if it has ended there or the node is away)."""
+        if not self._remote(ref):
+            return self.info(ref)
+        info: AgentInfo = await listing.ask_node(self, ref.node, "!node.info", (ref.id,), timeout)
+        return info
+
+    def gone_reason(self, agent_id: str) -> str:
+        """Why agent ``agent_id`` is not here: how it ended, or that it never was."""
+        return self._gone(agent_id)
 
     def monitor(self, ref: AgentRef, watcher: Any) -> None:
         """Send `Terminated` to ``watcher`` (a cell, or a future) when ``ref`` ends,

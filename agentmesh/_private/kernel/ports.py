@@ -122,7 +122,10 @@ class RemoteChildHandle(ChildHandle, Protocol):
     """A child on another node: what it said of its exit, and its node's death, are
     news to its stand-in (a local child's cell knows both first-hand)."""
 
-    def exited(self, reason: ExitReason, error: str | None, taken: bool) -> None: ...
+    def exited(
+        self, reason: ExitReason, error: str | None, taken: bool, traceback: str | None = None
+    ) -> None:
+        """Its exit, as its node told it (with the traceback of a crash)."""
 
     def node_lost(self, error: str | None) -> None: ...
 

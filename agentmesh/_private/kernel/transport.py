@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
+from . import pickling
 from .envelope import Envelope, RemoteReply
 from .errors import AgentUnavailable, MailboxFull, SerializationError
 
@@ -136,7 +137,7 @@ class MemoryTransport(Transport):
     def _copy(self, env: Envelope, peer: MemoryTransport) -> Envelope:
         # Pickle and unpickle as a wire would: the callee gets copies, refs rebind.
         try:
-            frame = cloudpickle.dumps((env.target, env.method, env.args, env.kwargs))
+            frame = pickling.dumps((env.target, env.method, env.args, env.kwargs))
         except Exception as exc:
             raise SerializationError(
                 f"arguments of {env.method}() cannot be pickled: {type(exc).__name__}: {exc}"
@@ -176,11 +177,11 @@ class MemoryTransport(Transport):
         """Called on the callee's side: carry a result back to the asker's node."""
         result, error = (value, None) if ok else (None, value)
         try:
-            frame = cloudpickle.dumps((result, error))
+            frame = pickling.dumps((result, error))
         except Exception as exc:
             who = self.node.id
             error = SerializationError(f"the reply from node {who} cannot be pickled: {exc}")
-            frame = cloudpickle.dumps((None, error))
+            frame = pickling.dumps((None, error))
         asker = self.network.transports.get(origin)
         if asker is None:
             return  # the asker's node is gone; nobody is waiting

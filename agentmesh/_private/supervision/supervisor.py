@@ -84,6 +84,11 @@ class _Child:
     def alive(self) -> bool:
         return self.cell is not None and self.cell.state not in (State.STOPPED, State.CRASHED)
 
+    @property
+    def supervisor_id(self) -> str:
+        """The supervisor's id (`AgentInfo.supervisor` of the child)."""
+        return self.supervisor.id
+
     def __call__(self, cell: Cell, reason: ExitReason, error: str | None) -> bool:
         # Runs inside the child's runner: decide at once whether the child waits for
         # a restart, then let the supervisor act in a turn of its own.
@@ -460,12 +465,13 @@ class Supervisor(Agent):
         error: str | None,
         taken: bool,
         instance: str | None = None,
+        traceback: str | None = None,
     ) -> None:
         child = self._children.get(key)
         if child is None:
             return
         if child.cell is None:  # it exited before the news that it started came
-            child.early = (reason, error, taken, instance)
+            child.early = (reason, error, taken, instance, traceback)
             return
         if instance is not None and instance != child.cell.ref.id:
             # An instance this supervisor no longer owns (it was restarted elsewhere
@@ -473,7 +479,7 @@ class Supervisor(Agent):
             log.info("%s: ignoring the exit of a stale instance %s", self._label, instance)
             return
         if child.cell.remote:  # a child on another node: note what it said
-            cast("RemoteChildHandle", child.cell).exited(reason, error, taken)
+            cast("RemoteChildHandle", child.cell).exited(reason, error, taken, traceback)
         if not taken:
             log.info("%s: child %s exited (%s)", self._label, child.cell.label, reason)
             if child.dynamic and not child.alive:

@@ -12,6 +12,7 @@ from google.protobuf import symbol_database
 from google.protobuf.message import Message
 
 from ...v1 import wire_pb2
+from ..kernel import pickling
 from ..kernel.errors import SerializationError
 
 __all__ = ["MAX_VALUE_BYTES", "decode", "encode"]
@@ -31,7 +32,7 @@ def encode(value: Any) -> wire_pb2.Value:
             codec = f"proto:{value.DESCRIPTOR.full_name}"
             data = value.SerializeToString()
         else:
-            codec, data = "pickle", cloudpickle.dumps(value)
+            codec, data = "pickle", pickling.dumps(value)
     except Exception as exc:
         raise SerializationError(
             f"cannot encode {type(value).__qualname__}: {type(exc).__name__}: {exc}"

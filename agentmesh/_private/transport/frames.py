@@ -16,9 +16,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
 from ...v1 import wire_pb2
+from ..kernel import pickling
 from ..kernel.envelope import new_chain
 from ..kernel.errors import AgentmeshError, SerializationError
 from .codec import MAX_VALUE_BYTES
@@ -109,7 +108,7 @@ def pack(target: str, corr: int, time_left: float, body: tuple[Any, ...]) -> byt
             raise pickle.PicklingError("refers to __main__")
     except Exception:
         try:
-            data = cloudpickle.dumps(body, protocol=5)
+            data = pickling.dumps(body, protocol=5)
         except Exception as exc:
             raise SerializationError(
                 f"arguments of {body[0]}() cannot be encoded: {type(exc).__name__}: {exc}"

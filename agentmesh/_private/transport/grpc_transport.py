@@ -273,7 +273,11 @@ class GrpcTransport(Transport):
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             call.cancel()
             who = f"node {peer} at {address}" if peer else address
-            raise AgentUnavailable(f"cannot reach {who}: {said(str(exc), 400)}") from None
+            if isinstance(exc, TimeoutError):
+                why = f"no answer within {_HANDSHAKE_TIMEOUT:g}s"
+            else:  # gRPC's own words, not the repr of its error object
+                why = f"{exc.code().name}: {exc.details()}"
+            raise AgentUnavailable(f"cannot reach {who}: {said(why, 400)}") from None
         except MalformedFrame as exc:
             call.cancel()
             raise AuthError(f"{address} answered with what is no handshake: {exc}") from None
