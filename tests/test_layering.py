@@ -97,7 +97,11 @@ ALLOWED = {
     "protogen": set(),
     "cluster": {"kernel", "supervision", "placement", "pubsub", "transport"},
     "config": {"kernel", "placement", "transport", "cluster"},
-    "mesh": {"kernel", "supervision", "placement", "pubsub", "transport", "cluster", "config"},
+    "metrics": {"kernel", "placement", "pubsub", "transport"},
+    "mesh": {
+        *("kernel", "supervision", "placement", "pubsub", "transport", "cluster", "config"),
+        "metrics",
+    },
     "logs": set(),
     "tables": {"kernel", "cluster"},
     "cli": {

@@ -71,7 +71,7 @@ def test_the_locks_satisfy_pyproject(lock: str, extras: tuple[str, ...]) -> None
 
 def test_the_demo_lock_holds_no_development_tool() -> None:
     names = {pin.name for pin in read_lock(REQUIREMENTS / "demo.txt")}
-    extras = ("pettingzoo", "matplotlib", "tqdm", "types-tqdm")  # optional, in dev.txt only
+    extras = ("pettingzoo", "matplotlib", "tqdm", "types-tqdm", "prometheus-client")  # dev only
     for tool in ("grpcio-tools", "mypy", "ruff", "pytest", "hypothesis", "pygame", *extras):
         assert tool not in names, f"make demo would install {tool}"
 

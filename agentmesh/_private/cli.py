@@ -2,9 +2,10 @@
 and ``stop``.
 
 Daemons print the address they bound as their first line of output (so ``--listen
-127.0.0.1:0`` works for scripts), then serve until SIGTERM or SIGINT or a drain
-request (``agentmesh drain NODE``), when they hand over the agents supervisors on
-other nodes own (those start again elsewhere), stop the rest and leave the cluster.
+127.0.0.1:0`` works for scripts), and with ``--metrics-port`` ``metrics URL`` as the
+second, then serve until SIGTERM or SIGINT or a drain request (``agentmesh drain
+NODE``), when they hand over the agents supervisors on other nodes own (those start
+again elsewhere), stop the rest and leave the cluster.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def _labels(text: str) -> dict[str, str]:
     return _pairs(text, str)
 
 
+def _port(text: str) -> int:
+    """``--metrics-port``: a TCP port, 0 for any."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
+
+
 def _slow_turn(args: argparse.Namespace) -> float | None:
     """``--slow-turn``: seconds, and 0 turns the watchdog off."""
     if args.slow_turn < 0:
@@ -75,6 +84,8 @@ def _log_to_stderr(level: str | None = None, fmt: str = "text") -> TextFormatter
 async def _serve(mesh: Mesh) -> None:
     async with mesh:
         print(mesh.address, flush=True)
+        if mesh.metrics_url is not None:
+            print(f"metrics {mesh.metrics_url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -245,6 +256,13 @@ def _daemon_options(connection: argparse.ArgumentParser) -> argparse.ArgumentPar
         default="text",
         help="text: time, level, logger, message; json: one object per line (default text)",
     )
+    options.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve this node's metrics for Prometheus on PORT (0: any; printed as a "
+        "second line, 'metrics URL'); needs agentmesh[prometheus]",
+    )
     return options
 
 
@@ -355,6 +373,7 @@ def _daemon(args: argparse.Namespace) -> None:
                 dead_after=args.dead_after,
                 forget_dead_after=args.forget_dead_after,
                 slow_turn=_slow_turn(args),
+                metrics_port=args.metrics_port,
             )
         else:
             resources = args.resources if args.resources is not None else machine_resources()
@@ -370,10 +389,12 @@ def _daemon(args: argparse.Namespace) -> None:
                 dead_after=args.dead_after,
                 slow_turn=_slow_turn(args),
                 role="worker",
+                metrics_port=args.metrics_port,
             )
         if formatter is not None:
             formatter.node = mesh.node_id
         run(_serve(mesh))
-    except (AgentmeshError, OSError, RuntimeError) as exc:  # RuntimeError: a bind failure
+    # RuntimeError: a bind failure; ImportError: --metrics-port without its extra.
+    except (AgentmeshError, OSError, RuntimeError, ImportError) as exc:
         print(f"agentmesh {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(2)

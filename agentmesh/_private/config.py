@@ -56,6 +56,7 @@ class MeshConfig:
     node_id: str | None = None
     slow_turn: float | None = DEFAULT_SLOW_TURN
     role: Role | None = None
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.ask_timeout <= 0 or self.shutdown_timeout <= 0:
@@ -78,6 +79,9 @@ class MeshConfig:
             raise ValueError(f"role must be 'driver' or 'worker', got {self.role!r}")
         if self.role is not None and self.join is None:
             raise ValueError("role is for a node that joins a cluster (join=)")
+        port = self.metrics_port
+        if port is not None and (type(port) is not int or not 0 <= port <= 65535):
+            raise ValueError(f"metrics_port must be a port (0: any) or None, got {port!r}")
         make_request(self.resources, self.labels)  # refuse bad names and amounts now
 
     @property
@@ -114,6 +118,7 @@ class MeshOptions(TypedDict, total=False):
     node_id: str | None
     slow_turn: float | None
     role: Role | None
+    metrics_port: int | None
 
 
 def config_fields() -> list[str]:

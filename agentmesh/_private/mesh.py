@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from .cluster.directory import NodeInfo
 from .cluster.member import Membership
@@ -34,6 +35,7 @@ from .kernel.ports import NodeRequest
 from .kernel.ref import AgentRef
 from .kernel.state import StateStore
 from .kernel.transport import Transport
+from .metrics.snapshot import NodeMetrics
 from .placement.resources import machine_resources
 from .placement.scheduler import LocalPlacer, Scheduler
 from .pubsub.bus import Bus, BusStatistics
@@ -41,6 +43,9 @@ from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
 from .supervision.supervisor import Supervisor, settle, start_directly, start_many_directly
 from .transport.grpc_transport import GrpcTransport
+
+if TYPE_CHECKING:
+    from .metrics.prometheus import MetricsServer
 
 __all__ = ["Mesh"]
 
@@ -69,6 +74,8 @@ class Mesh:
     ``state_store`` (default: in memory) keeps agents' snapshots; ``slow_turn``
     (default 0.5 s; None: off) is how long a turn may block the event loop before a
     watchdog thread logs a WARNING naming the agent and method (docs/lifecycle.md).
+    ``metrics_port`` (default None: off; 0: the OS picks) serves this node's metrics for
+    Prometheus at `metrics_url` (needs ``agentmesh[prometheus]``; docs/observability.md).
     The cluster's options (``listen``, ``join``, ``role`` ...) are in docs/cluster.md.
 
     The mesh, its agents and its refs belong to the event loop it was entered on;
@@ -159,6 +166,15 @@ class Mesh:
             self._node.ended_hooks.append(self._membership.release_name)
             self._node.name_claims.append(self._membership.claim_name)
             self._node.claim_names = self._membership.claim_names
+        self._metrics: NodeMetrics | None = None
+        self._metrics_server: MetricsServer | None = None  # once started
+        if config.metrics_port is not None:
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise ImportError(
+                    "metrics_port needs prometheus-client: pip install 'agentmesh[prometheus]'"
+                )
+            head = self._membership is None or self._membership.role == "head"
+            self._metrics = NodeMetrics(self._node, self._bus, self._scheduler if head else None)
 
     @property
     def node_id(self) -> str:
@@ -188,6 +204,15 @@ class Mesh:
         return self
 
     async def _start(self) -> None:
+        if self._metrics is not None:
+            # Imported only now: a mesh without metrics never loads prometheus_client.
+            from .metrics.prometheus import MetricsServer
+
+            server = MetricsServer(
+                self._metrics, self._metrics_host(), self.config.metrics_port or 0
+            )
+            server.start()
+            self._metrics_server = server
         if self._node.transport is not None:
             await self._node.transport.start()
         self._root_ref = await self._node.spawn(
@@ -203,6 +228,18 @@ class Mesh:
         self._root = root
         if self._membership is not None:
             await self._membership.start(self._start_spec, self._start_specs)
+
+    def _metrics_host(self) -> str:
+        """Metrics are served on the host the node listens on (loopback if it does not)."""
+        listen = self.config.listen
+        return listen.rsplit(":", 1)[0].strip("[]") if listen else "127.0.0.1"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where this node's metrics are served (``http://host:port/metrics``), once the
+        mesh started with ``metrics_port``; None otherwise."""
+        server = self._metrics_server
+        return None if server is None else server.url
 
     @property
     def address(self) -> str | None:
@@ -261,6 +298,8 @@ class Mesh:
             await self._bus.aclose()
             await self._node.state_store.aclose()
         finally:
+            if self._metrics_server is not None:
+                await self._metrics_server.aclose()
             if self._failure is not None and not self._failure.done():
                 self._failure.set_result(None)  # closed without the root giving up
             if self._token is not None:

@@ -605,6 +605,9 @@ class Cell(Lifecycle):
                 self._reject(env, BadArguments(f"{self.label}.{env.method}(): {exc}"))
                 return
             self.handled += 1
+            timer = self.node.turn_timer  # None unless metrics are on
+            if timer is not None:
+                coro = timer.timed(self.methods.cls_name, coro)
             try:
                 result = await coro
             except Exception as exc:

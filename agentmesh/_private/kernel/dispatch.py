@@ -134,6 +134,7 @@ class Dispatcher:
         me = asyncio.current_task()
         assert me is not None
         ready = self.ready
+        timer = self.node.turn_timer  # None unless metrics are on: then slices are sampled
         idle = False
         try:
             while True:
@@ -147,7 +148,10 @@ class Dispatcher:
                         ctx = cell.context = self.context_for(cast("Cell", cell))
                     cell.runner = me
                     try:
-                        ran = ctx.run(cell.run_slice)
+                        if timer is None:
+                            ran = ctx.run(cell.run_slice)
+                        else:
+                            ran = timer.run_slice(ctx, cell)
                     except Exception:  # a bug of ours: keep serving the others
                         log.exception("dispatching %s failed", cell.label)
                         cell.runner = None

@@ -47,6 +47,7 @@ from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .lifecycle import ExitListener
+    from .timing import TurnTimer
     from .transport import Transport
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "DEFAULT_SLOW_TURN", "Node"]
@@ -137,6 +138,9 @@ class Node:
         #: Seconds a turn may block the loop before the watchdog warns; None: no watchdog.
         self.slow_turn = slow_turn
         self._watchdog: Watchdog | None = None
+        #: Times turns, sampled, when metrics are on (set by the mesh layer before the
+        #: node runs anything); None: off, and turns cost nothing more.
+        self.turn_timer: TurnTimer | None = None
         #: Runs the agents' turns (bound to the loop with the node).
         self.dispatcher = Dispatcher(self)
         self._deadlines = Deadlines(ask_timeout, self._expire)

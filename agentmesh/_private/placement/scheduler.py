@@ -51,6 +51,7 @@ class Scheduler:
         self.waiting: list[_Waiter] = []
         #: The latest placements that failed, newest last (status shows them).
         self.failures: collections.deque[str] = collections.deque(maxlen=20)
+        self.failed = 0  # placements that failed since it started (metrics)
         self._prefix = secrets.token_hex(3)
         self._keys = itertools.count(1)
 
@@ -322,6 +323,7 @@ class Scheduler:
             lines.append("  (no node in the cluster can host agents)")
         message = summary + ":\n" + "\n".join(lines)
         self.failures.append(message)
+        self.failed += 1
         log.info("%s", message)  # the spawner gets it as PlacementError
         return PlacementError(message)
 

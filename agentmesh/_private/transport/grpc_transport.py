@@ -14,7 +14,7 @@ import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from .link import Link
 from .stream import MAX_MESSAGE, FrameStream
 from .untrusted import said
 
-__all__ = ["DEFAULT_WINDOW", "TLS", "GrpcTransport"]
+__all__ = ["DEFAULT_WINDOW", "TLS", "GrpcTransport", "PeerTraffic"]
 
 log = logging.getLogger("agentmesh.transport")
 
@@ -83,6 +83,25 @@ class TLS:
         return grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
+
+
+@dataclass
+class PeerTraffic:
+    """What this node sent to one peer over every stream it had with it: frames,
+    envelopes (asks and tells to user agents), sends that waited for credit and their
+    seconds waiting; and the sends waiting for credit now."""
+
+    frames_sent: int = 0
+    envelopes_sent: int = 0
+    credit_waits: int = 0
+    credit_wait_seconds: float = 0.0
+    senders_waiting: int = 0
+
+    def add(self, link: Link) -> None:
+        self.frames_sent += link.frames_sent
+        self.envelopes_sent += link.envelopes_sent
+        self.credit_waits += link.credit_waits
+        self.credit_wait_seconds += link.credit_wait_seconds
 
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
@@ -139,6 +158,8 @@ class GrpcTransport(Transport):
         #: Finds the address of a peer not known yet (set by the cluster layer).
         self.resolve: Callable[[str], Awaitable[str | None]] | None = None
         self.rejected = 0  # handshakes and frames refused
+        self._serving: set[Link] = set()  # links not yet ended, for `traffic`
+        self._ended: dict[str, PeerTraffic] = {}  # what ended links carried, by peer
         self._dials: dict[str, asyncio.Task[Link]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: grpc.aio.Server | None = None
@@ -177,6 +198,22 @@ class GrpcTransport(Transport):
     def counters(self) -> tuple[int, int]:
         held = sum(link.inbox.parked for link in self.links.values() if not link.closed)
         return held, self.rejected
+
+    def traffic(self) -> dict[str, PeerTraffic]:
+        """What this node sent to each peer since it started (for metrics)."""
+        totals = {peer: replace(sent) for peer, sent in self._ended.items()}
+        for link in self._serving:
+            sent = totals.setdefault(link.peer, PeerTraffic())
+            sent.add(link)
+            if not link.closed:
+                sent.senders_waiting += link.held_senders
+        return totals
+
+    def _ended_link(self, link: Link) -> None:
+        """``link`` is done: keep what it carried."""
+        if link in self._serving:
+            self._serving.discard(link)
+            self._ended.setdefault(link.peer, PeerTraffic()).add(link)
 
     async def flush(self, timeout: float) -> int:
         links = [link for link in self.links.values() if not link.closed]
@@ -322,6 +359,7 @@ class GrpcTransport(Transport):
             self.window,
         )
         link.on_malformed = functools.partial(self._malformed, link)
+        self._serving.add(link)
         current = self.links.get(peer)
         if current is None or current.closed:
             self.links[peer] = link
@@ -338,6 +376,7 @@ class GrpcTransport(Transport):
             cancel()
             if self.links.get(link.peer) is link:
                 del self.links[link.peer]
+            self._ended_link(link)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -375,6 +414,7 @@ class GrpcTransport(Transport):
         finally:
             if self.links.get(peer) is link:
                 del self.links[peer]
+            self._ended_link(link)
 
     def _malformed(self, link: Link, exc: MalformedFrame) -> None:
         self.rejected += 1

@@ -133,6 +133,10 @@ class Link:
         self.closed = False
         self.frames_sent = 0
         self.envelopes_sent = 0
+        #: Times a send waited for credit (the stream's, or its agent's), and for how
+        #: long in all: counted on the waiting path only.
+        self.credit_waits = 0
+        self.credit_wait_seconds = 0.0
         #: Told of a malformed frame from the peer before the peer is told (which
         #: may end the call, and cancel whoever serves it): the transport counts it.
         self.on_malformed: Callable[[MalformedFrame], None] | None = None
@@ -232,11 +236,15 @@ class Link:
                     break
                 fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 waiters.append(fut)
+                self.credit_waits += 1
+                started = self._clock()
                 try:
                     await fut
                 except BaseException:
                     self._gave_up(env.target, waiters, fut)
                     raise
+                finally:
+                    self.credit_wait_seconds += self._clock() - started
         self._send(env)
 
     def _gave_up(
