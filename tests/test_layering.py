@@ -95,9 +95,13 @@ ALLOWED = {
     "daemon": set(),
     "running": set(),
     "protogen": set(),
+    "tracing": {"kernel"},
     "cluster": {"kernel", "supervision", "placement", "pubsub", "transport"},
     "config": {"kernel", "placement", "transport", "cluster"},
-    "mesh": {"kernel", "supervision", "placement", "pubsub", "transport", "cluster", "config"},
+    "mesh": {
+        *("kernel", "supervision", "placement", "pubsub", "transport", "cluster", "config"),
+        "tracing",
+    },
     "cli": {"kernel", "placement", "transport", "cluster", "mesh", "running", "config"},
     "sim": {"kernel", "mesh", "daemon", "running"},
 }

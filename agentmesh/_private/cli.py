@@ -191,6 +191,12 @@ def _daemon_options(connection: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="warn on stderr, naming the agent and method, when a turn blocks the event "
         f"loop this long (default {DEFAULT_SLOW_TURN:g}; 0: off)",
     )
+    options.add_argument(
+        "--tracing",
+        action="store_true",
+        help="record spans of asks, tells, publishes and turns (OpenTelemetry: the otel "
+        "extra), exported as the OTEL_* environment variables say (docs/observability.md)",
+    )
     return options
 
 
@@ -247,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                 heartbeat=args.heartbeat,
                 dead_after=args.dead_after,
                 slow_turn=_slow_turn(args),
+                tracing=args.tracing,
             )
             run(_serve(mesh))
         elif args.command == "node":
@@ -262,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
                 heartbeat=args.heartbeat,
                 slow_turn=_slow_turn(args),
                 role="worker",
+                tracing=args.tracing,
             )
             run(_serve(mesh))
         elif args.command == "drain":
@@ -270,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             run(_stop(args.address, args.token, args.name, _tls(args)))
         else:
             run(_status(args.address, args.token, args.json, _tls(args)))
-    except (AgentmeshError, OSError, RuntimeError) as exc:  # RuntimeError: a bind failure
+    # RuntimeError: a bind failure; ImportError: --tracing without OpenTelemetry.
+    except (AgentmeshError, OSError, RuntimeError, ImportError) as exc:
         print(f"agentmesh {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(2)

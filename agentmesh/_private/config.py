@@ -55,6 +55,7 @@ class MeshConfig:
     node_id: str | None = None
     slow_turn: float | None = DEFAULT_SLOW_TURN
     role: Role | None = None
+    tracing: bool = False
 
     def __post_init__(self) -> None:
         if self.ask_timeout <= 0 or self.shutdown_timeout <= 0:
@@ -108,6 +109,7 @@ class MeshOptions(TypedDict, total=False):
     node_id: str | None
     slow_turn: float | None
     role: Role | None
+    tracing: bool
 
 
 def config_fields() -> list[str]:

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .agent import Agent, check_agent_class, method_table
 from .cell import Cell, State
 from .context import current_cell, current_chain, current_node
@@ -489,6 +490,8 @@ class Node:
             None if sender is None else sender.id,
             deadline,
         )
+        if tracing.hooks is not None:
+            env = tracing.hooks.ask(env, fut, ref._name or ref._id, self.id)
         if sender is not None:
             if sender.waiting_on is None:
                 sender.waiting_on = {}
@@ -539,6 +542,7 @@ class Node:
             chain, sender_id = sender.chain_of_current_task(), sender.id
         here = self.id
         new = object.__new__
+        tracer = tracing.hooks  # asks made so carry the current span's context
         left: list[int] = []
         for i, (ref, method, args, reply) in enumerate(calls):
             cell = ref._cell
@@ -561,6 +565,8 @@ class Node:
             env.chain = chain or next(chains)
             env.sender = sender_id
             env.deadline = deadline
+            if tracer is not None:
+                env = tracer.carry(env, None)
             try:
                 if not cell.offer(env):
                     left.append(i)
@@ -633,11 +639,13 @@ class Node:
         elif not cell.offer(env):
             raise MailboxFull(f"mailbox of {ref!r} is full ({cell.mailbox.capacity} messages)")
 
-    @staticmethod
     def _tell_envelope(
-        ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Envelope:
-        return tell_envelope(ref._id, method, args, kwargs)
+        env = tell_envelope(ref._id, method, args, kwargs)
+        if tracing.hooks is not None:
+            env = tracing.hooks.tell(env, ref._name or ref._id, self.id)
+        return env
 
     # -- the transport seam ------------------------------------------------------
 
