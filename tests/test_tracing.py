@@ -11,14 +11,12 @@ import sys
 import textwrap
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Tracer
 
 import agentmesh as am
 from agentmesh import tracing
@@ -29,48 +27,23 @@ from agentmesh._private.tracing import INSTALL, OtelTracer
 
 from .agents import Gate, Relay
 from .conftest import GRPC_WINDOW, ROOT, World, open_grpc_pair, wait_for
-from .traced_agents import Back, Front, Sink
-
-
-@dataclass
-class Recorded:
-    """What the tests record spans with: the exporter, and a tracer of their own for
-    the request's root span."""
-
-    exporter: InMemorySpanExporter
-    tracer: Tracer
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.name == name]
-
-    def one(self, name: str) -> ReadableSpan:
-        [span] = self.named(name)
-        return span
-
-    async def wait(self, *names: str) -> None:
-        """Until a span of each name has ended (a tell's turn may end after the ask)."""
-
-        def ended() -> bool:
-            have = {s.name for s in self.spans()}
-            return all(name in have for name in names)
-
-        await wait_for(ended, what=f"spans {names}")
+from .traced_agents import Back, Front, Recorded, Sink, recording
 
 
 @pytest.fixture
 def recorded() -> Iterator[Recorded]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    try:
-        yield Recorded(exporter, provider.get_tracer("tests"))
-    finally:
-        tracing.disable()
-        provider.shutdown()
+    with recording() as spans:
+        yield spans
+
+
+async def spans_ended(recorded: Recorded, *names: str) -> None:
+    """Until a span of each name has ended (a tell's turn may end after the ask)."""
+
+    def ended() -> bool:
+        have = {s.name for s in recorded.spans()}
+        return all(name in have for name in names)
+
+    await wait_for(ended, what=f"spans {names}")
 
 
 @pytest.fixture(params=["local", "memory", "grpc"])
@@ -113,7 +86,7 @@ async def test_one_request_is_one_trace(recorded: Recorded, world: World) -> Non
     back = await world.driver.spawn(Back, name="back")  # the driver's node: a hop back
     with recorded.tracer.start_as_current_span("request"):
         assert await front.handle(back, sink, 3) == 6
-    await recorded.wait("turn Sink.record", "turn Sink.on_news")
+    await spans_ended(recorded, "turn Sink.record", "turn Sink.on_news")
 
     request = recorded.one("request")
     ask = recorded.one("ask handle")
@@ -163,7 +136,7 @@ async def test_failures_are_recorded_on_the_spans(recorded: Recorded, world: Wor
     back = await world.driver.spawn(Back)
     with pytest.raises(am.RemoteError):
         await front.fail(back)
-    await recorded.wait("ask fail", "turn Front.fail", "turn Back.fail")
+    await spans_ended(recorded, "ask fail", "turn Front.fail", "turn Back.fail")
     for span in recorded.spans():
         if span.name in ("ask fail", "turn Front.fail", "turn Back.fail"):
             assert span.status.status_code.name == "ERROR", span.name

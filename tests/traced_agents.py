@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Tracer
 
 import agentmesh as am
+from agentmesh import tracing
 
 #: Where `JsonFileExporter` writes: this path plus ``.<pid>.jsonl``.
 SPANS_VARIABLE = "AGENTMESH_TEST_SPANS"
@@ -53,6 +58,39 @@ class Sink(am.Agent):
 
     async def seen(self) -> list[Any]:
         return self.got
+
+
+@dataclass
+class Recorded:
+    """What a test records this process's spans with: the exporter, and a tracer of
+    its own for a request's root span."""
+
+    exporter: InMemorySpanExporter
+    tracer: Tracer
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        [span] = self.named(name)
+        return span
+
+
+@contextmanager
+def recording() -> Iterator[Recorded]:
+    """Tracing on in this process, into an in-memory exporter, until the end."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    try:
+        yield Recorded(exporter, provider.get_tracer("tests"))
+    finally:
+        tracing.disable()
+        provider.shutdown()
 
 
 def span_record(span: ReadableSpan) -> dict[str, Any]:
