@@ -401,3 +401,15 @@ def _json_objects(text: str) -> list[dict[str, Any]]:
 
 def test_the_seam_is_empty_when_off() -> None:
     assert seam.hooks is None
+
+
+def test_the_example_of_the_docs_prints_what_they_say() -> None:
+    page = (ROOT / "docs" / "observability.md").read_text()
+    section = page[page.index("## Tracing") :]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = section.split("It prints:\n\n```text\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == printed
