@@ -120,13 +120,11 @@ class OtelTracer:
         span.end()  # a tell's span marks the send; its turn measures the wait
         return TracedEnvelope.of(env, Trace(span.get_span_context(), time.monotonic()))
 
-    def carry(self, env: Envelope, trace: Trace | None) -> Envelope:
-        if trace is None:
-            context = self._trace.get_current_span().get_span_context()
-            if not context.is_valid:
-                return env
-            return TracedEnvelope.of(env, Trace(context, time.monotonic()))
-        return TracedEnvelope.of(env, trace)
+    def carry(self, env: Envelope) -> Envelope:
+        context = self._trace.get_current_span().get_span_context()
+        if not context.is_valid or _framework(env):
+            return env
+        return TracedEnvelope.of(env, Trace(context, time.monotonic()))
 
     @contextlib.contextmanager
     def publish(self, topic: str, sender: str | None) -> Iterator[Trace | None]:

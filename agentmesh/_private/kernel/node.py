@@ -566,7 +566,7 @@ class Node:
             env.sender = sender_id
             env.deadline = deadline
             if tracer is not None:
-                env = tracer.carry(env, None)
+                env = tracer.carry(env)
             try:
                 if not cell.offer(env):
                     left.append(i)

@@ -49,9 +49,9 @@ class Tracer(Protocol):
         """A tell is being sent: record its span; return the envelope carrying it."""
         ...
 
-    def carry(self, env: Envelope, trace: Trace | None) -> Envelope:
-        """``env`` with ``trace`` in it (a publication's delivery, a sim's ask), or with
-        the current span's context if ``trace`` is None (``env`` if there is none)."""
+    def carry(self, env: Envelope) -> Envelope:
+        """``env`` with the current span's context (an ask of many made at once, as a
+        simulation's step makes them), or as it is if there is none."""
         ...
 
     def publish(self, topic: str, sender: str | None) -> AbstractContextManager[Trace | None]:

@@ -174,7 +174,7 @@ class Bus:
         """Deliver ``payload`` to every subscription matching ``topic`` here, then
         (unless ``local_only``) once to every other node with matching subscribers.
         Returns how many subscriptions here it was delivered (or dead-lettered) to.
-        With tracing on, in a publish span each delivery's turn is a child of."""
+        With tracing on it runs in a publish span, the parent of each delivery's turn."""
         if tracing.hooks is not None:
             return self._traced_publish(tracing.hooks, topic, payload, sender, local_only)
         return self._publish(topic, payload, sender, local_only, None)

@@ -20,7 +20,7 @@ import pydantic
 
 from ..kernel import tracing
 from ..kernel.cell import Cell
-from ..kernel.envelope import NO_KWARGS, Envelope, chains
+from ..kernel.envelope import NO_KWARGS, Envelope, TracedEnvelope, chains
 from ..kernel.errors import AgentUnavailable
 
 if TYPE_CHECKING:
@@ -260,8 +260,10 @@ class AgentSubscription(Subscription):
             env = Envelope(cell.id, method, (value,), NO_KWARGS, None, next(chains), sender)
         else:
             env = self._envelope(topic, value, sender)
-        if tracing.hooks is not None:  # a child of the publication's span
-            env = tracing.hooks.carry(env, memo.get(TRACE))
+        if tracing.hooks is not None:  # its turn: a child of the publication's span
+            trace = memo.get(TRACE)
+            if trace is not None:
+                env = TracedEnvelope.of(env, trace)
         try:
             if cell.offer(env):
                 return None
