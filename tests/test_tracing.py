@@ -283,8 +283,19 @@ def test_enabling_without_opentelemetry_says_what_to_install(
     assert not tracing.enabled()
 
 
+async def test_a_mesh_with_tracing_but_without_opentelemetry_does_not_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if not installed
+    mesh = am.Mesh(tracing=True)
+    with pytest.raises(ImportError, match=r"agentmesh\[otel\]"):
+        await mesh.__aenter__()
+    assert not tracing.enabled()
+    assert mesh._node.loop is None  # stopped before anything started
+
+
 def test_the_wire_form_is_w3c_trace_context() -> None:
-    tracer = OtelTracer(TracerProvider(), owned=False)
+    tracer = OtelTracer(TracerProvider())
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     trace = tracer.from_wire(parent, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
     assert trace is not None

@@ -56,7 +56,7 @@ _TRACESTATE_MAX = 512
 class OtelTracer:
     """The kernel's `Tracer` over an OpenTelemetry ``TracerProvider``."""
 
-    def __init__(self, provider: TracerProvider, owned: bool) -> None:
+    def __init__(self, provider: TracerProvider) -> None:
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
         from opentelemetry.trace.span import TraceFlags, TraceState
@@ -64,7 +64,6 @@ class OtelTracer:
         from .. import __version__
 
         self.provider = provider
-        self.owned = owned  # built by `enable` from the environment
         self._tracer = provider.get_tracer(SCOPE, __version__)
         self._trace = trace
         self._context = context
@@ -242,14 +241,14 @@ def enable(tracer_provider: TracerProvider | None = None) -> None:
     None: OpenTelemetry's global provider if the program set one, else one built
     from the standard ``OTEL_*`` environment variables (``OTEL_TRACES_EXPORTER``,
     ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, the exporters' own), which
-    becomes the global provider. Enabling again replaces the provider. Raises
+    becomes the global provider. Enabling again replaces the provider (what the
+    previous one recorded is exported first). Raises
     `ImportError` if OpenTelemetry is not installed (the ``otel`` extra).
     """
     try:
         from opentelemetry import trace
     except ImportError as exc:
         raise ImportError(INSTALL) from exc
-    owned = False
     provider = tracer_provider
     if provider is None:
         provider = trace.get_tracer_provider()
@@ -257,8 +256,10 @@ def enable(tracer_provider: TracerProvider | None = None) -> None:
             built = _provider_from_environment()
             if built is not None:
                 trace.set_tracer_provider(built)
-                provider, owned = built, True
-    seam.hooks = OtelTracer(provider, owned)
+                provider = built
+    previous, seam.hooks = seam.hooks, OtelTracer(provider)
+    if isinstance(previous, OtelTracer) and previous.provider is not provider:
+        previous.flush()
 
 
 def disable() -> None:
