@@ -263,6 +263,12 @@ def _daemon_options(connection: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="serve this node's metrics for Prometheus on PORT (0: any; printed as a "
         "second line, 'metrics URL'); needs agentmesh[prometheus]",
     )
+    options.add_argument(
+        "--tracing",
+        action="store_true",
+        help="record spans of asks, tells, publishes and turns (OpenTelemetry: the otel "
+        "extra), exported as the OTEL_* environment variables say (docs/observability.md)",
+    )
     return options
 
 
@@ -374,6 +380,7 @@ def _daemon(args: argparse.Namespace) -> None:
                 forget_dead_after=args.forget_dead_after,
                 slow_turn=_slow_turn(args),
                 metrics_port=args.metrics_port,
+                tracing=args.tracing,
             )
         else:
             resources = args.resources if args.resources is not None else machine_resources()
@@ -390,11 +397,13 @@ def _daemon(args: argparse.Namespace) -> None:
                 slow_turn=_slow_turn(args),
                 role="worker",
                 metrics_port=args.metrics_port,
+                tracing=args.tracing,
             )
         if formatter is not None:
             formatter.node = mesh.node_id
         run(_serve(mesh))
-    # RuntimeError: a bind failure; ImportError: --metrics-port without its extra.
+    # RuntimeError: a bind failure; ImportError: --metrics-port or --tracing without
+    # its extra.
     except (AgentmeshError, OSError, RuntimeError, ImportError) as exc:
         print(f"agentmesh {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(2)

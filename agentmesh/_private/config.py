@@ -57,6 +57,7 @@ class MeshConfig:
     slow_turn: float | None = DEFAULT_SLOW_TURN
     role: Role | None = None
     metrics_port: int | None = None
+    tracing: bool = False
 
     def __post_init__(self) -> None:
         if self.ask_timeout <= 0 or self.shutdown_timeout <= 0:
@@ -119,6 +120,7 @@ class MeshOptions(TypedDict, total=False):
     slow_turn: float | None
     role: Role | None
     metrics_port: int | None
+    tracing: bool
 
 
 def config_fields() -> list[str]:

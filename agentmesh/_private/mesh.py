@@ -14,6 +14,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from . import tracing
 from .cluster.directory import NodeInfo
 from .cluster.member import Membership
 from .config import MeshConfig, MeshOptions
@@ -77,6 +78,8 @@ class Mesh:
     ``metrics_port`` (default None: off; 0: the OS picks) serves this node's metrics for
     Prometheus at `metrics_url` (needs ``agentmesh[prometheus]``; docs/observability.md).
     The cluster's options (``listen``, ``join``, ``role`` ...) are in docs/cluster.md.
+    ``tracing=True`` turns tracing on in this process while the mesh runs, unless it
+    is on already (`agentmesh.tracing`, docs/observability.md: the ``otel`` extra).
 
     The mesh, its agents and its refs belong to the event loop it was entered on;
     from other threads use ``ref.method.ask_sync()`` / ``tell_sync()``.
@@ -133,6 +136,7 @@ class Mesh:
         self._node.bus = self._bus
         self._node.serve("!node.publish", NodeRequest(self._bus.take_publication, ordered=True))
         self._entered = False
+        self._tracing = False  # this mesh turned tracing on (and turns it off)
         self._token: contextvars.Token[Node | None] | None = None
         self._root: Supervisor | None = None
         self._root_ref: AgentRef | None = None
@@ -192,6 +196,9 @@ class Mesh:
         if self._entered:
             raise RuntimeError("a Mesh can be entered only once")
         self._entered = True
+        if self.config.tracing and not tracing.enabled():
+            tracing.enable()  # ImportError without OpenTelemetry: before anything starts
+            self._tracing = True
         self._node.bind_loop()
         self._token = current_node.set(self._node)
         self._failure = asyncio.get_running_loop().create_future()
@@ -302,6 +309,9 @@ class Mesh:
                 await self._metrics_server.aclose()
             if self._failure is not None and not self._failure.done():
                 self._failure.set_result(None)  # closed without the root giving up
+            if self._tracing:
+                self._tracing = False
+                tracing.disable()  # and export what was recorded
             if self._token is not None:
                 # Closed from another task or context: nothing to restore there.
                 with contextlib.suppress(ValueError):

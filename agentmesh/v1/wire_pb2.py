@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentmesh/v1/wire.proto\x12\x0c\x61gentmesh.v1\"$\n\x05Value\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x85\x02\n\x08\x45nvelope\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12!\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x13.agentmesh.v1.Value\x12\x32\n\x06kwargs\x18\x04 \x03(\x0b\x32\".agentmesh.v1.Envelope.KwargsEntry\x12\x0c\n\x04\x63orr\x18\x05 \x01(\x04\x12\r\n\x05\x63hain\x18\x06 \x01(\x04\x12\x0e\n\x06sender\x18\x07 \x01(\t\x12\x11\n\ttime_left\x18\x08 \x01(\x01\x1a\x42\n\x0bKwargsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.agentmesh.v1.Value:\x02\x38\x01\"E\n\x05Reply\x12\x0c\n\x04\x63orr\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\"\n\x05value\x18\x03 \x01(\x0b\x32\x13.agentmesh.v1.Value\"\xc2\x01\n\x05\x42\x61tch\x12)\n\tenvelopes\x18\x01 \x03(\x0b\x32\x16.agentmesh.v1.Envelope\x12$\n\x07replies\x18\x02 \x03(\x0b\x32\x13.agentmesh.v1.Reply\x12\x0e\n\x06\x63redit\x18\x03 \x01(\r\x12\r\n\x05order\x18\x05 \x03(\x08\x12\x0f\n\x07\x63ontrol\x18\x06 \x03(\x0c\x12\x0f\n\x07pickled\x18\x07 \x01(\x0c\x12\x10\n\x08\x63redited\x18\x08 \x03(\t\x12\x0f\n\x07\x63redits\x18\t \x03(\rJ\x04\x08\x04\x10\x05\"\'\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"H\n\tChallenge\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x0b\n\x03mac\x18\x03 \x01(\x0c\x12\x0e\n\x06window\x18\x04 \x01(\r\"$\n\x05Proof\x12\x0b\n\x03mac\x18\x01 \x01(\x0c\x12\x0e\n\x06window\x18\x02 \x01(\r\"\x19\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\"#\n\x05Piece\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\"\xff\x01\n\x05\x46rame\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.agentmesh.v1.HelloH\x00\x12,\n\tchallenge\x18\x02 \x01(\x0b\x32\x17.agentmesh.v1.ChallengeH\x00\x12$\n\x05proof\x18\x03 \x01(\x0b\x32\x13.agentmesh.v1.ProofH\x00\x12$\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x13.agentmesh.v1.BatchH\x00\x12(\n\x07refusal\x18\x05 \x01(\x0b\x32\x15.agentmesh.v1.RefusalH\x00\x12$\n\x05piece\x18\x06 \x01(\x0b\x32\x13.agentmesh.v1.PieceH\x00\x42\x06\n\x04\x62ody2?\n\x04Peer\x12\x37\n\x07\x43onnect\x12\x13.agentmesh.v1.Frame\x1a\x13.agentmesh.v1.Frame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentmesh/v1/wire.proto\x12\x0c\x61gentmesh.v1\"$\n\x05Value\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xae\x02\n\x08\x45nvelope\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12!\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x13.agentmesh.v1.Value\x12\x32\n\x06kwargs\x18\x04 \x03(\x0b\x32\".agentmesh.v1.Envelope.KwargsEntry\x12\x0c\n\x04\x63orr\x18\x05 \x01(\x04\x12\r\n\x05\x63hain\x18\x06 \x01(\x04\x12\x0e\n\x06sender\x18\x07 \x01(\t\x12\x11\n\ttime_left\x18\x08 \x01(\x01\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x12\n\ntracestate\x18\n \x01(\t\x1a\x42\n\x0bKwargsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.agentmesh.v1.Value:\x02\x38\x01\"E\n\x05Reply\x12\x0c\n\x04\x63orr\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\"\n\x05value\x18\x03 \x01(\x0b\x32\x13.agentmesh.v1.Value\"\xc2\x01\n\x05\x42\x61tch\x12)\n\tenvelopes\x18\x01 \x03(\x0b\x32\x16.agentmesh.v1.Envelope\x12$\n\x07replies\x18\x02 \x03(\x0b\x32\x13.agentmesh.v1.Reply\x12\x0e\n\x06\x63redit\x18\x03 \x01(\r\x12\r\n\x05order\x18\x05 \x03(\x08\x12\x0f\n\x07\x63ontrol\x18\x06 \x03(\x0c\x12\x0f\n\x07pickled\x18\x07 \x01(\x0c\x12\x10\n\x08\x63redited\x18\x08 \x03(\t\x12\x0f\n\x07\x63redits\x18\t \x03(\rJ\x04\x08\x04\x10\x05\"\'\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"H\n\tChallenge\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x0b\n\x03mac\x18\x03 \x01(\x0c\x12\x0e\n\x06window\x18\x04 \x01(\r\"$\n\x05Proof\x12\x0b\n\x03mac\x18\x01 \x01(\x0c\x12\x0e\n\x06window\x18\x02 \x01(\r\"\x19\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\"#\n\x05Piece\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\"\xff\x01\n\x05\x46rame\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.agentmesh.v1.HelloH\x00\x12,\n\tchallenge\x18\x02 \x01(\x0b\x32\x17.agentmesh.v1.ChallengeH\x00\x12$\n\x05proof\x18\x03 \x01(\x0b\x32\x13.agentmesh.v1.ProofH\x00\x12$\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x13.agentmesh.v1.BatchH\x00\x12(\n\x07refusal\x18\x05 \x01(\x0b\x32\x15.agentmesh.v1.RefusalH\x00\x12$\n\x05piece\x18\x06 \x01(\x0b\x32\x13.agentmesh.v1.PieceH\x00\x42\x06\n\x04\x62ody2?\n\x04Peer\x12\x37\n\x07\x43onnect\x12\x13.agentmesh.v1.Frame\x1a\x13.agentmesh.v1.Frame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALUE']._serialized_start=41
   _globals['_VALUE']._serialized_end=77
   _globals['_ENVELOPE']._serialized_start=80
-  _globals['_ENVELOPE']._serialized_end=341
-  _globals['_ENVELOPE_KWARGSENTRY']._serialized_start=275
-  _globals['_ENVELOPE_KWARGSENTRY']._serialized_end=341
-  _globals['_REPLY']._serialized_start=343
-  _globals['_REPLY']._serialized_end=412
-  _globals['_BATCH']._serialized_start=415
-  _globals['_BATCH']._serialized_end=609
-  _globals['_HELLO']._serialized_start=611
-  _globals['_HELLO']._serialized_end=650
-  _globals['_CHALLENGE']._serialized_start=652
-  _globals['_CHALLENGE']._serialized_end=724
-  _globals['_PROOF']._serialized_start=726
-  _globals['_PROOF']._serialized_end=762
-  _globals['_REFUSAL']._serialized_start=764
-  _globals['_REFUSAL']._serialized_end=789
-  _globals['_PIECE']._serialized_start=791
-  _globals['_PIECE']._serialized_end=826
-  _globals['_FRAME']._serialized_start=829
-  _globals['_FRAME']._serialized_end=1084
-  _globals['_PEER']._serialized_start=1086
-  _globals['_PEER']._serialized_end=1149
+  _globals['_ENVELOPE']._serialized_end=382
+  _globals['_ENVELOPE_KWARGSENTRY']._serialized_start=316
+  _globals['_ENVELOPE_KWARGSENTRY']._serialized_end=382
+  _globals['_REPLY']._serialized_start=384
+  _globals['_REPLY']._serialized_end=453
+  _globals['_BATCH']._serialized_start=456
+  _globals['_BATCH']._serialized_end=650
+  _globals['_HELLO']._serialized_start=652
+  _globals['_HELLO']._serialized_end=691
+  _globals['_CHALLENGE']._serialized_start=693
+  _globals['_CHALLENGE']._serialized_end=765
+  _globals['_PROOF']._serialized_start=767
+  _globals['_PROOF']._serialized_end=803
+  _globals['_REFUSAL']._serialized_start=805
+  _globals['_REFUSAL']._serialized_end=830
+  _globals['_PIECE']._serialized_start=832
+  _globals['_PIECE']._serialized_end=867
+  _globals['_FRAME']._serialized_start=870
+  _globals['_FRAME']._serialized_end=1125
+  _globals['_PEER']._serialized_start=1127
+  _globals['_PEER']._serialized_end=1190
 # @@protoc_insertion_point(module_scope)

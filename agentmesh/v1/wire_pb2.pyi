@@ -15,7 +15,7 @@ class Value(_message.Message):
     def __init__(self, codec: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("target", "method", "args", "kwargs", "corr", "chain", "sender", "time_left")
+    __slots__ = ("target", "method", "args", "kwargs", "corr", "chain", "sender", "time_left", "traceparent", "tracestate")
     class KwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,8 @@ class Envelope(_message.Message):
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     TIME_LEFT_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACESTATE_FIELD_NUMBER: _ClassVar[int]
     target: str
     method: str
     args: _containers.RepeatedCompositeFieldContainer[Value]
@@ -39,7 +41,9 @@ class Envelope(_message.Message):
     chain: int
     sender: str
     time_left: float
-    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Value]] = ..., corr: _Optional[int] = ..., chain: _Optional[int] = ..., sender: _Optional[str] = ..., time_left: _Optional[float] = ...) -> None: ...
+    traceparent: str
+    tracestate: str
+    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Value]] = ..., corr: _Optional[int] = ..., chain: _Optional[int] = ..., sender: _Optional[str] = ..., time_left: _Optional[float] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class Reply(_message.Message):
     __slots__ = ("corr", "ok", "value")

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..kernel.cell import Cell
-from ..kernel.envelope import NO_KWARGS, Envelope, new_chain
+from ..kernel.envelope import NO_KWARGS, Envelope, TracedEnvelope, new_chain
 from ..kernel.errors import (
     AgentmeshError,
     AgentNotFound,
@@ -50,6 +50,7 @@ from .services import NodeService, SpawnService, service_id, spawner_id
 
 if TYPE_CHECKING:
     from ..kernel.node import Node
+    from ..kernel.tracing import Trace
     from ..pubsub.bus import Bus
 
 __all__ = ["Membership", "directory_id"]
@@ -280,8 +281,11 @@ class Membership:
         except AgentmeshError as exc:
             log.warning("could not share pub/sub interest with the head: %s", exc)
 
-    async def remote_publish(self, topic: str, payload: Any, sender: str | None) -> None:
-        """Send a publication once to each other node with matching subscribers."""
+    async def remote_publish(
+        self, topic: str, payload: Any, sender: str | None, trace: Trace | None = None
+    ) -> None:
+        """Send a publication once to each other node with matching subscribers (with
+        its trace, if traced: their deliveries are children of its span)."""
         nodes = dict.fromkeys(self.remote_interest.match(topic))
         for node_id in nodes:
             env = Envelope(
@@ -293,6 +297,8 @@ class Membership:
                 new_chain(),
                 sender,
             )
+            if trace is not None:
+                env = TracedEnvelope.of(env, trace)
             try:
                 await self.transport.send(node_id, env)
             except AgentmeshError as exc:

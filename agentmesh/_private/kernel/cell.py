@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .answers import PENDING, Answers
 from .context import current_chain
 from .dispatch import TURNS_PER_SLICE, Suspended, resume
@@ -468,6 +469,8 @@ class Cell(Lifecycle):
                     continue
                 if type(coro) is not _Coroutine:
                     coro = _awaited(coro)  # an awaitable other than a coroutine
+                if env.trace is not None:
+                    coro = tracing.turn(coro, env, self)
                 self.handled += 1
                 try:
                     yielded = coro.send(None)
@@ -554,6 +557,8 @@ class Cell(Lifecycle):
                 except TypeError as exc:
                     self._reject(env, BadArguments(f"{self.label}.{env.method}(): {exc}"))
                     continue
+                if env.trace is not None:
+                    coro = tracing.turn(coro, env, self)
                 self.handled += 1
                 try:
                     result = await coro
@@ -604,6 +609,8 @@ class Cell(Lifecycle):
                 # Binding the arguments failed before any of the handler's code ran.
                 self._reject(env, BadArguments(f"{self.label}.{env.method}(): {exc}"))
                 return
+            if env.trace is not None:
+                coro = tracing.turn(coro, env, self)
             self.handled += 1
             timer = self.node.turn_timer  # None unless metrics are on
             if timer is not None:

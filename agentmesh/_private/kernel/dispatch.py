@@ -14,7 +14,7 @@ the agent has queued meanwhile) is done, and a new task takes over dispatching.
 Each agent's code runs in the agent's own `contextvars.Context` (`Cell.context`).
 
 Besides cells, the ready queue takes batches of asks to idle agents (`AskBatch`, from
-`Node.offer_asks`): the dispatcher runs each ask's turn straight from the batch, with
+`Node.ask_each`): the dispatcher runs each ask's turn straight from the batch, with
 no mailbox, envelope or ready-queue round trip of its own.
 """
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .context import current_cell
+
+if TYPE_CHECKING:
+    from .tracing import Trace
 
 __all__ = [
     "NO_KWARGS",
@@ -16,6 +19,7 @@ __all__ = [
     "Reply",
     "TellEnvelope",
     "TellRecord",
+    "TracedEnvelope",
     "chains",
     "new_chain",
     "tell_envelope",
@@ -58,10 +62,13 @@ class Envelope:
     ask from outside any agent, starts a new one. ``sender`` is the id of the sending
     agent, or None for a driver. ``deadline`` is when an ask expires, in the event
     loop's clock (0.0 for a tell); transports send the time left, so the callee skips
-    an ask whose asker has already given up.
+    an ask whose asker has already given up. ``trace`` is the trace context of a
+    traced message: always None here, where it is a class attribute and takes no room
+    (`TracedEnvelope` holds one).
     """
 
     __slots__ = ("args", "chain", "deadline", "kwargs", "method", "reply", "sender", "target")
+    trace: Trace | None = None
 
     def __init__(
         self,
@@ -95,6 +102,27 @@ class TellEnvelope(Envelope):
     __slots__ = ()
     reply: Reply | None = None
     deadline: float = 0.0
+
+
+class TracedEnvelope(Envelope):
+    """An envelope with a trace context (tracing is on: see kernel/tracing.py)."""
+
+    __slots__ = ("trace",)
+
+    @classmethod
+    def of(cls, env: Envelope, trace: Trace) -> TracedEnvelope:
+        """``env``'s fields, and ``trace``."""
+        new = object.__new__(cls)
+        new.target = env.target
+        new.method = env.method
+        new.args = env.args
+        new.kwargs = env.kwargs
+        new.reply = env.reply
+        new.chain = env.chain
+        new.sender = env.sender
+        new.deadline = env.deadline
+        new.trace = trace
+        return new
 
 
 def tell_envelope(

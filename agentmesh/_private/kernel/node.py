@@ -17,7 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import listing
+from . import listing, tracing
 from .agent import Agent, check_agent_class, method_table
 from .answers import Answers
 from .cell import AskBatch, Cell, State
@@ -510,6 +510,8 @@ class Node:
             None if sender is None else sender.id,
             deadline,
         )
+        if tracing.hooks is not None:
+            env = tracing.hooks.ask(env, fut, ref._name or ref._id, self.id)
         if sender is not None:
             if sender.waiting_on is None:
                 sender.waiting_on = {}
@@ -567,6 +569,7 @@ class Node:
         here = self.id
         cells: list[Cell] = []
         positions: list[int] = []
+        tracer = tracing.hooks  # asks made so carry the current span's context
         for i, ref in enumerate(refs):
             cell = ref._cell
             if cell is None:
@@ -579,7 +582,8 @@ class Node:
                     continue
                 ref._cell = cell
             if (
-                cell.runner is None
+                tracer is None  # a traced ask goes as a traced envelope
+                and cell.runner is None
                 and not cell.queued
                 and cell.state is _RUNNING
                 and not cell.mailbox.items
@@ -603,6 +607,8 @@ class Node:
                 sender_id,
                 deadline,
             )
+            if tracer is not None:
+                env = tracer.carry(env)
             try:
                 if not cell.offer(env):  # a full mailbox: wait for room in a task
                     answers.tasks.append(self._ask_into(answers, i, ref, method, args[i], deadline))
@@ -696,11 +702,13 @@ class Node:
         elif not cell.offer(env):
             raise MailboxFull(f"mailbox of {ref!r} is full ({cell.mailbox.capacity} messages)")
 
-    @staticmethod
     def _tell_envelope(
-        ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Envelope:
-        return tell_envelope(ref._id, method, args, kwargs)
+        env = tell_envelope(ref._id, method, args, kwargs)
+        if tracing.hooks is not None:
+            env = tracing.hooks.tell(env, ref._name or ref._id, self.id)
+        return env
 
     # -- the transport seam ------------------------------------------------------
 

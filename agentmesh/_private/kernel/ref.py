@@ -6,6 +6,7 @@ from _thread import get_ident
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .context import current_cell, current_node
 from .envelope import NO_KWARGS, Envelope, TellEnvelope, chains
 from .errors import AgentUnavailable, MailboxFull, UnknownMethod
@@ -169,7 +170,7 @@ class MethodRef:
         (the cached route's fast path); False if it goes the way of an envelope."""
         ref = self._ref
         route = ref._route
-        if route is None:
+        if route is None or tracing.hooks is not None:  # a traced tell: an Envelope
             return False
         # The loop check, as in `tell`: the stream's buffer belongs to the loop too.
         sender = current_cell.get()
@@ -232,6 +233,8 @@ class MethodRef:
         env.kwargs = kwargs or NO_KWARGS
         env.chain = next(chains)
         env.sender = None if sender is None else sender.id
+        if tracing.hooks is not None:
+            return tracing.hooks.tell(env, self._ref._name or self._ref._id, node.id)
         return env
 
     def ask_sync(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
-from . import pickling
-from .envelope import Envelope, RemoteReply
+from . import pickling, tracing
+from .envelope import Envelope, RemoteReply, TracedEnvelope
 from .errors import AgentUnavailable, MailboxFull, SerializationError
 
 if TYPE_CHECKING:
@@ -151,12 +151,19 @@ class MemoryTransport(Transport):
         with peer.node.bind_refs():
             target, method, args, kwargs = cloudpickle.loads(frame)
         if corr == 0:
-            return Envelope(target, method, args, kwargs, None, env.chain, env.sender)
-        # A wire carries the time left, not the deadline: clocks differ between nodes.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (env.deadline - loop.time())
-        reply = RemoteReply(functools.partial(peer.reply, self.node.id), corr, deadline, loop.time)
-        return Envelope(target, method, args, kwargs, reply, env.chain, env.sender, deadline)
+            copy = Envelope(target, method, args, kwargs, None, env.chain, env.sender)
+        else:
+            # A wire carries the time left, not the deadline: clocks differ between nodes.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + (env.deadline - loop.time())
+            send = functools.partial(peer.reply, self.node.id)
+            reply = RemoteReply(send, corr, deadline, loop.time)
+            copy = Envelope(target, method, args, kwargs, reply, env.chain, env.sender, deadline)
+        if env.trace is not None and tracing.hooks is not None:  # as a wire carries it
+            trace = tracing.hooks.from_wire(*tracing.hooks.to_wire(env.trace))
+            if trace is not None:
+                return TracedEnvelope.of(copy, trace)
+        return copy
 
     def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:
         self.pending.pop(corr, None)

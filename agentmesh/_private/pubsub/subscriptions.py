@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pydantic
 
+from ..kernel import tracing
 from ..kernel.cell import Cell
-from ..kernel.envelope import NO_KWARGS, Envelope, chains
+from ..kernel.envelope import NO_KWARGS, Envelope, TracedEnvelope, chains
 from ..kernel.errors import AgentUnavailable
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ __all__ = ["DeadLetter", "Overflow", "Subscription", "TopicStream", "payload_ada
 Overflow = Literal["backpressure", "drop"]
 
 _NO_VALUE = object()
+#: The key of a publication's trace in its memo (see `Subscription.offer`).
+TRACE = object()
 _ValidationError = pydantic.ValidationError
 
 
@@ -257,6 +260,10 @@ class AgentSubscription(Subscription):
             env = Envelope(cell.id, method, (value,), NO_KWARGS, None, next(chains), sender)
         else:
             env = self._envelope(topic, value, sender)
+        if tracing.hooks is not None:  # its turn: a child of the publication's span
+            trace = memo.get(TRACE)
+            if trace is not None:
+                env = TracedEnvelope.of(env, trace)
         try:
             if cell.offer(env):
                 return None

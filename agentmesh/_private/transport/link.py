@@ -29,7 +29,8 @@ import pydantic
 from google.protobuf.message import Message
 
 from ...v1 import wire_pb2
-from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply, new_chain
+from ..kernel import tracing
+from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply, TracedEnvelope, new_chain
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
 from .codec import MAX_VALUE_BYTES, decode, encode
 from .frames import (
@@ -151,6 +152,9 @@ class Link:
         time_left = 0.0
         if corr:
             time_left = max(0.0, env.deadline - asyncio.get_running_loop().time())
+        carried = None  # the W3C trace context, for a traced message (tracing is on)
+        if env.trace is not None and tracing.hooks is not None:
+            carried = tracing.hooks.to_wire(env.trace)
         wire: wire_pb2.Envelope | bytes
         if _has_typed(env) and not self._is_control(env):
             wire = wire_pb2.Envelope(
@@ -164,13 +168,19 @@ class Link:
             )
             for key, value in env.kwargs.items():
                 wire.kwargs[key].CopyFrom(encode(value))
+            if carried is not None:
+                wire.traceparent, wire.tracestate = carried
         else:
-            wire = pack(
-                env.target,
-                corr,
-                time_left,
-                (env.method, env.args, env.kwargs or None, env.chain, env.sender),
+            body: tuple[Any, ...] = (
+                env.method,
+                env.args,
+                env.kwargs or None,
+                env.chain,
+                env.sender,
             )
+            if carried is not None:
+                body += (carried,)
+            wire = pack(env.target, corr, time_left, body)
         reply = env.reply
         if reply is not None:
             assert isinstance(reply, asyncio.Future)
@@ -559,6 +569,7 @@ class Link:
             _check_values(wire)
         # An ask expires its asker's time left after its frame arrived.
         deadline = arrived + time_left if corr else 0.0
+        traced: Any = None  # the W3C trace context the sender sent, if any
         try:
             if isinstance(wire, bytes):
                 body = pickle.loads(memoryview(wire)[start:])
@@ -566,6 +577,8 @@ class Link:
                 method, chain, sender = wire.method, wire.chain, wire.sender
                 args = tuple(decode(a) for a in wire.args)
                 kwargs = {k: decode(v) for k, v in wire.kwargs.items()} or NO_KWARGS
+                if wire.traceparent:
+                    traced = (wire.traceparent, wire.tracestate)
         except Exception as exc:
             reason = f"node {self.peer} sent what this node cannot decode: {said(str(exc), 200)}"
             if corr:
@@ -576,14 +589,19 @@ class Link:
             return None
         if isinstance(wire, bytes):  # the pickle's shape: the peer's to get right
             if type(body) is not tuple or len(body) != 5:
-                raise MalformedFrame(f"{said(body)} where an envelope's body should be")
+                if type(body) is not tuple or len(body) != 6:
+                    raise MalformedFrame(f"{said(body)} where an envelope's body should be")
+                traced, body = body[5], body[:5]
             method, args, kwargs, chain, sender = body
             _check_names(target, method, sender)
             if type(chain) is not int:
                 raise MalformedFrame(f"a call chain that is {said(chain)}")
             kwargs = kwargs or NO_KWARGS
         reply = RemoteReply(self.reply, corr, deadline, self._clock) if corr else None
-        return Envelope(target, method, args, kwargs, reply, chain, sender or None, deadline)
+        env = Envelope(target, method, args, kwargs, reply, chain, sender or None, deadline)
+        if traced is not None:
+            return _traced(env, traced)
+        return env
 
     async def _hand_over(self, env: Envelope) -> None:
         """Deliver a control envelope; a refusal goes back to an asker or to the log."""
@@ -603,6 +621,16 @@ class Link:
                 self.peer,
                 said(str(exc), 400),
             )
+
+
+def _traced(env: Envelope, traced: Any) -> Envelope:
+    """``env`` with the trace context its sender sent, if tracing is on here and that
+    is a valid W3C one (else it is ignored, as W3C says: the trace starts again)."""
+    tracer = tracing.hooks
+    if tracer is None or type(traced) is not tuple or len(traced) != 2:
+        return env
+    trace = tracer.from_wire(*traced)
+    return env if trace is None else TracedEnvelope.of(env, trace)
 
 
 def _check_names(target: Any, method: Any, sender: Any) -> None:
