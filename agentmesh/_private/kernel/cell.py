@@ -730,12 +730,15 @@ class AskBatch:
         me = self.runner
         i = self.next
         end = min(len(cells), i + TURNS_PER_SLICE)
+        methods = handler = None
         while i < end:
             cell = cells[i]
             k = positions[i]
             i += 1
             cell.queued = False
-            handler = cell.methods.handlers.get(method)
+            if cell.methods is not methods:  # the agents of a batch share a class, mostly
+                methods = cell.methods
+                handler = methods.handlers.get(method)
             if cell.state is not _RUNNING or handler is None or answers.closed:
                 self._to_mailbox(cell, k)
                 continue
@@ -745,8 +748,7 @@ class AskBatch:
             if self.fresh:
                 env.chain = next(chains)
             cell.chain = env.chain
-            env.target = cell.id
-            env.args = (args[k],)
+            env.target = cell.id  # (its args stay empty: `_envelope` makes a full one)
             cell.current = env
             cell.runner = me
             try:

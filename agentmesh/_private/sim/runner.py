@@ -8,6 +8,8 @@ import hashlib
 import time
 from array import array
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from itertools import repeat
+from operator import add
 from typing import TYPE_CHECKING, Any
 
 from ..kernel.agent import Agent
@@ -89,6 +91,10 @@ def _pack(values: Iterable[Any]) -> bytes:
         return repr(values).encode()
 
 
+#: Every agent's return starts at 0.0 (`_Tally.add`'s default for ``returns.get``).
+_ZEROS = repeat(0.0)
+
+
 class _Tally:
     """Accumulates an episode: returns, default-action counts, the digest."""
 
@@ -112,8 +118,9 @@ class _Tally:
         metrics: Mapping[str, float],
     ) -> StepRecord:
         returns = self.returns
-        for agent, reward in rewards.items():
-            returns[agent] = returns.get(agent, 0.0) + reward
+        # returns[agent] += reward for each agent, in C: one lookup, one sum, one store.
+        sums = map(add, map(returns.get, rewards, _ZEROS), rewards.values())
+        returns.update(zip(rewards, sums, strict=True))
         for agent in got.late:
             self.late[agent] = self.late.get(agent, 0) + 1
         for agent, error in got.failed.items():
@@ -184,7 +191,10 @@ async def run_episode(
                 observations = {a: observations.get(a) for a in live}  # only the live
             got = await stepper.collect(observations, timeout)
             received = got.actions
-            actions = {a: received[a] if a in received else env.default_action(a) for a in live}
+            try:  # every live agent has an action (the common case): built in C
+                actions = dict(zip(live, map(received.__getitem__, live), strict=True))
+            except KeyError:
+                actions = {a: received[a] if a in received else env.default_action(a) for a in live}
             observations, rewards, _, _, _ = env.step(actions)
             record = tally.add(step, actions, rewards, got, time.perf_counter() - t0, env.metrics())
             step += 1
