@@ -5,6 +5,7 @@ annotations, on every transport (`world` fixture), and a class from a script's
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 import agentmesh as am
 from agentmesh._private.kernel.agent import method_table
 
-from .conftest import World, wait_for
+from .conftest import ROOT, World, wait_for
 from .validation_agents import (
     DeadLetterLog,
     Lax,
@@ -353,3 +354,15 @@ async def test_a_class_from_a_scripts_main_validates_on_another_process(
         "as an integer (input: 'x')",
         "published: ['Order']",
     ]
+
+
+def test_the_example_of_the_docs_prints_what_they_say() -> None:
+    page = (ROOT / "docs" / "messaging.md").read_text()
+    section = page[page.index("## Validated arguments") :]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = section.split("It prints:\n\n```text\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == printed

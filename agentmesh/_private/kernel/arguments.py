@@ -35,6 +35,8 @@ _POSITIONAL_ONLY = inspect.Parameter.POSITIONAL_ONLY
 _VAR_POSITIONAL = inspect.Parameter.VAR_POSITIONAL
 _KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 _VAR_KEYWORD = inspect.Parameter.VAR_KEYWORD
+#: Types whose exact instances pydantic passes through unchanged.
+_SCALARS = (int, float, str, bytes, bool)
 #: How many of pydantic's errors a `BadArguments` message lists.
 _MAX_ERRORS = 5
 _short = reprlib.Repr()
@@ -189,12 +191,12 @@ def validating(
 
 def _checker(what: str, param: str, annotation: Any) -> Check:
     """Validates one parameter's argument into ``annotation`` with a `TypeAdapter`
-    built now, once; an instance of a model pydantic would not revalidate is passed as
-    it is without calling pydantic at all."""
+    built now, once. A value of the very type annotated, when pydantic would pass it
+    as it is (a model it does not revalidate, a plain ``int`` ...), skips pydantic."""
     adapter = _adapter(what, annotation)
     validate = adapter.validate_python
     as_is: Any = None
-    if (
+    if any(annotation is scalar for scalar in _SCALARS) or (
         isinstance(annotation, type)
         and issubclass(annotation, pydantic.BaseModel)
         and annotation.model_config.get("revalidate_instances", "never") == "never"
