@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -29,7 +30,10 @@ class Agent:
     *args)`` builds one and returns its ref.
 
     Class attributes ``concurrency`` and ``mailbox_size`` set defaults for every agent
-    of the class; `spawn` options override them. Inside an agent, ``self.ref``,
+    of the class; `spawn` options override them. Arguments of parameters annotated
+    with pydantic models are validated before a method runs (`BadArguments` if they
+    do not validate); ``class A(am.Agent, validate=True)`` validates every annotated
+    parameter, ``validate=False`` none (docs/messaging.md). Inside an agent, ``self.ref``,
     ``self.name``, ``self.node`` and ``self.mesh`` are available from ``__init__`` on;
     these names, the hooks and the methods defined here are reserved.
 
@@ -55,8 +59,18 @@ class Agent:
         "!terminated": "on_terminated",
         "!deliver": "_am_deliver",
     }
+    #: Which arguments are validated: None models only, True every annotated one,
+    #: False none. Set by the class keyword ``validate=``; subclasses inherit it.
+    _am_validate: ClassVar[bool | None] = None
 
     _am_cell: Cell
+
+    def __init_subclass__(cls, *, validate: bool | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if validate is not None:
+            if not isinstance(validate, bool):
+                raise TypeError(f"validate= takes True or False, got {validate!r}")
+            cls._am_validate = validate
 
     async def on_start(self) -> None:
         """Run once, as the agent's first turn, before `spawn` returns.
@@ -177,18 +191,27 @@ _RESERVED = frozenset(name for name in dir(Agent) if not name.startswith("_")) |
 }
 
 
+#: Each class's table, made once. Not kept on the class itself: a class shipped to
+#: another node by value must not take its validators along (they are rebuilt there).
+_TABLES: weakref.WeakKeyDictionary[type, MethodTable] = weakref.WeakKeyDictionary()
+
+
 def method_table(cls: type[Agent]) -> MethodTable:
-    """The table of callable methods of ``cls``, made once and kept on the class
-    itself (its own ``__dict__``: a subclass gets its own)."""
-    table = cls.__dict__.get("_am_method_table")
+    """The table of callable methods of ``cls``, made once per class (a subclass gets
+    its own). Raises TypeError if an annotation to validate cannot be evaluated."""
+    table = _TABLES.get(cls)
     if table is None:
-        table = MethodTable(cls, _RESERVED)
-        type.__setattr__(cls, "_am_method_table", table)
+        table = _TABLES[cls] = MethodTable(cls, _RESERVED)
     return table
 
 
 def check_agent_class(cls: Any) -> type[Agent]:
-    """Return ``cls`` if it is an `Agent` subclass, else raise TypeError."""
+    """Return ``cls`` if it is an `Agent` subclass, else raise TypeError.
+
+    Its method table is made here, where the class was defined or received, so
+    that the annotations it validates are evaluated before the class travels.
+    """
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
         raise TypeError(f"spawn() needs an Agent subclass, got {cls!r}")
+    method_table(cls)
     return cls

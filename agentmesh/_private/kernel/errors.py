@@ -131,7 +131,8 @@ class UnknownMethod(AgentmeshError, AttributeError):
 
 
 class BadArguments(AgentmeshError, TypeError):
-    """The arguments do not fit the method's signature; the agent did not run it."""
+    """The arguments do not fit the method's signature, or fail the validation its
+    annotations ask for; the agent did not run it."""
 
 
 class MailboxFull(AgentmeshError):
