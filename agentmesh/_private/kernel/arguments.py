@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import reprlib
 import types
 import typing
@@ -37,6 +38,8 @@ _KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 _VAR_KEYWORD = inspect.Parameter.VAR_KEYWORD
 #: Types whose exact instances pydantic passes through unchanged.
 _SCALARS = (int, float, str, bytes, bool)
+log = logging.getLogger("agentmesh.agent")
+
 #: How many of pydantic's errors a `BadArguments` message lists.
 _MAX_ERRORS = 5
 _short = reprlib.Repr()
@@ -51,8 +54,10 @@ def resolved_hints(
 
     Kept on the class itself (``_am_hints``, its own ``__dict__``), so a class that
     travels to another node by value (cloudpickle, from a script's ``__main__``)
-    takes them along: there the names its annotations use may not exist. Raises
-    TypeError for an annotation that cannot be evaluated.
+    takes them along: there the names its annotations use may not exist. An
+    annotation that cannot be evaluated (a name imported under TYPE_CHECKING only)
+    is a TypeError with ``everything`` (the class asked for every argument to be
+    checked); otherwise that parameter goes unchecked, with a warning.
     """
     hints: dict[str, dict[str, Any]] | None = cls.__dict__.get("_am_hints")
     if hints is not None:
@@ -62,7 +67,7 @@ def resolved_hints(
         if name.startswith("!"):
             continue  # framework notices and private topic handlers: no callers to check
         checked = {}
-        for param, annotation in _annotations(cls, name, func).items():
+        for param, annotation in _annotations(cls, name, func, everything).items():
             if annotation is Any or annotation is object:
                 continue  # takes anything
             if everything or _involves_model(annotation):
@@ -73,7 +78,7 @@ def resolved_hints(
     return hints
 
 
-def _annotations(cls: type, name: str, func: Callable[..., Any]) -> dict[str, Any]:
+def _annotations(cls: type, name: str, func: Callable[..., Any], strict: bool) -> dict[str, Any]:
     """Each annotated parameter's annotation (``self`` and the return excepted), strings
     and forward references evaluated where the method was defined (then, failing
     that, among the names of its class: a model nested in the agent class)."""
@@ -93,12 +98,23 @@ def _annotations(cls: type, name: str, func: Callable[..., Any]) -> dict[str, An
                 scope = {**vars(owner), owner.__name__: owner}
                 hints = typing.get_type_hints(holder, globalns, scope, include_extras=True)
         except Exception as exc:
-            raise TypeError(
+            problem = (
                 f"cannot evaluate the annotation {annotation!r} of parameter {param!r} of "
-                f"{cls.__qualname__}.{name} ({type(exc).__name__}: {exc}), which agentmesh "
-                "needs to validate its arguments: define that type at module level (not "
-                "under TYPE_CHECKING), or define the class with validate=False"
-            ) from exc
+                f"{cls.__qualname__}.{name} ({type(exc).__name__}: {exc})"
+            )
+            if strict:
+                raise TypeError(
+                    f"{problem}, which agentmesh needs to validate its arguments "
+                    "(validate=True): define that type at module level (not under "
+                    "TYPE_CHECKING), or define the class with validate=False"
+                ) from exc
+            log.warning(
+                "%s: that argument is not validated; define the type at module level (not "
+                "under TYPE_CHECKING) to have it checked, or define the class with "
+                "validate=False to say so",
+                problem,
+            )
+            continue
         found[param] = hints[param]
     return found
 
