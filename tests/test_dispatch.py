@@ -340,3 +340,59 @@ async def test_an_agent_stopped_after_batching_answers_then_stops(mesh: am.Mesh)
     await a.stop()  # the ask was queued before the stop: it is handled first
     assert await _all(answers) == ["queued"]
     assert (await mesh.info(a)).state == "stopped"
+
+
+def _frame(*tells: tuple[am.AgentRef, str, tuple[object, ...]]) -> list[object]:
+    """Tells as a peer sends them in one frame (`TellRecord` tuples)."""
+    return [(ref.id, method, args, None, None) for ref, method, args in tells]
+
+
+async def test_tells_of_a_frame_run_from_it_each_agent_in_order(mesh: am.Mesh) -> None:
+    a, b, c = [await mesh.spawn(Recorder) for _ in range(3)]
+    frame = _frame(
+        (a, "record", (1,)), (b, "record", (1,)), (a, "record", (2,)), (c, "waits", (0.01,)),
+        (a, "record", (3,)), (b, "record", (2,)),
+    )  # fmt: skip
+    delivered: dict[str, int] = {}
+    assert mesh._node.offer_tells(frame, 0, (), delivered) == len(frame)
+    assert delivered == {a.id: 3, b.id: 2, c.id: 1}
+    assert await a.history() == [1, 2, 3]  # asked after the tells: behind them
+    assert await b.history() == [1, 2]
+    assert await c.history() == ["waited"]  # its turn waited; the others went on
+
+
+async def test_a_bad_or_failing_tell_from_a_frame_is_handled_as_any_tell(
+    mesh: am.Mesh,
+) -> None:
+    dead = mesh.subscribe("agentmesh.dead_letters")
+    a, b = await mesh.spawn(Recorder), await mesh.spawn(Recorder)
+    frame = _frame((a, "record", (1, 2)), (b, "boom", (None,)), (a, "record", ("ok",)))
+    assert mesh._node.offer_tells(frame, 0, (), {}) == 3
+    letter = await asyncio.wait_for(dead.__anext__(), 5)  # the bad call: a dead letter
+    _, dead_letter = letter  # (topic, payload)
+    assert (dead_letter.method, dead_letter.payload) == ("record", (1, 2))
+    assert "positional argument" in dead_letter.reason
+    assert await a.history() == ["ok"]
+    await asyncio.wait_for(mesh.wait_terminated(b), 5)  # a failing tell crashes its agent
+    info = await mesh.info(b)
+    assert (info.state, info.crashes) == ("crashed", 1)
+    await dead.aclose()
+
+
+class Journal(am.Agent):
+    """Notes what it is told in a list its spawner keeps (it outlives the agent)."""
+
+    def __init__(self, seen: list[object]) -> None:
+        self.seen = seen
+
+    async def record(self, x: object) -> None:
+        self.seen.append(x)
+
+
+async def test_a_tell_batched_before_a_stop_is_handled_before_it(mesh: am.Mesh) -> None:
+    seen: list[object] = []
+    a = await mesh.spawn(Journal, seen)
+    assert mesh._node.offer_tells(_frame((a, "record", ("queued",))), 0, (), {}) == 1
+    await a.stop()  # the tell came first: the agent handles it, then stops
+    assert seen == ["queued"]
+    assert (await mesh.info(a)).state == "stopped"

@@ -10,6 +10,7 @@ An agent holds no task: a message to an idle agent queues its cell on the node's
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextvars
 import logging
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .node import Node
     from .ref import AgentRef
 
-__all__ = ["AskBatch", "Cell", "State"]
+__all__ = ["AskBatch", "Batch", "Cell", "State", "TellBatch"]
 
 log = logging.getLogger("agentmesh.agent")
 
@@ -658,34 +659,98 @@ class Cell(Lifecycle):
             reply.set_exception(remote_error(self.label, exc))
 
 
-class AskBatch:
-    """Asks of one `Node.ask_each` to idle agents of this node, which the dispatcher
-    runs one after the other, each turn straight from the batch: no envelope, mailbox
-    or ready-queue round trip of its own; the answers go into the round's `Answers`.
+class Batch(abc.ABC):
+    """Messages to idle agents of this node that the dispatcher runs one after the
+    other, each turn straight from the batch: no envelope, mailbox or ready-queue
+    round trip of its own (`AskBatch`, `TellBatch`).
 
-    Each agent was idle with an empty mailbox when its ask was batched, and was marked
-    queued then, so messages sent to it later wait in its mailbox behind the ask, as if
-    the ask had been queued first. A turn that suspends goes on as any turn does (the
-    dispatcher's task stays with it); an agent no longer simply running (stopping,
-    crashed, restarting), or an unknown method, gets its ask through its mailbox, at
-    the front.
+    Each agent was idle with an empty mailbox when its message was batched, and was
+    marked queued then, so messages sent to it later wait in its mailbox behind this
+    one, as if it had been queued first. A turn that suspends goes on as any turn does
+    (the dispatcher's task stays with it, and the rest of the batch goes first to the
+    next dispatcher); an agent no longer simply running (stopping, crashed,
+    restarting), or an unknown method, gets the message through its mailbox, at the
+    front.
     """
 
-    __slots__ = (
-        "answers",
-        "args",
-        "base",
-        "cells",
-        "context",
-        "env",
-        "fresh",
-        "method",
-        "next",
-        "positions",
-        "queued",
-        "runner",
-        "waits",
-    )
+    __slots__ = ("base", "cells", "context", "env", "next", "queued", "runner", "waits")
+
+    def __init__(self, cells: list[Cell], envelope: Envelope, context: contextvars.Context) -> None:
+        self.cells = cells
+        self.next = 0
+        self.queued = True
+        self.runner: asyncio.Task[None] | None = None
+        self.base = context
+        self.context: contextvars.Context | None = context
+        # The current turn's envelope while no turn suspends (a turn that waits gets
+        # one of its own): only its chain is read meanwhile (reentrancy).
+        self.env = envelope
+        self.waits: Cell | None = None  # the agent whose turn suspended
+
+    @property
+    def label(self) -> str:
+        return f"a batch of {len(self.cells)} {type(self).__name__[:-5].lower()}s"
+
+    @abc.abstractmethod
+    def run_slice(self) -> Suspended | bool:
+        """Run up to `TURNS_PER_SLICE` of the messages; True if some are left."""
+
+    def _suspended(
+        self,
+        i: int,
+        cell: Cell,
+        turn: Envelope,
+        coro: Coroutine[Any, Any, Any],
+        yielded: Any,
+        ctx: contextvars.Context,
+    ) -> Suspended:
+        """The turn of message ``i - 1`` waits: it goes on as the agent's slice
+        (`Cell._run`), in the dispatcher's task; the messages left go first to the
+        next dispatcher."""
+        self.next = i
+        if i < len(self.cells):
+            self.queued = True
+            cell.node.dispatcher.ready.appendleft(self)
+        cell.current = turn
+        cell._turns_left = TURNS_PER_SLICE - 1
+        self.waits = cell
+        self.context = ctx
+        run = cell._run((turn, coro, yielded))
+        return run, run.send(None)  # up to where the handler waits: runs no code
+
+    def slice_ended(self) -> bool:
+        """The turn that suspended is done: the agent's slice ends as a cell's does."""
+        cell = self.waits
+        self.waits = None
+        self.context = self.base
+        if cell is not None and cell.slice_ended():
+            cell.queued = True
+            cell.node.dispatcher.ready.append(cell)
+        return False  # the batch queued itself again if messages were left
+
+    @staticmethod
+    def _to_mailbox(cell: Cell, env: Envelope) -> bool:
+        """``env`` as an ordinary message, ahead of anything queued since it was
+        batched: the agent's slice deals with it as with any message. False if the
+        agent has ended (nothing queued)."""
+        state = cell.state
+        if state not in _OPEN and state is not State.STOPPING:
+            return False
+        # (A stopping agent handles what was queued before the stop: this was.)
+        mailbox = cell.mailbox
+        if mailbox.items is None:
+            mailbox.items = SPARE_QUEUES.pop() if SPARE_QUEUES else deque()
+        mailbox.items.appendleft(env)
+        if cell.runner is None and not cell.queued and cell.instance is not None:
+            cell.schedule()
+        return True
+
+
+class AskBatch(Batch):
+    """Asks of one `Node.ask_each` to idle agents (see `Batch`); the answers go into
+    the round's `Answers`, by position."""
+
+    __slots__ = ("answers", "args", "fresh", "method", "positions")
 
     def __init__(
         self,
@@ -697,26 +762,12 @@ class AskBatch:
         envelope: Envelope,
         context: contextvars.Context,
     ) -> None:
-        self.cells = cells
+        super().__init__(cells, envelope, context)
         self.positions = positions  # of each cell's ask in ``args`` and ``answers``
         self.method = method
         self.args = args
         self.answers = answers
-        self.next = 0
-        self.queued = True
-        self.runner: asyncio.Task[None] | None = None
-        self.base = context
-        self.context: contextvars.Context | None = context
-        # The current turn's envelope while no turn suspends (a turn that waits gets
-        # one of its own): only its chain is read meanwhile (reentrancy). Chain 0:
-        # asks from outside any call chain, each starts one.
-        self.env = envelope
-        self.fresh = envelope.chain == 0
-        self.waits: Cell | None = None  # the agent whose turn suspended
-
-    @property
-    def label(self) -> str:
-        return f"a batch of {len(self.cells)} asks"
+        self.fresh = envelope.chain == 0  # asks from outside any call chain: one each
 
     def run_slice(self) -> Suspended | bool:
         """Run up to `TURNS_PER_SLICE` of the asks; True if some are left."""
@@ -740,7 +791,7 @@ class AskBatch:
                 methods = cell.methods
                 handler = methods.handlers.get(method)
             if cell.state is not _RUNNING or handler is None or answers.closed:
-                self._to_mailbox(cell, k)
+                self._to_mailbox_at(cell, k)
                 continue
             ctx = cell.context
             if ctx is None:
@@ -786,31 +837,9 @@ class AskBatch:
                 cell._stray_cancel(exc, self._envelope(cell, k))
                 _after_turn(cell)
                 continue
-            # The turn waits: it goes on as the agent's slice (`Cell._run`), in the
-            # dispatcher's task; the asks left go first to the next dispatcher.
-            self.next = i
-            if i < len(cells):
-                self.queued = True
-                cell.node.dispatcher.ready.appendleft(self)
-            turn = self._envelope(cell, k)
-            cell.current = turn
-            cell._turns_left = TURNS_PER_SLICE - 1
-            self.waits = cell
-            self.context = ctx
-            run = cell._run((turn, coro, yielded))
-            return run, run.send(None)  # up to where the handler waits: runs no code
+            return self._suspended(i, cell, self._envelope(cell, k), coro, yielded, ctx)
         self.next = i
         return i < len(cells)
-
-    def slice_ended(self) -> bool:
-        """The turn that suspended is done: the agent's slice ends as a cell's does."""
-        cell = self.waits
-        self.waits = None
-        self.context = self.base
-        if cell is not None and cell.slice_ended():
-            cell.queued = True
-            cell.node.dispatcher.ready.append(cell)
-        return False  # the batch queued itself again if asks were left
 
     def _envelope(self, cell: Cell, k: int, chain: int = 0) -> Envelope:
         """Ask ``k`` as an envelope of its own, answering into its slot, on ``chain``
@@ -827,21 +856,108 @@ class AskBatch:
             env.deadline,
         )
 
-    def _to_mailbox(self, cell: Cell, k: int) -> None:
-        """Ask ``k`` as an ordinary message, ahead of anything queued since it was
-        batched: the agent's slice deals with it as with any message."""
-        state = cell.state
-        if state not in _OPEN and state is not State.STOPPING:
-            self.answers.fail(k, AgentUnavailable(cell.unavailable_reason()))
-            return
-        # (A stopping agent handles what was queued before the stop: this ask was.)
-        mailbox = cell.mailbox
-        if mailbox.items is None:
-            mailbox.items = SPARE_QUEUES.pop() if SPARE_QUEUES else deque()
+    def _to_mailbox_at(self, cell: Cell, k: int) -> None:
+        """Ask ``k`` through the agent's mailbox (see `Batch._to_mailbox`)."""
         chain = next(chains) if self.fresh else self.env.chain
-        mailbox.items.appendleft(self._envelope(cell, k, chain))
-        if cell.runner is None and not cell.queued and cell.instance is not None:
-            cell.schedule()
+        if not self._to_mailbox(cell, self._envelope(cell, k, chain)):
+            self.answers.fail(k, AgentUnavailable(cell.unavailable_reason()))
+
+
+class TellBatch(Batch):
+    """Tells a peer sent in one frame to idle agents (see `Batch`; `Node.offer_tells`):
+    each runs straight from the frame's `TellRecord`, on a call chain of its own."""
+
+    __slots__ = ("indices", "tells")
+
+    def __init__(
+        self,
+        cells: list[Cell],
+        indices: list[int],
+        tells: list[Any],
+        context: contextvars.Context,
+    ) -> None:
+        super().__init__(cells, Envelope("", "", (), NO_KWARGS, None, 0, None), context)
+        self.indices = indices  # of each cell's tell in ``tells``
+        self.tells = tells
+
+    def run_slice(self) -> Suspended | bool:
+        """Run up to `TURNS_PER_SLICE` of the tells; True if some are left."""
+        cells = self.cells
+        indices = self.indices
+        tells = self.tells
+        env = self.env
+        me = self.runner
+        i = self.next
+        end = min(len(cells), i + TURNS_PER_SLICE)
+        while i < end:
+            cell = cells[i]
+            _, method, args, kwargs, sender = tells[indices[i]]
+            i += 1
+            cell.queued = False
+            handler = cell.methods.handlers.get(method)
+            if cell.state is not _RUNNING or handler is None:
+                message = _tell(cell, method, args, kwargs, sender, next(chains))
+                if not self._to_mailbox(cell, message):
+                    cell.node.dead_letter(cell, message, cell.unavailable_reason())
+                continue
+            ctx = cell.context
+            if ctx is None:
+                ctx = cell.context = cell.node.dispatcher.context_for(cell)
+            env.chain = cell.chain = next(chains)
+            env.target = cell.id
+            env.method = method
+            env.sender = sender
+            cell.current = env
+            cell.runner = me
+            try:
+                coro = (
+                    handler(cell.instance, *args, **kwargs)
+                    if kwargs
+                    else handler(cell.instance, *args)
+                )
+            except TypeError as exc:
+                cell.current = cell.runner = None
+                message = _tell(cell, method, args, kwargs, sender, env.chain)
+                cell._reject(message, BadArguments(f"{cell.label}.{method}(): {exc}"))
+                _after_turn(cell)
+                continue
+            if type(coro) is not _Coroutine:
+                coro = _awaited(coro)
+            cell.handled += 1
+            try:
+                yielded = ctx.run(coro.send, None)
+            except StopIteration:
+                cell.current = cell.runner = None
+                if cell.mailbox.items or cell.state is not _RUNNING:
+                    cell.schedule()
+                continue
+            except Exception as exc:
+                cell.current = None
+                cell._failed(_tell(cell, method, args, kwargs, sender, env.chain), exc)
+                cell.runner = None
+                _after_turn(cell)
+                continue
+            except asyncio.CancelledError as exc:
+                cell.current = cell.runner = None
+                message = _tell(cell, method, args, kwargs, sender, env.chain)
+                cell._stray_cancel(exc, message)
+                _after_turn(cell)
+                continue
+            turn = _tell(cell, method, args, kwargs, sender, env.chain)
+            return self._suspended(i, cell, turn, coro, yielded, ctx)
+        self.next = i
+        return i < len(cells)
+
+
+def _tell(
+    cell: Cell,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    sender: str | None,
+    chain: int,
+) -> Envelope:
+    return Envelope(cell.id, method, args, kwargs or NO_KWARGS, None, chain, sender)
 
 
 def _after_turn(cell: Cell) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import listing, tracing
 from .agent import Agent, check_agent_class, method_table
 from .answers import Answers
-from .cell import AskBatch, Cell, State
+from .cell import AskBatch, Cell, State, TellBatch
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
@@ -812,6 +812,8 @@ class Node:
         `take_from_peer`, which waits or reports as it must."""
         cells = self.cells
         i, end = start, len(tells)
+        idle: list[Cell] | None = None
+        indices: list[int] = []
         while i < end:
             tell = tells[i]
             if type(tell) is not tuple:
@@ -820,11 +822,38 @@ class Node:
             cell = cells.get(target)
             if cell is None or target in held:
                 break
+            if (
+                cell.runner is None
+                and not cell.queued
+                and cell.state is _RUNNING
+                and not cell.mailbox.items
+                and cell.concurrency == 1
+                and not cell.active
+                and not cell.checkpoint_every
+                and len(tell) == 5
+                and type(tell[1]) is str
+                and (tell[3] is None or type(tell[3]) is dict)
+            ):
+                # Idle: its turn runs straight from the frame (marked queued meanwhile,
+                # so the next tells to it wait in its mailbox behind this one).
+                cell.queued = True
+                if idle is None:
+                    idle = []
+                idle.append(cell)
+                indices.append(i)
+                delivered[target] = delivered.get(target, 0) + 1
+                i += 1
+                continue
             taken = cell.offer_tells(tells, i)
             if taken == i:
                 break
             delivered[target] = delivered.get(target, 0) + taken - i
             i = taken
+        if idle is not None:
+            dispatcher = self.dispatcher
+            dispatcher.ready.append(TellBatch(idle, indices, tells, dispatcher.base))
+            if dispatcher.task is None:
+                dispatcher.start()
         return i
 
     async def _stop_for_peer(self, env: Envelope) -> None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
-from .cell import AskBatch
+from .cell import Batch
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -108,11 +108,11 @@ class TurnTimer:
     def run_slice(self, ctx: contextvars.Context, item: Runnable) -> Suspended | bool:
         """``item.run_slice`` in ``ctx``, as the dispatcher runs it, timing one slice of
         a serial agent now and then (concurrent agents' turns are timed by `timed`).
-        A slice of an `AskBatch` counts under the class of its first agent (a batch's
+        A slice of a `Batch` counts under the class of its first agent (a batch's
         agents are most often of one class); a batched turn that waits is not timed."""
         if not self._due():
             return ctx.run(item.run_slice)
-        if type(item) is AskBatch:
+        if isinstance(item, Batch):
             first = item.next
             started = time.perf_counter()
             ran = ctx.run(item.run_slice)
