@@ -135,6 +135,8 @@ class Mesh:
         self._bus = Bus()
         self._node.bus = self._bus
         self._node.serve("!node.publish", NodeRequest(self._bus.take_publication, ordered=True))
+        # The latest spans this process finished, for the dashboard (docs/observability.md).
+        self._node.serve("!node.spans", NodeRequest(tracing.serve_spans))
         self._entered = False
         self._tracing = False  # this mesh turned tracing on (and turns it off)
         self._token: contextvars.Token[Node | None] | None = None

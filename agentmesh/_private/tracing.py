@@ -12,6 +12,10 @@ or error; ``tell <method>`` (PRODUCER) when a tell is sent; ``publish <topic>``
 the span that sent its message, with the time the message waited in the mailbox as
 ``agentmesh.mailbox.wait`` (seconds). The turn's span is current while its handler
 runs, so what the handler sends, and the spans it starts itself, are its children.
+
+While tracing is on, the process also keeps its latest finished spans (`recent_spans`,
+fed by a span processor `enable` adds to the provider) for the dashboard, which reads
+them through the node-level request ``!node.spans`` (`serve_spans`).
 """
 
 from __future__ import annotations
@@ -23,21 +27,26 @@ import logging
 import os
 import re
 import time
+import weakref
 from collections.abc import Coroutine, Iterator
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from .kernel import tracing as seam
 from .kernel.envelope import Envelope, TracedEnvelope
+from .kernel.errors import BadArguments
+from .kernel.listing import answer
 from .kernel.ports import FRAMEWORK_PREFIX
+from .kernel.recent import Recent
 from .kernel.tracing import Trace
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
     from opentelemetry.trace import Span, SpanContext, TracerProvider
 
     from .kernel.cell import Cell
 
-__all__ = ["disable", "enable", "enabled"]
+__all__ = ["disable", "enable", "enabled", "recent_spans", "serve_spans", "spans_since"]
 
 log = logging.getLogger("agentmesh.tracing")
 
@@ -51,6 +60,17 @@ FLUSH_TIMEOUT = 5.0
 # ignored, so the trace starts again, as the recommendation allows).
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_MAX = 512
+
+#: How many finished spans this process keeps for the dashboard (``!node.spans``).
+SPANS_KEPT = 2000
+#: Of a kept span's attributes, how many are sent, and how long a string value may be.
+_ATTRIBUTES_SENT = 32
+_VALUE_CHARS = 256
+#: This process's latest finished spans, fed by the processor `enable` adds to each
+#: provider that takes span processors (the SDK's).
+recent_spans: Recent[ReadableSpan] = Recent(SPANS_KEPT)
+#: The providers that feed `recent_spans`.
+_feeding: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class OtelTracer:
@@ -257,6 +277,7 @@ def enable(tracer_provider: TracerProvider | None = None) -> None:
             if built is not None:
                 trace.set_tracer_provider(built)
                 provider = built
+    _keep_recent(provider)
     previous, seam.hooks = seam.hooks, OtelTracer(provider)
     if isinstance(previous, OtelTracer) and previous.provider is not provider:
         previous.flush()
@@ -308,3 +329,93 @@ def _provider_from_environment() -> TracerProvider | None:
             continue
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+# -- the latest spans, for the dashboard ------------------------------------------------
+
+
+def _keep_recent(provider: Any) -> None:
+    """Have ``provider`` add every span it finishes to `recent_spans` (once; a
+    provider that takes no span processors, the API's own, records none)."""
+    add = getattr(provider, "add_span_processor", None)
+    if add is None or provider in _feeding:
+        return
+    add(_recent_processor()())
+    _feeding.add(provider)
+
+
+@functools.cache
+def _recent_processor() -> type[SpanProcessor]:
+    """The span processor class that keeps finished spans in `recent_spans` (made on
+    first use: the SDK is imported only then)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class KeepRecent(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            recent_spans.add(span)
+
+    return KeepRecent
+
+
+def spans_since(seen: int, limit: int) -> dict[str, Any]:
+    """What ``!node.spans`` answers: whether tracing is ``enabled`` in this process and
+    its spans ``recorded`` (kept here), the number of the ``last`` span kept, and the
+    ``spans`` numbered after ``seen`` (the newest ``limit``, oldest first), as plain
+    dicts (`span_record`)."""
+    tracer = seam.hooks
+    recorded = isinstance(tracer, OtelTracer) and tracer.provider in _feeding
+    last, spans = recent_spans.after(seen, limit)
+    return {
+        "enabled": tracer is not None,
+        "recorded": recorded,
+        "last": last,
+        "spans": [span_record(span) for span in spans],
+    }
+
+
+def serve_spans(env: Envelope) -> None:
+    """``!node.spans`` (seen, limit): `spans_since`, for another node (the dashboard)."""
+    args = env.args
+    if not (
+        type(args) is tuple and len(args) == 2 and all(type(a) is int and a >= 0 for a in args)
+    ):
+        answer(env, BadArguments("!node.spans takes (seen, limit), two counts"))
+        return
+    answer(env, spans_since(*args))
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """One finished span as plain values (JSON's): ids in hex, times in seconds since
+    the epoch, its ``status`` (``unset``, ``ok``, ``error``) and ``error``, ``kind``,
+    ``attributes`` (the first few, strings cut) and ``service`` (``service.name``)."""
+    context = span.context
+    parent = span.parent
+    start = span.start_time or 0
+    end = span.end_time or start
+    status = span.status
+    attributes = dict(list((span.attributes or {}).items())[:_ATTRIBUTES_SENT])
+    service = span.resource.attributes.get("service.name")
+    return {
+        "trace_id": f"{context.trace_id:032x}" if context else "",
+        "span_id": f"{context.span_id:016x}" if context else "",
+        "parent_id": f"{parent.span_id:016x}" if parent is not None else None,
+        "name": span.name,
+        "kind": span.kind.name.lower(),
+        "start": start / 1e9,
+        "duration": max(0, end - start) / 1e9,
+        "status": status.status_code.name.lower(),
+        "error": status.description,
+        "attributes": {k: _plain(v) for k, v in attributes.items()},
+        "service": service if isinstance(service, str) else None,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """An attribute's value as JSON has it, strings cut to `_VALUE_CHARS`."""
+    if isinstance(value, str):
+        return value if len(value) <= _VALUE_CHARS else value[:_VALUE_CHARS] + "..."
+    if isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value[:16]]
+    return str(value)[:_VALUE_CHARS]

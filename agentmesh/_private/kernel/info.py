@@ -1,5 +1,6 @@
 """`AgentInfo`: a frozen snapshot of one agent's state, for programs and status views;
-`AgentListing`: those of many agents across a cluster."""
+`AgentListing`: those of many agents across a cluster; `CrashReport`: one crash, as
+its node remembers it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .cell import Cell
+    from .lifecycle import Lifecycle
 
-__all__ = ["AgentInfo", "AgentListing"]
+__all__ = ["TRACEBACK_KEPT", "AgentInfo", "AgentListing", "CrashReport"]
+
+#: Characters of a crash's traceback a `CrashReport` keeps (its end, where the error is).
+TRACEBACK_KEPT = 16_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +84,39 @@ class AgentListing:
     agents: list[AgentInfo]
     unreachable: dict[str, str] = field(default_factory=dict)
     truncated: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CrashReport:
+    """One crash of an agent (an exception out of a tell handler or a hook), as the
+    node it crashed on recorded it: ``time`` (seconds since the epoch, this node's
+    clock), the agent's ``agent_id``, ``name``, ``agent_class`` and ``supervisor``,
+    ``where`` it crashed (``turn``, ``on_start`` ...), ``error`` (``"Type: message"``)
+    and ``traceback`` (its last `TRACEBACK_KEPT` characters)."""
+
+    time: float
+    node: str
+    agent_id: str
+    name: str | None
+    agent_class: str
+    where: str
+    error: str
+    traceback: str
+    supervisor: str | None = None
+
+    @classmethod
+    def of(cls, cell: Lifecycle, when: float, where: str) -> CrashReport:
+        text = cell.last_traceback or ""
+        if len(text) > TRACEBACK_KEPT:
+            text = "...\n" + text[-TRACEBACK_KEPT:]
+        return cls(
+            time=when,
+            node=cell.node.id,
+            agent_id=cell.id,
+            name=cell.name,
+            agent_class=cell.cls.__qualname__,
+            where=where,
+            error=cell.last_error or "",
+            traceback=text,
+            supervisor=getattr(cell.exit_listener, "supervisor_id", None),
+        )

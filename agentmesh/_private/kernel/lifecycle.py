@@ -13,6 +13,7 @@ import contextvars
 import enum
 import inspect
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -24,6 +25,7 @@ from .context import current_cell
 from .envelope import NO_KWARGS, Envelope, new_chain
 from .errors import AgentUnavailable, RemoteError, SpawnError
 from .exits import ExitReason, Terminated
+from .info import CrashReport
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -341,6 +343,7 @@ class Lifecycle(abc.ABC):
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.exit_reason = f"crashed in {where}: {self.last_error}"
         self.last_traceback = "".join(traceback.format_exception(exc))
+        self.node.recent_crashes.add(CrashReport.of(self, time.time(), where))
         log.error("agent %s crashed in %s", self.label, where, exc_info=exc)
         self._cancel_turns(f"agent {self.label!r} crashed while this call was running")
         runner = self.runner

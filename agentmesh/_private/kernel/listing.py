@@ -1,7 +1,8 @@
 """What a node tells other nodes of its agents: ``!node.info`` (one agent's
-`AgentInfo`) and ``!node.agents`` (its user agents), and `ask_node`, which asks.
+`AgentInfo`), ``!node.agents`` (its user agents) and ``!node.crashes`` (its latest
+crashes), and `ask_node`, which asks.
 
-Both are node-level requests (`NodeRequest`): served on arrival, ahead of any
+All are node-level requests (`NodeRequest`): served on arrival, ahead of any
 agent's mailbox, so a listing never waits behind user traffic or a slow spawn.
 """
 
@@ -12,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from .envelope import Envelope
 from .errors import AgentUnavailable, AskTimeout, BadArguments
-from .info import AgentInfo
+from .info import AgentInfo, CrashReport
 from .ports import FRAMEWORK_PREFIX, NodeRequest
 
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["DEFAULT_LIMIT", "ask_node", "local_agents", "requests"]
+__all__ = ["DEFAULT_LIMIT", "answer", "ask_node", "local_agents", "recent_crashes", "requests"]
 
 #: How many agents one node lists at most, unless the caller says otherwise.
 DEFAULT_LIMIT = 10_000
@@ -43,19 +44,31 @@ def local_agents(
     return count, infos
 
 
+def recent_crashes(node: Node, seen: int, limit: int) -> tuple[int, list[CrashReport]]:
+    """(the number of ``node``'s latest crash, its crashes numbered after ``seen``: the
+    newest ``limit`` of those it remembers, oldest first)."""
+    return node.recent_crashes.after(seen, limit)
+
+
+def _counts(args: Any) -> bool:
+    """Whether request arguments are (seen, limit), two counts."""
+    return type(args) is tuple and len(args) == 2 and all(type(a) is int and a >= 0 for a in args)
+
+
 def requests(node: Node) -> dict[str, NodeRequest]:
-    """The requests `Node` serves for this (``!node.info``, ``!node.agents``)."""
+    """The requests `Node` serves for this (``!node.info``, ``!node.agents``,
+    ``!node.crashes``)."""
 
     def info(env: Envelope) -> None:
         args = env.args
         if not (type(args) is tuple and len(args) == 1 and type(args[0]) is str):
-            _answer(env, BadArguments("!node.info takes one agent id"))
+            answer(env, BadArguments("!node.info takes one agent id"))
             return
         cell = node.cells.get(args[0])
         if cell is None:
-            _answer(env, AgentUnavailable(node.gone_reason(args[0])))
+            answer(env, AgentUnavailable(node.gone_reason(args[0])))
         else:
-            _answer(env, AgentInfo.of(cell))
+            answer(env, AgentInfo.of(cell))
 
     def agents(env: Envelope) -> None:
         args = env.args
@@ -66,14 +79,25 @@ def requests(node: Node) -> dict[str, NodeRequest]:
             and type(args[1]) is int
             and args[1] >= 0
         ):
-            _answer(env, BadArguments("!node.agents takes (class name or None, limit)"))
+            answer(env, BadArguments("!node.agents takes (class name or None, limit)"))
             return
-        _answer(env, local_agents(node, args[0], args[1]))
+        answer(env, local_agents(node, args[0], args[1]))
 
-    return {"!node.info": NodeRequest(info), "!node.agents": NodeRequest(agents)}
+    def crashes(env: Envelope) -> None:
+        if not _counts(env.args):
+            answer(env, BadArguments("!node.crashes takes (seen, limit), two counts"))
+            return
+        answer(env, recent_crashes(node, *env.args))
+
+    return {
+        "!node.info": NodeRequest(info),
+        "!node.agents": NodeRequest(agents),
+        "!node.crashes": NodeRequest(crashes),
+    }
 
 
-def _answer(env: Envelope, value: Any) -> None:
+def answer(env: Envelope, value: Any) -> None:
+    """Answer node-level request ``env`` with ``value`` (an exception: that error)."""
     reply = env.reply
     if reply is None or reply.done():  # a tell, or its asker gave up
         return

@@ -35,11 +35,12 @@ from .errors import (
     WrongLoop,
 )
 from .exits import ExitReason, Terminated
-from .info import AgentInfo
+from .info import AgentInfo, CrashReport
 from .mailbox import DEFAULT_MAILBOX_SIZE
 from .monitors import RemoteMonitors, RemoteWatcher
 from .placing import Placer, Ticket
 from .ports import FRAMEWORK_PREFIX, BusPort, NodeRequest, RemoteChildrenPort
+from .recent import Recent
 from .ref import AgentRef
 from .state import MemoryStateStore, StateStore
 from .waits import describe_wait
@@ -65,6 +66,8 @@ DEFAULT_SLOW_TURN = 0.5
 
 
 _EXITS_KEPT = 10_000
+#: How many of its latest crashes a node remembers (`Node.recent_crashes`).
+CRASHES_KEPT = 100
 
 
 def _first(option: int | None, fallback: int | None, default: int = 1) -> int:
@@ -102,6 +105,8 @@ class Node:
         self.exits: collections.OrderedDict[str, tuple[str, ExitReason, str | None]] = (
             collections.OrderedDict()
         )
+        #: This node's latest crashes, for ``!node.crashes`` (the dashboard).
+        self.recent_crashes: Recent[CrashReport] = Recent(CRASHES_KEPT)
         self._background: set[asyncio.Task[None]] = set()
         self.remote_monitors = RemoteMonitors(self)
         self.names: dict[str, Cell] = {}
