@@ -103,11 +103,12 @@ ALLOWED = {
         *("kernel", "supervision", "placement", "pubsub", "transport", "cluster", "config"),
         *("metrics", "tracing"),
     },
+    "dashboard": {"kernel", "mesh", "tracing"},
     "logs": set(),
     "tables": {"kernel", "cluster"},
     "cli": {
         *("kernel", "placement", "transport", "cluster", "mesh", "running", "config"),
-        *("logs", "tables"),
+        *("logs", "tables", "dashboard"),
     },
     "sim": {"kernel", "mesh", "daemon", "running"},
 }

@@ -26,6 +26,8 @@ GENERATED = sorted(p.name for p in (ROOT / "agentmesh" / "v1").glob("*.py*"))
 INSTALLED = """
 import importlib.metadata, json, sys
 import agentmesh, agentmesh.v1.wire_pb2_grpc
+from agentmesh._private.dashboard.app import _page
+assert b"<title>agentmesh dashboard</title>" in _page()  # the page is package data
 dists = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}
 print(json.dumps({"agentmesh": agentmesh.__file__, "prefix": sys.prefix, "dists": dists}))
 """
@@ -33,7 +35,7 @@ print(json.dumps({"agentmesh": agentmesh.__file__, "prefix": sys.prefix, "dists"
 
 #: What builds, installs, tools and runs leave in a checkout (.gitignore), never copied.
 LEFT_BEHIND = {".git", ".venv", "build", "dist", "sim-results", "__pycache__", ".hypothesis"}
-LEFT_BEHIND |= {".mypy_cache", ".pytest_cache", ".ruff_cache"}
+LEFT_BEHIND |= {".mypy_cache", ".pytest_cache", ".ruff_cache", "test-artifacts"}
 
 
 def _left_behind(folder: str, names: list[str]) -> set[str]:
@@ -82,7 +84,11 @@ def test_the_sdist_and_the_wheel_build_install_and_run_outside_the_checkout() ->
         with zipfile.ZipFile(wheel) as archive:
             in_wheel = set(archive.namelist())
             entry_points = archive.read(f"{top}.dist-info/entry_points.txt").decode()
-        for member in ["agentmesh/py.typed", *(f"agentmesh/v1/{file}" for file in GENERATED)]:
+        for member in [
+            "agentmesh/py.typed",
+            "agentmesh/_private/dashboard/static/index.html",
+            *(f"agentmesh/v1/{file}" for file in GENERATED),
+        ]:
             assert member in in_wheel, f"{wheel.name} lacks {member}"
         assert not any(m.startswith(("tests/", "benchmarks/", "examples/")) for m in in_wheel)
         assert "agentmesh = agentmesh._private.cli:main" in entry_points

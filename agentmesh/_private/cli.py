@@ -1,11 +1,13 @@
-"""The ``agentmesh`` command: ``head``, ``node``, ``status``, ``list agents``, ``drain``
-and ``stop``.
+"""The ``agentmesh`` command: ``head``, ``node``, ``status``, ``list agents``, ``drain``,
+``stop`` and ``dashboard``.
 
 Daemons print the address they bound as their first line of output (so ``--listen
-127.0.0.1:0`` works for scripts), and with ``--metrics-port`` ``metrics URL`` as the
-second, then serve until SIGTERM or SIGINT or a drain request (``agentmesh drain
-NODE``), when they hand over the agents supervisors on other nodes own (those start
-again elsewhere), stop the rest and leave the cluster.
+127.0.0.1:0`` works for scripts), then ``metrics URL`` with ``--metrics-port`` and
+``dashboard URL`` with ``--dashboard-port``, then serve until SIGTERM or SIGINT or a
+drain request (``agentmesh drain NODE``), when they hand over the agents supervisors
+on other nodes own (those start again elsewhere), stop the rest and leave the cluster.
+``agentmesh dashboard`` prints its page's URL as its first line and serves it until
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from . import logs
 from .cluster.directory import DEFAULT_DEAD_AFTER, DEFAULT_FORGET_DEAD_AFTER, DEFAULT_HEARTBEAT
+from .dashboard import DEFAULT_PORT, Dashboard
 from .kernel.errors import AgentmeshError, AgentNotFound, AgentUnavailable
 from .kernel.node import DEFAULT_SLOW_TURN
 from .logs import TextFormatter
@@ -81,15 +84,19 @@ def _log_to_stderr(level: str | None = None, fmt: str = "text") -> TextFormatter
     return logs.configure(level, fmt)
 
 
-async def _serve(mesh: Mesh) -> None:
-    async with mesh:
+async def _serve(
+    mesh: Mesh, dashboard_host: str | None = None, dashboard_port: int | None = None
+) -> None:
+    async with mesh, contextlib.AsyncExitStack() as stack:
         print(mesh.address, flush=True)
         if mesh.metrics_url is not None:
             print(f"metrics {mesh.metrics_url}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        if dashboard_port is not None:
+            assert dashboard_host is not None
+            dashboard = Dashboard(mesh, host=dashboard_host, port=dashboard_port)
+            await stack.enter_async_context(dashboard)
+            print(f"dashboard {dashboard.url}", flush=True)
+        stop = _stop_on_signals()
         waits = [
             asyncio.ensure_future(stop.wait()),
             asyncio.ensure_future(mesh.wait_drain_request()),
@@ -99,7 +106,17 @@ async def _serve(mesh: Mesh) -> None:
         finally:
             for wait in waits:
                 wait.cancel()
+        await stack.aclose()  # the dashboard first: it reads the mesh
         await mesh.drain()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set (a daemon then stops in order)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 class _Fatal(Exception):
@@ -162,6 +179,21 @@ async def _status(args: argparse.Namespace) -> None:
         print("latest placement failures:")
         for failure in failures[-5:]:
             print(textwrap.indent(failure, "  "))
+
+
+async def _dashboard(args: argparse.Namespace) -> None:
+    """``dashboard``: join the cluster as a driver and serve its web page until told
+    to stop."""
+    async with _joined(args) as mesh:
+        try:
+            dashboard = Dashboard(
+                mesh, host=args.host, port=args.port, interval=args.interval, timeout=args.timeout
+            )
+        except ValueError as exc:
+            raise _Fatal(str(exc)) from None
+        async with dashboard:
+            print(dashboard.url, flush=True)
+            await _stop_on_signals().wait()
 
 
 async def _list_agents(args: argparse.Namespace) -> None:
@@ -282,6 +314,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     head.add_argument("--listen", default=_HEAD_ADDRESS, help="HOST:PORT (port 0: any)")
     head.add_argument(
+        "--dashboard-port",
+        type=_port,
+        metavar="PORT",
+        help="serve the cluster's dashboard (a web page) on PORT (0: any; printed as "
+        "'dashboard URL' after the address and metrics lines)",
+    )
+    head.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="where the dashboard listens (default 127.0.0.1: it has no authentication)",
+    )
+    head.add_argument(
         "--forget-dead-after",
         type=float,
         default=DEFAULT_FORGET_DEAD_AFTER,
@@ -323,7 +368,38 @@ def _parser() -> argparse.ArgumentParser:
         "stop", parents=[connection], help="stop the agent registered under a name"
     )
     stop.add_argument("name", help="the agent's name")
-    for client in (status, agents, drain, stop):
+    dashboard = commands.add_parser(
+        "dashboard",
+        parents=[connection],
+        help="serve a live web page of the cluster: nodes, agents, supervision, failures, "
+        "traces (prints its URL)",
+    )
+    dashboard.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="where the page is served (default 127.0.0.1: it has no authentication)",
+    )
+    dashboard.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"the page's port (default {DEFAULT_PORT}; 0: any)",
+    )
+    dashboard.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the page updates (default 1)",
+    )
+    dashboard.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long each node has to answer an update (default 2)",
+    )
+    for client in (status, agents, drain, stop, dashboard):
         client.add_argument("--address", default=_HEAD_ADDRESS, help="the head's HOST:PORT")
     return parser
 
@@ -351,7 +427,13 @@ def main(argv: list[str] | None = None) -> None:
         _daemon(args)
         return
     _log_to_stderr()
-    clients = {"status": _status, "list": _list_agents, "drain": _drain, "stop": _stop}
+    clients = {
+        "status": _status,
+        "list": _list_agents,
+        "drain": _drain,
+        "stop": _stop,
+        "dashboard": _dashboard,
+    }
     name = "list agents" if args.command == "list" else args.command
     try:
         run(clients[args.command](args))
@@ -401,7 +483,10 @@ def _daemon(args: argparse.Namespace) -> None:
             )
         if formatter is not None:
             formatter.node = mesh.node_id
-        run(_serve(mesh))
+        if args.command == "head":
+            run(_serve(mesh, args.dashboard_host, args.dashboard_port))
+        else:
+            run(_serve(mesh))
     # RuntimeError: a bind failure; ImportError: --metrics-port or --tracing without
     # its extra.
     except (AgentmeshError, OSError, RuntimeError, ImportError) as exc:
