@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,7 +24,7 @@ from agentmesh._private.tracing import recent_spans
 from agentmesh.dashboard import Dashboard
 
 from .agents import Counter
-from .conftest import wait_for
+from .conftest import ROOT, wait_for
 from .traced_agents import Recorded, recording
 
 
@@ -375,3 +377,37 @@ async def test_viewers_at_the_same_time_share_one_snapshot(mesh: am.Mesh) -> Non
         first, second = await asyncio.gather(dashboard.snapshot(), dashboard.snapshot())
         assert first is second
         assert await dashboard.snapshot() is first  # within half an interval
+
+
+def test_the_docs_example_prints_what_the_docs_say() -> None:
+    page = (ROOT / "docs" / "observability.md").read_text()
+    section = page[page.index("## Dashboard") :]
+    program = section.split("```python\n", 1)[1].split("```", 1)[0]
+    promised = section.split("It prints:\n\n```text\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == promised
+
+
+async def test_the_docs_name_every_field_of_the_snapshot(mesh: am.Mesh, served: Dashboard) -> None:
+    fragile = await mesh.spawn(Counter)
+    await fragile.fail.tell("for the docs")
+    await mesh.wait_terminated(fragile)
+    await mesh.spawn(Counter)
+    view = await served.snapshot()
+    page = (ROOT / "docs" / "observability.md").read_text()
+    table = page[page.index("### The JSON: `/api/snapshot`") :]
+    for key in view:
+        assert f"| `{key}` |" in table or f"| `{key}." in table, key
+    for part in ("failures", "tracing"):
+        for key in view[part]:
+            assert f"| `{part}.{key}` |" in table, f"{part}.{key}"
+    for row, keys in [("nodes", view["nodes"][0]), ("agents", view["agents"][0])]:
+        line = next(line for line in table.splitlines() if line.startswith(f"| `{row}` |"))
+        for key in keys:
+            assert f"`{key}`" in line, f"{row}: {key}"
+    line = next(line for line in table.splitlines() if line.startswith("| `failures.crashes` |"))
+    for key in view["failures"]["crashes"][0]:
+        assert f"`{key}`" in line, f"crashes: {key}"
