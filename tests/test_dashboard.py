@@ -16,6 +16,7 @@ import pytest
 
 import agentmesh as am
 import agentmesh.tracing
+from agentmesh._private import cli
 from agentmesh._private.kernel.listing import ask_node
 from agentmesh._private.kernel.recent import Recent
 from agentmesh._private.kernel.transport import MemoryNetwork
@@ -366,6 +367,10 @@ async def test_a_dashboard_listens_where_asked(mesh: am.Mesh) -> None:
         Dashboard(mesh, port=70000)
     with pytest.raises(ValueError, match="interval"):
         Dashboard(mesh, interval=0)
+    with pytest.raises(ValueError, match="timeout"):
+        Dashboard(mesh, timeout=0)
+    with pytest.raises(ValueError, match="host"):
+        Dashboard(mesh, host="")
     async with Dashboard(mesh) as taken:
         port = int(taken.url.split(":")[2][:-1])
         with pytest.raises(OSError):
@@ -411,3 +416,24 @@ async def test_the_docs_name_every_field_of_the_snapshot(mesh: am.Mesh, served: 
     line = next(line for line in table.splitlines() if line.startswith("| `failures.crashes` |"))
     for key in view["failures"]["crashes"][0]:
         assert f"`{key}`" in line, f"crashes: {key}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("dashboard", "--port", "70000"),
+        ("dashboard", "--host", " "),
+        ("dashboard", "--interval", "0"),
+        ("dashboard", "--timeout", "-1"),
+        ("head", "--dashboard-port", "-1"),
+        ("head", "--dashboard-host", ""),
+    ],
+    ids=["port", "host", "interval", "timeout", "head-port", "head-host"],
+)
+def test_bad_dashboard_flags_are_usage_errors(
+    argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(list(argv))
+    assert exited.value.code == 2
+    assert argv[-2] in capsys.readouterr().err

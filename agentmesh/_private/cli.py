@@ -58,11 +58,26 @@ def _labels(text: str) -> dict[str, str]:
 
 
 def _port(text: str) -> int:
-    """``--metrics-port``: a TCP port, 0 for any."""
+    """``--metrics-port``, ``--dashboard-port``, ``dashboard --port``: a TCP port, 0 for any."""
     port = int(text)
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
     return port
+
+
+def _seconds(text: str) -> float:
+    """``dashboard --interval``, ``--timeout``: a positive number of seconds."""
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"a positive number of seconds, not {text}")
+    return seconds
+
+
+def _host(text: str) -> str:
+    """``--host``, ``--dashboard-host``: where to listen, never empty (empty: everywhere)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a host to listen on (127.0.0.1: this machine only)")
+    return text.strip()
 
 
 def _slow_turn(args: argparse.Namespace) -> float | None:
@@ -185,12 +200,9 @@ async def _dashboard(args: argparse.Namespace) -> None:
     """``dashboard``: join the cluster as a driver and serve its web page until told
     to stop."""
     async with _joined(args) as mesh:
-        try:
-            dashboard = Dashboard(
-                mesh, host=args.host, port=args.port, interval=args.interval, timeout=args.timeout
-            )
-        except ValueError as exc:
-            raise _Fatal(str(exc)) from None
+        dashboard = Dashboard(
+            mesh, host=args.host, port=args.port, interval=args.interval, timeout=args.timeout
+        )
         async with dashboard:
             print(dashboard.url, flush=True)
             await _stop_on_signals().wait()
@@ -322,6 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     head.add_argument(
         "--dashboard-host",
+        type=_host,
         default="127.0.0.1",
         metavar="HOST",
         help="where the dashboard listens (default 127.0.0.1: it has no authentication)",
@@ -376,6 +389,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument(
         "--host",
+        type=_host,
         default="127.0.0.1",
         help="where the page is served (default 127.0.0.1: it has no authentication)",
     )
@@ -387,14 +401,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument(
         "--interval",
-        type=float,
+        type=_seconds,
         default=1.0,
         metavar="SECONDS",
         help="how often the page updates (default 1)",
     )
     dashboard.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=2.0,
         metavar="SECONDS",
         help="how long each node has to answer an update (default 2)",

@@ -56,6 +56,8 @@ class Dashboard:
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be positive seconds, got {interval}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout}")
         self.mesh = mesh
         self.interval = interval
         self.collector = Collector(mesh, timeout=timeout, agents_limit=agents_limit)

@@ -119,7 +119,7 @@ class HttpServer:
         finally:
             self._clients.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
