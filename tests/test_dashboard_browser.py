@@ -159,8 +159,9 @@ async def test_the_dashboard_shows_a_live_cluster_in_a_browser(
         )
         fragile = await driver.spawn(Counter, name="fragile", node=w2)
         await fragile.fail.tell("boom")  # a tell's exception crashes it (temporary: it ends)
-        with recorded.tracer.start_as_current_span("request"):
+        with recorded.tracer.start_as_current_span("request") as request:
             assert await shop.quote("apple", 4) == 2.0
+        trace_id = f"{request.get_span_context().trace_id:032x}"
 
         async def traffic() -> None:  # load for the rates (paced, so it leaves CPU to others)
             while True:
@@ -262,9 +263,10 @@ async def test_the_dashboard_shows_a_live_cluster_in_a_browser(
                     str(before + 5),
                 )
 
-                # The request's trace: five spans over three processes, nested.
+                # The request's trace (by its id: spans of earlier tests in this process are
+                # kept too): five spans over three processes, nested.
                 await page.fill("#trace-filter", "Shop")
-                trace = "#traces details.trace"
+                trace = f'#traces details.trace[data-trace="{trace_id}"]'
                 await page.wait_for_selector(trace, timeout=SHOWN_WITHIN)
                 summary = await page.inner_text(f"{trace} summary")
                 assert "request" in summary
