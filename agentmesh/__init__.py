@@ -24,6 +24,7 @@ from ._private.kernel.errors import (
     SerializationError,
     SpawnError,
     SpawnManyError,
+    StreamMismatch,
     UnknownMethod,
     WrongLoop,
 )
@@ -34,6 +35,7 @@ from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
 from ._private.kernel.placing import AwayFrom, DoesNotExist, Exists, In, Near, NotIn, OnNode
 from ._private.kernel.ref import AgentRef, MethodRef
 from ._private.kernel.state import MemoryStateStore, StateStore
+from ._private.kernel.streams import Stream
 from ._private.mesh import Mesh
 from ._private.placement.scheduler import DEFAULT_PLACEMENT_TIMEOUT
 from ._private.pubsub.bus import DEAD_LETTERS, BusStatistics
@@ -95,6 +97,8 @@ __all__ = [
     "SpawnManyError",
     "SqliteStateStore",
     "StateStore",
+    "Stream",
+    "StreamMismatch",
     "Supervisor",
     "SupervisorSpec",
     "TLS",

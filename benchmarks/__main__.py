@@ -378,6 +378,22 @@ def main() -> None:
             r,
             ">= 0.50 of the raw batched stream",
         ),
+        "remote-streaming": lambda: throughput(
+            "streamed items, two node processes (window 16)",
+            "grpc.aio bidi stream, 100 per write",
+            n(50_000),
+            lambda: remote.stream_throughput(n(50_000), 16),
+            lambda: remote.raw_stream_seconds(n(50_000), 100),
+            r,
+        ),
+        "remote-streaming-w256": lambda: throughput(
+            "streamed items, two node processes (window 256)",
+            "grpc.aio bidi stream, 100 per write",
+            n(50_000),
+            lambda: remote.stream_throughput(n(50_000), 256),
+            lambda: remote.raw_stream_seconds(n(50_000), 100),
+            r,
+        ),
         "remote-tell-rr": lambda: throughput(
             "tells round-robin to 1,000 agents on a 2nd node",
             "tells to one agent on the 2nd node (remote-tell)",

@@ -259,5 +259,30 @@ async def ping_pong(rounds: int) -> float:
         return time.perf_counter() - start
 
 
+class Source(am.Agent):
+    """Streams items of the raw stream's size (40 bytes)."""
+
+    async def items(self, n: int) -> AsyncIterator[bytes]:
+        item = b"x" * 40
+        for _ in range(n):
+            yield item
+
+
+async def stream_throughput(n: int, window: int) -> float:
+    """Seconds for this process to take ``n`` items an agent in the other process
+    streams (``ref.items.stream``), with ``window`` items of credit."""
+    async with _far_node() as (mesh, head):
+        source = await mesh.spawn(Source, node=head)
+        async for _ in source.items.stream(1):  # connected
+            pass
+        count = 0
+        start = time.perf_counter()
+        async for _ in source.items.stream(n, window=window):
+            count += 1
+        elapsed = time.perf_counter() - start
+    assert count == n, (count, n)
+    return elapsed
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
     am.run(_serve_raw())

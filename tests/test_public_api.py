@@ -45,6 +45,8 @@ EXPECTED = {
     "SerializationError",
     "SpawnError",
     "SpawnManyError",
+    "Stream",
+    "StreamMismatch",
     "UnknownMethod",
     "WrongLoop",
     "DEFAULT_SLOW_TURN",

@@ -162,9 +162,9 @@ async def test_a_validator_raising_another_error_gives_bad_arguments(world: Worl
 
 async def test_an_async_generator_method_is_named_as_such(world: World) -> None:
     shop = await world.spawn(Shop)
-    with pytest.raises(am.UnknownMethod) as caught:
+    with pytest.raises(am.StreamMismatch) as caught:
         await shop.stream(1)
-    assert "Shop.stream is an async generator" in str(caught.value)
+    assert "Shop.stream is a streaming method" in str(caught.value)
     assert "not async" not in str(caught.value)
 
 

@@ -230,6 +230,26 @@ async def test_a_control_message_of_the_wrong_shape_is_refused(head: Daemon) -> 
     await serves_on(head, 1)
 
 
+async def test_a_stream_call_with_a_bad_window_is_refused(head: Daemon) -> None:
+    hostile = [
+        ("count.stream", (1,), None, 0, None, None, 1 << 20),  # over the largest window
+        ("count.stream", (1,), None, 0, None, None, "16"),  # not a number
+        ("count.stream", (1,), None, 0, None, None, -1),
+    ]
+    for body in hostile:
+        async with raw_stream(head.address) as call:
+            await handshake(call)
+            entry = packed("agent", body, corr=1)
+            await send(call, wire_pb2.Frame(batch=wire_pb2.Batch(pickled=pickle.dumps([entry]))))
+            assert "window" in await refusal(call)
+    async with raw_stream(head.address) as call:  # a stream call that is no call (corr 0)
+        await handshake(call)
+        entry = packed("agent", ("count.stream", (1,), None, 0, None, None, 16))
+        await send(call, wire_pb2.Frame(batch=wire_pb2.Batch(pickled=pickle.dumps([entry]))))
+        assert "window" in await refusal(call)
+    await serves_on(head, 4)
+
+
 async def test_a_peer_that_ignores_its_credit_is_cut_off(head: Daemon) -> None:
     async with driver(head) as mesh:
         gate = await mesh.spawn(Gate, mailbox_size=1)

@@ -15,7 +15,7 @@ class Value(_message.Message):
     def __init__(self, codec: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("target", "method", "args", "kwargs", "corr", "chain", "sender", "time_left", "traceparent", "tracestate")
+    __slots__ = ("target", "method", "args", "kwargs", "corr", "chain", "sender", "time_left", "traceparent", "tracestate", "window")
     class KwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class Envelope(_message.Message):
     TIME_LEFT_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     TRACESTATE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     target: str
     method: str
     args: _containers.RepeatedCompositeFieldContainer[Value]
@@ -43,7 +44,20 @@ class Envelope(_message.Message):
     time_left: float
     traceparent: str
     tracestate: str
-    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Value]] = ..., corr: _Optional[int] = ..., chain: _Optional[int] = ..., sender: _Optional[str] = ..., time_left: _Optional[float] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
+    window: int
+    def __init__(self, target: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Value]] = ..., corr: _Optional[int] = ..., chain: _Optional[int] = ..., sender: _Optional[str] = ..., time_left: _Optional[float] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ..., window: _Optional[int] = ...) -> None: ...
+
+class StreamItems(_message.Message):
+    __slots__ = ("corr", "items", "end", "error")
+    CORR_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    corr: int
+    items: _containers.RepeatedScalarFieldContainer[bytes]
+    end: bool
+    error: Value
+    def __init__(self, corr: _Optional[int] = ..., items: _Optional[_Iterable[bytes]] = ..., end: _Optional[bool] = ..., error: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class Reply(_message.Message):
     __slots__ = ("corr", "ok", "value")
@@ -56,7 +70,7 @@ class Reply(_message.Message):
     def __init__(self, corr: _Optional[int] = ..., ok: _Optional[bool] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("envelopes", "replies", "credit", "order", "control", "pickled", "credited", "credits")
+    __slots__ = ("envelopes", "replies", "credit", "order", "control", "pickled", "credited", "credits", "streams", "stream_credited", "stream_credits", "cancels")
     ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +79,10 @@ class Batch(_message.Message):
     PICKLED_FIELD_NUMBER: _ClassVar[int]
     CREDITED_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CREDITED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_FIELD_NUMBER: _ClassVar[int]
     envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
     replies: _containers.RepeatedCompositeFieldContainer[Reply]
     credit: int
@@ -73,7 +91,11 @@ class Batch(_message.Message):
     pickled: bytes
     credited: _containers.RepeatedScalarFieldContainer[str]
     credits: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ..., credit: _Optional[int] = ..., order: _Optional[_Iterable[bool]] = ..., control: _Optional[_Iterable[bytes]] = ..., pickled: _Optional[bytes] = ..., credited: _Optional[_Iterable[str]] = ..., credits: _Optional[_Iterable[int]] = ...) -> None: ...
+    streams: _containers.RepeatedCompositeFieldContainer[StreamItems]
+    stream_credited: _containers.RepeatedScalarFieldContainer[int]
+    stream_credits: _containers.RepeatedScalarFieldContainer[int]
+    cancels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ..., credit: _Optional[int] = ..., order: _Optional[_Iterable[bool]] = ..., control: _Optional[_Iterable[bytes]] = ..., pickled: _Optional[bytes] = ..., credited: _Optional[_Iterable[str]] = ..., credits: _Optional[_Iterable[int]] = ..., streams: _Optional[_Iterable[_Union[StreamItems, _Mapping]]] = ..., stream_credited: _Optional[_Iterable[int]] = ..., stream_credits: _Optional[_Iterable[int]] = ..., cancels: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_id", "nonce")

@@ -28,7 +28,8 @@ from .envelope import NO_KWARGS, Envelope, Reply, TellEnvelope, chains
 from .errors import AgentmeshError, AgentUnavailable, BadArguments, WrongLoop
 from .lifecycle import Lifecycle, State
 from .mailbox import _SPARE_MAX, SPARE_QUEUES, Mailbox
-from .methods import MethodTable
+from .methods import STREAM_SUFFIX, Handler, MethodTable
+from .streams import Sink, producer
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -110,8 +111,11 @@ class Cell(Lifecycle):
         self.instance: Agent | None = None
         self.current: Envelope | None = None  # the serial runner's turn
         self.active: list[Envelope] = []  # turns in tasks: concurrent or reentrant
+        self.turn_tasks = None
+        self.cancelled = None
         self.chain = 0  # the call chain the runner task is serving (serial agents)
-        self.waiting_on: dict[asyncio.Future[Any], str] | None = None
+        # What its turns wait on (ask futures, stream receivers): the agent ids.
+        self.waiting_on: dict[object, str] | None = None
         self.exit_listener: ExitListener | None = None
         self.watchers: list[Any] | None = None
         self.exit_reason: str | None = None
@@ -454,8 +458,9 @@ class Cell(Lifecycle):
                 except TypeError:  # not a name at all: from a peer that breaks the protocol
                     handler = None
                 if handler is None:
-                    self._reject(env, self.methods.unknown(str(env.method)))
-                    continue
+                    handler = self._other_call(env)  # a stream call, or none at all
+                    if handler is None:
+                        continue
                 self.chain = env.chain  # cheaper than a context variable; see chain_of
                 self.current = env
                 try:
@@ -512,6 +517,8 @@ class Cell(Lifecycle):
             self._completed(env.reply, result)
         finally:
             self.current = None
+            if self.cancelled is not None:
+                self._cancel_done(env)
 
     def _completed(self, reply: Reply | None, result: Any) -> None:
         """A handler returned ``result``: answer the asker; count for checkpoints."""
@@ -544,8 +551,9 @@ class Cell(Lifecycle):
             except TypeError:  # not a name at all: from a peer that breaks the protocol
                 handler = None
             if handler is None:
-                self._reject(env, self.methods.unknown(str(env.method)))
-                continue
+                handler = self._other_call(env)  # a stream call, or none at all
+                if handler is None:
+                    continue
             self.chain = env.chain
             self.current = env
             try:
@@ -576,6 +584,8 @@ class Cell(Lifecycle):
                     await self._checkpoint_if_due()
             finally:
                 self.current = None
+                if self.cancelled is not None:
+                    self._cancel_done(env)
 
     async def _drain_concurrent(self) -> None:
         mailbox = self.mailbox
@@ -598,11 +608,19 @@ class Cell(Lifecycle):
         except TypeError:  # not a name at all (see _turns_now)
             handler = None
         if handler is None:
-            self._reject(env, self.methods.unknown(str(env.method)))
-            return
+            handler = self._other_call(env)  # a stream call, or none at all
+            if handler is None:
+                return
         current_chain.set(env.chain)
         active = self.active
         active.append(env)
+        if reply is not None:  # an ask: its asker may cancel it (`cancel_turn`)
+            tasks = self.turn_tasks
+            if tasks is None:
+                tasks = self.turn_tasks = {}
+            task = asyncio.current_task()
+            assert task is not None
+            tasks[env] = task
         try:
             try:
                 coro = handler(self.instance, *env.args, **env.kwargs)
@@ -629,14 +647,70 @@ class Cell(Lifecycle):
                 await self._checkpoint_if_due()
         finally:
             active.remove(env)
+            if reply is not None and self.turn_tasks is not None:
+                self.turn_tasks.pop(env, None)
+            if self.cancelled is not None:
+                self._cancel_done(env)
 
     def _stray_cancel(self, exc: asyncio.CancelledError, env: Envelope) -> None:
         """A handler raised CancelledError: re-raise if this task is being cancelled,
-        else it is the handler's own failure (e.g. it awaited a cancelled future)."""
+        unless only its caller cancelled this turn (`cancel_turn`: the turn ends here
+        and the agent goes on); else it is the handler's own failure (e.g. it awaited
+        a cancelled future)."""
         task = asyncio.current_task()
         if task is not None and task.cancelling():
-            raise exc
+            cancelled = self.cancelled
+            if cancelled is None or task.cancelling() > cancelled.get(env, 0):
+                raise exc
+            return  # `_cancel_done` uncancels the task as the turn ends
         self._failed(env, exc)
+
+    def cancel_turn(self, env: Envelope) -> None:
+        """The caller of ``env`` was cancelled (or its stream's consumer is gone):
+        cancel its turn if it is running, so that its handler gets CancelledError at
+        its ``await``; the agent goes on with its next message. A call still queued
+        never starts (its reply is done), and a tell is never cancelled."""
+        if self.current is env:
+            task = self.runner
+        elif self.turn_tasks is not None:
+            task = self.turn_tasks.get(env)
+        else:
+            return
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        cancelled = self.cancelled
+        if cancelled is None:
+            cancelled = self.cancelled = {}
+        if env in cancelled:
+            return
+        cancelled[env] = task.cancelling() + 1
+        task.cancel(f"the caller of {self.label}.{env.method}() was cancelled")
+
+    def _cancel_done(self, env: Envelope) -> None:
+        """A turn ended: if its caller cancelled it, take that cancel back from the task
+        (which goes on with other turns), whether the handler let it through or not."""
+        cancelled = self.cancelled
+        assert cancelled is not None
+        count = cancelled.pop(env, None)
+        if not cancelled:
+            self.cancelled = None
+        if count is not None:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() >= count:
+                task.uncancel()
+
+    def _other_call(self, env: Envelope) -> Handler | None:
+        """A message no handler takes: a stream call (``method.stream``, whose reply is
+        a `Sink`), whose handler runs the streaming method into the sink; or a call
+        the agent cannot take, refused (None)."""
+        reply = env.reply
+        method = env.method
+        if isinstance(reply, Sink) and type(method) is str and method.endswith(STREAM_SUFFIX):
+            stream = self.methods.streams.get(method[: -len(STREAM_SUFFIX)])
+            if stream is not None:
+                return producer(stream, reply)
+        self._reject(env, self.methods.unknown(str(method)))
+        return None
 
     def _reject(self, env: Envelope, error: AgentmeshError) -> None:
         """A bad call: tell the asker; for a tell, log it. The agent carries on."""

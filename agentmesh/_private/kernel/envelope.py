@@ -171,3 +171,7 @@ class RemoteReply:
     def set_exception(self, exception: BaseException, /) -> None:
         self._done = True
         self._send(self._corr, False, exception)
+
+    def cancel(self) -> None:
+        """The asker was cancelled: nothing is sent back, and a queued call never runs."""
+        self._done = True

@@ -23,6 +23,7 @@ __all__ = [
     "SerializationError",
     "SpawnError",
     "SpawnManyError",
+    "StreamMismatch",
     "UnknownMethod",
     "WrongLoop",
 ]
@@ -128,6 +129,12 @@ class NameTaken(AgentmeshError, ValueError):
 
 class UnknownMethod(AgentmeshError, AttributeError):
     """The agent has no public ``async def`` method of that name."""
+
+
+class StreamMismatch(AgentmeshError, TypeError):
+    """A streaming method (an ``async def`` that yields) was asked or told, or a plain
+    one called with ``.stream``: the message names the call that fits. The agent did
+    not run it. A `TypeError`, as Python's own ``await`` of an async generator is."""
 
 
 class BadArguments(AgentmeshError, TypeError):

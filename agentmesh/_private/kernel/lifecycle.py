@@ -95,6 +95,7 @@ class Lifecycle(abc.ABC):
         "_turns_left",
         "active",
         "args",
+        "cancelled",
         "chain",
         "checkpoint_every",
         "cls",
@@ -122,6 +123,7 @@ class Lifecycle(abc.ABC):
         "runner",
         "state",
         "stop_requested",
+        "turn_tasks",
         "waiting_on",
         "watchers",
     )
@@ -137,6 +139,11 @@ class Lifecycle(abc.ABC):
     instance: Agent | None
     current: Envelope | None
     active: list[Envelope]
+    #: Tasks of the asks in ``active``, so that a cancelled asker can cancel its turn.
+    turn_tasks: dict[Envelope, asyncio.Task[None]] | None
+    #: Turns cancelled by their callers (`Cell.cancel_turn`), each with its task's
+    #: ``cancelling()`` count once cancelled so: more means another cancel too.
+    cancelled: dict[Envelope, int] | None
     chain: int
     mailbox: Mailbox[Envelope]
     exit_listener: ExitListener | None

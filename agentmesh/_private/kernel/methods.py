@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 from .arguments import resolved_hints, validating
-from .errors import UnknownMethod
+from .errors import AgentmeshError, StreamMismatch, UnknownMethod
 
-__all__ = ["Handler", "MethodTable"]
+__all__ = ["STREAM_SUFFIX", "Handler", "MethodTable", "Producer"]
 
 Handler = Callable[..., Coroutine[Any, Any, Any]]
+#: A streaming method: an ``async def`` that yields.
+Producer = Callable[..., AsyncGenerator[Any, None]]
+
+#: A stream call's envelope names its method so (``generate.stream``): no handler has
+#: such a name (it is no identifier), so a turn finds none, and a stream call never
+#: runs a plain method, nor an ask a streaming one.
+STREAM_SUFFIX = ".stream"
 
 
 class MethodTable:
-    """The public ``async def`` methods of one agent class, by name.
+    """The public ``async def`` methods of one agent class, by name: ``handlers``
+    (coroutine functions, asked and told) and ``streams`` (async generator functions,
+    called with ``.stream``).
 
     Names starting with ``_`` are private, and names the `Agent` base class defines
     (hooks, ``ref``, ``publish`` …) belong to the framework: neither is callable.
@@ -23,14 +32,14 @@ class MethodTable:
     wrapper; any other as the class's own function.
     """
 
-    __slots__ = ("cls_name", "generators", "handlers", "plain", "reserved")
+    __slots__ = ("cls_name", "handlers", "plain", "reserved", "streams")
 
     def __init__(self, cls: type, reserved: frozenset[str]) -> None:
         self.cls_name = cls.__qualname__
         self.reserved = reserved
         self.handlers: dict[str, Handler] = {}
+        self.streams: dict[str, Producer] = {}
         self.plain: set[str] = set()  # public methods that are not async
-        self.generators: set[str] = set()  # public async generators ('async def' + yield)
         for name in dir(cls):
             attr = inspect.getattr_static(cls, name)
             if name.startswith("_") and hasattr(attr, "__am_subscriptions__"):
@@ -41,16 +50,18 @@ class MethodTable:
                 continue
             if isinstance(attr, staticmethod | classmethod):
                 continue
-            if inspect.iscoroutinefunction(attr):
+            if inspect.isasyncgenfunction(attr):
+                self.streams[name] = attr
+            elif inspect.iscoroutinefunction(attr):
                 self.handlers[name] = attr
-            elif inspect.isasyncgenfunction(attr):
-                self.generators.add(name)
             elif inspect.isfunction(attr):
                 self.plain.add(name)
         validate = getattr(cls, "_am_validate", None)
         if validate is not False:
-            for name, hints in resolved_hints(cls, self.handlers, validate is True).items():
-                self.handlers[name] = validating(cls, name, self.handlers[name], hints)
+            calls = {**self.handlers, **self.streams}  # streaming methods are validated too
+            for name, hints in resolved_hints(cls, calls, validate is True).items():
+                table = self.streams if name in self.streams else self.handlers
+                table[name] = validating(cls, name, table[name], hints)
         # Framework notices ("!terminated", ...) reach framework methods; a "!" name
         # is never a Python identifier, so no user method can collide with one.
         for notice, method in getattr(cls, "_am_notices", {}).items():
@@ -59,23 +70,43 @@ class MethodTable:
     def __contains__(self, name: str) -> bool:
         return name in self.handlers
 
-    def unknown(self, name: str) -> UnknownMethod:
-        """The error for calling ``name``, saying why it is not callable."""
+    def callable(self, name: str) -> bool:
+        """Whether ``name`` is a method others may call (ask, tell or stream)."""
+        return name in self.handlers or name in self.streams
+
+    def unknown(self, name: str) -> AgentmeshError:
+        """The error for calling ``name``, saying why it is not callable: `UnknownMethod`,
+        or `StreamMismatch` for a streaming method asked or told, or a plain one
+        streamed (``name`` ends with `STREAM_SUFFIX`)."""
+        where = f"{self.cls_name}.{name}"
+        if name in self.streams:
+            return StreamMismatch(
+                f"{where} is a streaming method (an async def that yields): iterate it "
+                f"with 'async for item in ref.{name}.stream(...)', not await or tell it"
+            )
+        if name.endswith(STREAM_SUFFIX):
+            plain = name[: -len(STREAM_SUFFIX)]
+            if plain in self.handlers:
+                return StreamMismatch(
+                    f"{self.cls_name}.{plain} is not a streaming method (it does not "
+                    f"yield): call it with 'await ref.{plain}(...)', not .stream()"
+                )
+            if plain in self.streams:  # a streaming method, but not called as a stream
+                return UnknownMethod(f"{self.cls_name} has no public async method {name!r}")
+            return self._unknown(plain)
+        return self._unknown(name)
+
+    def _unknown(self, name: str) -> UnknownMethod:
         where = f"{self.cls_name}.{name}"
         if name.startswith("_"):
             why = f"{where} is private: only public async methods can be called"
         elif name in self.plain:
             why = f"{where} is not async: only 'async def' methods can be called as messages"
-        elif name in self.generators:
-            why = (
-                f"{where} is an async generator ('async def' with 'yield'): it cannot be "
-                "called as an ask or a tell"
-            )
         elif name in self.reserved:
             why = f"{where} belongs to the framework and cannot be called as a message"
         else:
             why = f"{self.cls_name} has no public async method {name!r}"
-            public = sorted(n for n in self.handlers if not n.startswith("!"))
+            public = sorted(n for n in [*self.handlers, *self.streams] if not n.startswith("!"))
             if public:
                 why += f" (it has: {', '.join(public)})"
         return UnknownMethod(why)

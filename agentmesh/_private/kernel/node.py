@@ -420,6 +420,13 @@ class Node:
             raise AgentUnavailable(f"node {peer} is not reachable")
         return self.transport
 
+    def cancel_call(self, env: Envelope) -> None:
+        """A peer's caller of ``env`` was cancelled, or its stream's consumer is gone:
+        cancel the turn running it here, if any (`Cell.cancel_turn`)."""
+        cell = self.cells.get(env.target)
+        if cell is not None:
+            cell.cancel_turn(env)
+
     def peer_down(self, peer: str, reason: str) -> None:
         """A peer died: its agents' watchers here learn it (``node_down``)."""
         self.remote_monitors.node_down(peer, reason)
@@ -521,8 +528,8 @@ class Node:
             if sender.waiting_on is None:
                 sender.waiting_on = {}
             sender.waiting_on[fut] = ref._id
+        cell = ref._cell
         try:
-            cell = ref._cell
             if cell is None and ref._node_id == self.id:
                 cell = self._cell_of(ref)
             if cell is None:
@@ -534,6 +541,12 @@ class Node:
             elif not cell.offer(env):  # no room now: wait for it
                 await self._await_or_expire(cell.post(env), fut)
             return await fut
+        except asyncio.CancelledError:
+            # Its handler, if it runs, is cancelled too (across nodes, the transport
+            # sends a cancel when it sees the future cancelled).
+            if cell is not None:
+                cell.cancel_turn(env)
+            raise
         finally:
             if handle is None:
                 self._deadlines.discard(fut)

@@ -10,6 +10,7 @@ from . import tracing
 from .context import current_cell, current_node
 from .envelope import NO_KWARGS, Envelope, TellEnvelope, chains
 from .errors import AgentUnavailable, MailboxFull, UnknownMethod
+from .streams import DEFAULT_WINDOW, Stream
 from .threads import THREAD_GRACE, call_from_thread
 
 if TYPE_CHECKING:
@@ -27,8 +28,9 @@ class AgentRef:
 
     ``await ref.method(*args)`` asks (waits for the result, within the mesh's ask
     timeout); ``ref.method.ask(..., timeout=s)``, ``await ref.method.tell(...)`` and
-    ``ref.method.tell_nowait(...)`` are the other ways to send. ``ref["name"]`` reaches
-    a method whose name the ref itself uses (``stop``, ``id``, ``name``, ``node``).
+    ``ref.method.tell_nowait(...)`` are the other ways to send, and ``async for item
+    in ref.method.stream(...)`` takes the items of a method that yields. ``ref["name"]``
+    reaches a method whose name the ref itself uses (``stop``, ``id``, ``name``, ``node``).
 
     Refs are hashable, ordered by agent id, and picklable: a ref sent inside a message
     to another node still reaches the same agent, also after that agent restarts.
@@ -106,7 +108,7 @@ class AgentRef:
             cell = self._cell
             if method.startswith("!"):
                 raise UnknownMethod(f"{method!r} is the framework's, not a method to call")
-            if cell is not None and method not in cell.methods.handlers:
+            if cell is not None and not cell.methods.callable(method):
                 raise cell.methods.unknown(method)
             mref = MethodRef(self, method)
             if method not in _OWN_NAMES:  # never shadow the ref's own stop(), id ...
@@ -141,7 +143,8 @@ def _restore_ref(agent_id: str, name: str | None, node_id: str) -> AgentRef:
 
 
 class MethodRef:
-    """One method of one agent: call it to ask, or use ``ask``/``tell``/``tell_nowait``."""
+    """One method of one agent: call it to ask, or use ``ask``/``tell``/``tell_nowait``,
+    or ``stream`` for a method that yields."""
 
     __slots__ = ("_method", "_ref")
 
@@ -164,6 +167,24 @@ class MethodRef:
         """
         ref = self._ref
         return ref._bind().ask(ref, self._method, args, kwargs, timeout)
+
+    def stream(
+        self,
+        *args: Any,
+        window: int = DEFAULT_WINDOW,
+        item_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Stream[Any]:
+        """Call a streaming method (an ``async def`` that yields) and take its items
+        as they come: ``async for item in ref.method.stream(*args, **kwargs)``.
+
+        The call is sent when the iteration starts. The producer is at most ``window``
+        items ahead of the consumer (it waits at its ``yield`` meanwhile); each item is
+        awaited at most ``item_timeout`` seconds (default: the mesh's ask timeout),
+        else `AskTimeout`. Leaving the loop, ``aclose()`` or cancelling the consumer
+        stops the producer. See `Stream` for the errors.
+        """
+        return Stream(self._ref, self._method, args, kwargs, window, item_timeout)
 
     def _offer_remote(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Queue a tell on the stream to the agent's node if that needs no waiting

@@ -19,7 +19,8 @@ import cloudpickle
 
 from . import pickling, tracing
 from .envelope import Envelope, RemoteReply, TracedEnvelope
-from .errors import AgentUnavailable, MailboxFull, SerializationError
+from .errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
+from .streams import CreditPeer, CreditSink, Receiver
 
 if TYPE_CHECKING:
     from .node import Node
@@ -123,6 +124,11 @@ class MemoryTransport(Transport):
         self.network = network
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._corr = itertools.count(1)
+        #: Stream calls this node made, by correlation id: where their items go.
+        self.streams: dict[int, Receiver] = {}
+        #: Calls peers made of this node, by (peer, correlation id), until answered.
+        self.incoming: dict[tuple[str, int], Envelope] = {}
+        self._prune_at = 1024
 
     def attach(self, node: Node) -> None:
         super().attach(node)
@@ -142,12 +148,7 @@ class MemoryTransport(Transport):
             raise SerializationError(
                 f"arguments of {env.method}() cannot be pickled: {type(exc).__name__}: {exc}"
             ) from exc
-        corr = 0
-        if env.reply is not None:
-            corr = next(self._corr)
-            assert isinstance(env.reply, asyncio.Future)
-            self.pending[corr] = env.reply
-            env.reply.add_done_callback(functools.partial(self._forget, corr))
+        corr = 0 if env.reply is None else next(self._corr)
         with peer.node.bind_refs():
             target, method, args, kwargs = cloudpickle.loads(frame)
         if corr == 0:
@@ -156,17 +157,76 @@ class MemoryTransport(Transport):
             # A wire carries the time left, not the deadline: clocks differ between nodes.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + (env.deadline - loop.time())
-            send = functools.partial(peer.reply, self.node.id)
-            reply = RemoteReply(send, corr, deadline, loop.time)
+            reply: RemoteReply | MemorySink
+            if isinstance(env.reply, Receiver):  # a stream call
+                reply = MemorySink(self, peer, corr, env.reply.window, deadline, loop.time)
+            else:
+                send = functools.partial(peer.reply, self.node.id)
+                reply = RemoteReply(send, corr, deadline, loop.time)
             copy = Envelope(target, method, args, kwargs, reply, env.chain, env.sender, deadline)
         if env.trace is not None and tracing.hooks is not None:  # as a wire carries it
             trace = tracing.hooks.from_wire(*tracing.hooks.to_wire(env.trace))
             if trace is not None:
-                return TracedEnvelope.of(copy, trace)
+                copy = TracedEnvelope.of(copy, trace)
+        if corr:
+            peer.answering(self.node.id, corr, copy)
+            if isinstance(env.reply, Receiver):
+                receiver = self.streams[corr] = env.reply
+                sink = copy.reply
+                assert isinstance(sink, MemorySink)
+                stop = functools.partial(self._stop_stream, corr, peer)
+                receiver.attach(CreditPeer(receiver.window, sink.grant, stop))
+            else:
+                assert isinstance(env.reply, asyncio.Future)
+                self.pending[corr] = env.reply
+                env.reply.add_done_callback(functools.partial(self._forget, corr, peer))
         return copy
 
-    def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:
+    def answering(self, origin: str, corr: int, env: Envelope) -> None:
+        """Keep call ``corr`` from ``origin`` until answered, to cancel it if asked;
+        calls never answered (they expired queued) are dropped now and then."""
+        incoming = self.incoming
+        incoming[origin, corr] = env
+        if len(incoming) >= self._prune_at:
+            for key in [k for k, e in incoming.items() if e.reply is None or e.reply.done()]:
+                del incoming[key]
+            self._prune_at = max(1024, 2 * len(incoming))
+
+    def _forget(self, corr: int, peer: MemoryTransport, fut: asyncio.Future[Any]) -> None:
         self.pending.pop(corr, None)
+        if fut.cancelled():  # its asker was cancelled: so is the call
+            peer.cancel(self.node.id, corr)
+
+    def _stop_stream(self, corr: int, peer: MemoryTransport) -> None:
+        """The consumer of stream call ``corr`` is gone: stop its producer."""
+        if self.streams.pop(corr, None) is not None:
+            peer.cancel(self.node.id, corr)
+
+    def cancel(self, origin: str, corr: int) -> None:
+        """Called on the callee's side: the caller of call ``corr`` gave up."""
+        env = self.incoming.pop((origin, corr), None)
+        if env is None:
+            return  # answered already: nothing to cancel
+        reply = env.reply
+        if isinstance(reply, RemoteReply | MemorySink):
+            reply.cancel()
+        self.node.cancel_call(env)
+
+    def stream_item(self, corr: int, item: Any) -> None:
+        """Called on the caller's side: an item of stream call ``corr`` (copied)."""
+        receiver = self.streams.get(corr)
+        if receiver is not None:
+            receiver.feed(item)
+
+    def stream_end(self, corr: int, error: BaseException | None) -> None:
+        """Called on the caller's side: stream call ``corr`` ended (``error``: how)."""
+        receiver = self.streams.pop(corr, None)
+        if receiver is None:
+            return
+        if error is None:
+            receiver.set_result(None)
+        else:
+            receiver.set_exception(error)
 
     # The peer's node takes what arrives as it takes what a gRPC stream brings
     # (`Node.take_from_peer`): node-level requests, reentrant calls, refusals.
@@ -182,6 +242,7 @@ class MemoryTransport(Transport):
 
     def reply(self, origin: str, corr: int, ok: bool, value: Any) -> None:
         """Called on the callee's side: carry a result back to the asker's node."""
+        self.incoming.pop((origin, corr), None)
         result, error = (value, None) if ok else (None, value)
         try:
             frame = pickling.dumps((result, error))
@@ -204,7 +265,64 @@ class MemoryTransport(Transport):
 
     async def aclose(self) -> None:
         self.network.transports.pop(self.node.id, None)
+        reason = f"node {self.node.id} closed"
         for fut in self.pending.values():
             if not fut.done():
-                fut.set_exception(AgentUnavailable(f"node {self.node.id} closed"))
+                fut.set_exception(AgentUnavailable(reason))
         self.pending.clear()
+        for receiver in list(self.streams.values()):
+            producer = receiver.peer
+            receiver.set_exception(AgentUnavailable(reason))
+            if producer is not None:
+                producer.cancel()  # (this node's consumers are gone)
+        incoming, self.incoming = self.incoming, {}
+        for env in incoming.values():
+            if isinstance(env.reply, MemorySink):  # a stream call: its consumer is cut off
+                env.reply.set_exception(AgentUnavailable(reason))
+                self.node.cancel_call(env)
+
+
+class MemorySink(CreditSink):
+    """The callee's end of a stream call between two nodes of a `MemoryNetwork`: each
+    item is pickled and unpickled on its way, as a wire would."""
+
+    __slots__ = ("_asker", "_callee", "_corr")
+
+    def __init__(
+        self,
+        asker: MemoryTransport,
+        callee: MemoryTransport,
+        corr: int,
+        window: int,
+        deadline: float,
+        clock: Any,
+    ) -> None:
+        super().__init__(window, deadline, clock)
+        self._asker = asker
+        self._callee = callee
+        self._corr = corr
+
+    def _send_item(self, item: Any) -> None:
+        try:
+            frame = pickling.dumps(item)
+        except Exception as exc:
+            raise SerializationError(
+                f"a streamed {type(item).__qualname__} cannot be pickled: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        with self._asker.node.bind_refs():
+            copy = cloudpickle.loads(frame)
+        self._asker.stream_item(self._corr, copy)
+
+    def _send_end(self, error: BaseException | None) -> None:
+        self._callee.incoming.pop((self._asker.node.id, self._corr), None)
+        if error is not None:
+            try:
+                frame = pickling.dumps(error)
+            except Exception as exc:
+                frame = pickling.dumps(SerializationError(f"a stream's error: {exc}"))
+            with self._asker.node.bind_refs():
+                error = cloudpickle.loads(frame)
+            if not isinstance(error, BaseException):
+                error = AgentmeshError(f"{error!r} as an error")
+        self._asker.stream_end(self._corr, error)

@@ -357,6 +357,7 @@ class GrpcTransport(Transport):
             node.offer_tells,
             node.is_control,
             self.window,
+            node.cancel_call,
         )
         link.on_malformed = functools.partial(self._malformed, link)
         self._serving.add(link)

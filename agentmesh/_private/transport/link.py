@@ -8,6 +8,10 @@ are flow-controlled by credit, as HTTP/2 streams are: a side may have at most
 mailbox (see `inbox`). So a fast sender never grows a slow receiver's memory, and one
 slow agent never holds back the others; replies and credit are never held back.
 
+Stream calls' items come back as `StreamItems`, each call's within the window its
+caller grants (`streaming`); a caller that is cancelled, or a stream closed, sends a
+cancel for its call, which cancels the handler on the callee's side.
+
 How envelopes are encoded into a frame and read back is `frames`' business; how they
 are delivered on the receiving side, `inbox`'s.
 """
@@ -32,6 +36,7 @@ from ...v1 import wire_pb2
 from ..kernel import tracing
 from ..kernel.envelope import NO_KWARGS, Envelope, RemoteReply, TracedEnvelope, new_chain
 from ..kernel.errors import AgentmeshError, AgentUnavailable, MailboxFull, SerializationError
+from ..kernel.streams import MAX_WINDOW, CreditPeer, Receiver
 from .codec import MAX_VALUE_BYTES, decode, encode
 from .frames import (
     FRAME_BUDGET,
@@ -48,6 +53,7 @@ from .frames import (
     unpickle,
 )
 from .inbox import Inbox, OfferTells, Take
+from .streaming import RemoteSink
 from .untrusted import said
 
 __all__ = ["Link"]
@@ -58,6 +64,9 @@ Read = Callable[[], Awaitable[Any]]
 Write = Callable[[wire_pb2.Frame], Awaitable[None]]
 Deliver = Callable[[Envelope], Awaitable[None]]
 
+
+#: Calls a peer made that a link keeps (to cancel them) before it drops answered ones.
+_PRUNE_FROM = 1024
 
 #: Values that travel with a codec of their own (JSON, protobuf), not pickled.
 TYPED = (pydantic.BaseModel, Message)
@@ -92,6 +101,7 @@ class Link:
         offer_tells: OfferTells,
         control: Callable[[Envelope], bool],
         receive_window: int | None = None,
+        cancel: Callable[[Envelope], None] | None = None,
     ) -> None:
         self.peer = peer
         self._bind_refs = bind_refs  # refs decoded here belong to this node
@@ -131,6 +141,19 @@ class Link:
         self._flush_waiters: list[asyncio.Future[None]] = []  # see `flushed`
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._corr = itertools.count(1)
+        # Stream calls made over this link: where their items go, and their credit.
+        self.streams: dict[int, tuple[Receiver, CreditPeer]] = {}
+        self._stream_credit: dict[int, int] = {}  # items taken, to credit, per call
+        self._cancels: list[int] = []  # calls whose callers gave up, to tell the peer
+        # Calls the peer made, by correlation id, until answered: to cancel them.
+        self._incoming: dict[int, Envelope] = {}
+        self._prune_at = _PRUNE_FROM
+        #: Cancels the turn of a call whose caller was cancelled (`Node.cancel_call`).
+        self._cancel_call = cancel
+        # Items and ends of the stream calls the peer made: (corr, item, end, error).
+        self._stream_out: collections.deque[
+            tuple[int, bytes | None, bool, wire_pb2.Value | None]
+        ] = collections.deque()
         self.closed = False
         self.frames_sent = 0
         self.envelopes_sent = 0
@@ -148,10 +171,14 @@ class Link:
         """The envelope for the wire: pickled whole (the common case), or as a proto
         Envelope when a value has a codec of its own (a pydantic model, a protobuf
         message). Raises `SerializationError` before anything is registered."""
-        corr = next(self._corr) if env.reply is not None else 0
+        reply = env.reply
+        corr = next(self._corr) if reply is not None else 0
         time_left = 0.0
+        window = 0
         if corr:
             time_left = max(0.0, env.deadline - asyncio.get_running_loop().time())
+            if isinstance(reply, Receiver):  # a stream call
+                window = reply.window
         carried = None  # the W3C trace context, for a traced message (tracing is on)
         if env.trace is not None and tracing.hooks is not None:
             carried = tracing.hooks.to_wire(env.trace)
@@ -165,6 +192,7 @@ class Link:
                 sender=env.sender or "",
                 corr=corr,
                 time_left=time_left,
+                window=window,
             )
             for key, value in env.kwargs.items():
                 wire.kwargs[key].CopyFrom(encode(value))
@@ -178,18 +206,65 @@ class Link:
                 env.chain,
                 env.sender,
             )
-            if carried is not None:
+            if window:
+                body += (carried, window)
+            elif carried is not None:
                 body += (carried,)
             wire = pack(env.target, corr, time_left, body)
-        reply = env.reply
-        if reply is not None:
+        if window:
+            assert isinstance(reply, Receiver)
+            peer = CreditPeer(
+                window,
+                functools.partial(self._credit_stream, corr),
+                functools.partial(self._cancel_stream, corr),
+            )
+            self.streams[corr] = (reply, peer)
+            reply.attach(peer)
+        elif reply is not None:
             assert isinstance(reply, asyncio.Future)
             self.pending[corr] = reply
             reply.add_done_callback(functools.partial(self._forget, corr))
         return wire
 
-    def _forget(self, corr: int, _fut: asyncio.Future[Any]) -> None:
+    def _forget(self, corr: int, fut: asyncio.Future[Any]) -> None:
         self.pending.pop(corr, None)
+        if fut.cancelled() and not self.closed:  # its asker was cancelled: so is the call
+            self._cancels.append(corr)
+            self._wake.set()
+
+    def _credit_stream(self, corr: int, credit: int) -> None:
+        """The consumer of stream call ``corr`` took ``credit`` more items."""
+        if corr in self.streams and not self.closed:
+            self._stream_credit[corr] = self._stream_credit.get(corr, 0) + credit
+            self._wake.set()
+
+    def _cancel_stream(self, corr: int) -> None:
+        """The consumer of stream call ``corr`` is gone: stop its producer."""
+        if self.streams.pop(corr, None) is not None and not self.closed:
+            self._stream_credit.pop(corr, None)
+            self._cancels.append(corr)
+            self._wake.set()
+
+    def stream_item(self, corr: int, data: bytes) -> None:
+        """Queue one item (pickled) of the stream call ``corr`` the peer made."""
+        if not self.closed:
+            self._stream_out.append((corr, data, False, None))
+            self._wake.set()
+
+    def stream_end(self, corr: int, error: BaseException | None) -> None:
+        """Queue the end of the stream call ``corr`` the peer made (``error``: how it
+        failed, or None)."""
+        self._incoming.pop(corr, None)
+        if self.closed:
+            return
+        encoded = None
+        if error is not None:
+            try:
+                encoded = encode(error)
+            except SerializationError as exc:
+                encoded = encode(exc)
+        self._stream_out.append((corr, None, True, encoded))
+        self._wake.set()
 
     def offer_tell(
         self,
@@ -313,6 +388,7 @@ class Link:
         return len(self._room) + sum(len(held) for held in self._held.values())
 
     def reply(self, corr: int, ok: bool, value: Any) -> None:
+        self._incoming.pop(corr, None)
         if self.closed:
             return  # the asker's node is gone; nobody is waiting
         try:
@@ -377,6 +453,15 @@ class Link:
             if not fut.done():
                 fut.set_exception(AgentUnavailable(reason))
         self.pending.clear()
+        streams, self.streams = self.streams, {}
+        for receiver, _peer in streams.values():
+            receiver.set_exception(AgentUnavailable(reason))
+        incoming, self._incoming = self._incoming, {}
+        for env in incoming.values():
+            if isinstance(env.reply, RemoteSink):  # its consumer is gone: stop it
+                env.reply.cancel()
+                if self._cancel_call is not None:
+                    self._cancel_call(env)
         waiting = [*self._room, *(fut for held in self._held.values() for fut in held)]
         self._room.clear()
         self._held.clear()
@@ -403,6 +488,9 @@ class Link:
                 or inbox.credit_owed
                 or self._control_out
                 or inbox.target_owed
+                or self._stream_out
+                or self._stream_credit
+                or self._cancels
             ):
                 await self._write(wire_pb2.Frame(batch=self._next_batch()))
                 self.frames_sent += 1
@@ -419,6 +507,22 @@ class Link:
         while self._replies and (budget > 0 or not replies):
             replies.append(self._replies.popleft())
             budget -= replies[-1].ByteSize()
+        streams: dict[int, wire_pb2.StreamItems] = {}
+        out = self._stream_out
+        while out and (budget > 0 or not streams):
+            corr, data, end, error = out.popleft()
+            items = streams.get(corr)
+            if items is None:
+                items = streams[corr] = wire_pb2.StreamItems(corr=corr)
+            if data is not None:
+                items.items.append(data)
+                budget -= len(data)
+            if end:
+                items.end = True
+                if error is not None:
+                    items.error.CopyFrom(error)
+        stream_credit, self._stream_credit = self._stream_credit, {}
+        cancels, self._cancels = self._cancels, []
         inbox = self.inbox
         credit, inbox.credit_owed = inbox.credit_owed, 0
         inbox.allowance += credit  # room the peer will have: it may send that many more
@@ -432,6 +536,10 @@ class Link:
             replies=replies,
             credit=credit,
             control=control,
+            streams=streams.values(),
+            stream_credited=stream_credit.keys(),
+            stream_credits=stream_credit.values(),
+            cancels=cancels,
         )
 
     async def _reader(self) -> None:
@@ -462,12 +570,80 @@ class Link:
             self._grant(batch.credit)
         for reply in batch.replies:
             self._resolve(reply)
+        for items in batch.streams:
+            self._stream_items(items)
+        if batch.stream_credited:
+            self._grant_streams(batch.stream_credited, batch.stream_credits)
         now = asyncio.get_running_loop().time()
         if batch.control:
             self._control_in.extend((item, now) for item in batch.control)
             self._control_ready.set()
         if batch.pickled or batch.envelopes:
             self.inbox.put(unpickle(batch, now))
+        for corr in batch.cancels:  # after the envelopes: a call may come with its cancel
+            self._cancelled(corr)
+
+    def _stream_items(self, message: wire_pb2.StreamItems) -> None:
+        """Items (and maybe the end) of a stream call this side made, for its consumer.
+        Raises `MalformedFrame` for more items than the call's credit allows."""
+        corr = message.corr
+        entry = self.streams.get(corr)
+        if entry is None:
+            return  # closed by its consumer: what was on its way is dropped
+        receiver, peer = entry
+        if message.items:
+            if not peer.received(len(message.items)):
+                raise MalformedFrame(f"stream items beyond the call's window of {peer.window}")
+            for data in message.items:
+                if len(data) > MAX_VALUE_BYTES:
+                    raise MalformedFrame(f"a stream item of {len(data):,} bytes, over the limit")
+                try:
+                    item = pickle.loads(data)
+                except Exception as exc:  # the item's class may not exist here, say
+                    why = f"{type(exc).__name__}: {said(str(exc), 200)}"
+                    receiver.set_exception(
+                        SerializationError(f"a stream item from node {self.peer}: {why}")
+                    )
+                    self._cancel_stream(corr)
+                    return
+                receiver.feed(item)
+        if message.end:
+            del self.streams[corr]
+            self._stream_credit.pop(corr, None)
+            if message.HasField("error"):
+                receiver.set_exception(self._error_of(message.error))
+            else:
+                receiver.set_result(None)
+
+    def _error_of(self, value: wire_pb2.Value) -> BaseException:
+        """The exception a peer sent as a call's error (decoded here)."""
+        try:
+            error = decode(value)
+        except SerializationError as exc:
+            return exc
+        if isinstance(error, BaseException):
+            return error
+        return AgentmeshError(f"node {self.peer} sent {said(error)} as an error")
+
+    def _grant_streams(self, calls: Any, credits: Any) -> None:
+        """Credit for stream calls the peer made: their producers may send more."""
+        incoming = self._incoming
+        for corr, credit in zip(calls, credits, strict=False):
+            env = incoming.get(corr)
+            if env is not None and isinstance(env.reply, RemoteSink):
+                env.reply.grant(credit)
+
+    def _cancelled(self, corr: int) -> None:
+        """The peer's caller of call ``corr`` gave up: a queued call never starts, a
+        running one is cancelled. Nothing for a call already answered (or unknown)."""
+        env = self._incoming.pop(corr, None)
+        if env is None:
+            return
+        reply = env.reply
+        if isinstance(reply, RemoteReply | RemoteSink):
+            reply.cancel()
+        if self._cancel_call is not None:
+            self._cancel_call(env)
 
     def _grant(self, credit: int) -> None:
         """Room for ``credit`` more envelopes: wake senders waiting for it."""
@@ -514,7 +690,16 @@ class Link:
         if len(reply.value.data) > MAX_VALUE_BYTES:
             raise MalformedFrame(f"a reply of {len(reply.value.data):,} bytes, over the limit")
         fut = self.pending.pop(reply.corr, None)
-        if fut is None or fut.done():
+        if fut is None:
+            entry = self.streams.pop(reply.corr, None)
+            if entry is not None:  # a stream call the peer refused (or could not read)
+                if reply.ok:
+                    entry[0].set_result(None)
+                else:
+                    with self._bind_refs():
+                        entry[0].set_exception(self._error_of(reply.value))
+            return
+        if fut.done():
             return
         try:
             with self._bind_refs():
@@ -570,6 +755,7 @@ class Link:
         # An ask expires its asker's time left after its frame arrived.
         deadline = arrived + time_left if corr else 0.0
         traced: Any = None  # the W3C trace context the sender sent, if any
+        window = 0  # a stream call's
         try:
             if isinstance(wire, bytes):
                 body = pickle.loads(memoryview(wire)[start:])
@@ -579,6 +765,7 @@ class Link:
                 kwargs = {k: decode(v) for k, v in wire.kwargs.items()} or NO_KWARGS
                 if wire.traceparent:
                     traced = (wire.traceparent, wire.tracestate)
+                window = wire.window
         except Exception as exc:
             reason = f"node {self.peer} sent what this node cannot decode: {said(str(exc), 200)}"
             if corr:
@@ -589,19 +776,41 @@ class Link:
             return None
         if isinstance(wire, bytes):  # the pickle's shape: the peer's to get right
             if type(body) is not tuple or len(body) != 5:
-                if type(body) is not tuple or len(body) != 6:
+                if type(body) is not tuple or len(body) not in (6, 7):
                     raise MalformedFrame(f"{said(body)} where an envelope's body should be")
+                if len(body) == 7:
+                    window = body[6]
+                    if type(window) is not int:
+                        raise MalformedFrame(f"a stream call's window that is {said(window)}")
                 traced, body = body[5], body[:5]
             method, args, kwargs, chain, sender = body
             _check_names(target, method, sender)
             if type(chain) is not int:
                 raise MalformedFrame(f"a call chain that is {said(chain)}")
             kwargs = kwargs or NO_KWARGS
-        reply = RemoteReply(self.reply, corr, deadline, self._clock) if corr else None
+        reply: RemoteReply | RemoteSink | None = None
+        if window:
+            if not corr or not 0 < window <= MAX_WINDOW:
+                raise MalformedFrame(f"a stream call with corr {corr} and window {window}")
+            reply = RemoteSink(self, corr, window, deadline, self._clock)
+        elif corr:
+            reply = RemoteReply(self.reply, corr, deadline, self._clock)
         env = Envelope(target, method, args, kwargs, reply, chain, sender or None, deadline)
         if traced is not None:
-            return _traced(env, traced)
+            env = _traced(env, traced)
+        if corr:
+            self._answering(corr, env)
         return env
+
+    def _answering(self, corr: int, env: Envelope) -> None:
+        """Keep the peer's call ``corr`` until it is answered, to cancel it if asked.
+        Calls never answered (they expired queued) are dropped now and then."""
+        incoming = self._incoming
+        incoming[corr] = env
+        if len(incoming) >= self._prune_at:
+            for key in [k for k, e in incoming.items() if e.reply is None or e.reply.done()]:
+                del incoming[key]
+            self._prune_at = max(_PRUNE_FROM, 2 * len(incoming))
 
     async def _hand_over(self, env: Envelope) -> None:
         """Deliver a control envelope; a refusal goes back to an asker or to the log."""
