@@ -46,7 +46,7 @@ __all__ = [
 T = TypeVar("T")
 
 #: Items a producer may be ahead of its consumer unless the call says otherwise.
-DEFAULT_WINDOW = 16
+DEFAULT_WINDOW = 256
 #: The largest window a call may ask for (what a producer's node may have to hold).
 MAX_WINDOW = 65536
 
@@ -169,7 +169,7 @@ class Receiver:
 class Stream(Generic[T]):
     """What a streaming method yields, as its caller receives it, in order.
 
-    Made by ``ref.method.stream(*args, window=16, item_timeout=None, **kwargs)``; the
+    Made by ``ref.method.stream(*args, window=256, item_timeout=None, **kwargs)``; the
     call is sent when iteration starts. ``async for item in stream`` takes the items;
     errors come from the iteration: `RemoteError` if the method raised, `AgentUnavailable`
     if the agent stopped or its node went away, `AskTimeout` if no item came within
