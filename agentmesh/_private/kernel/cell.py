@@ -227,6 +227,23 @@ class Cell(Lifecycle):
             self.schedule()
         return i
 
+    def claim(self) -> bool:
+        """Take this agent for a turn straight from a `Batch`, if it is idle: no turn
+        running or queued, an empty mailbox, serial, running. Marked queued then, so
+        what it is sent meanwhile waits in its mailbox, behind the batched message."""
+        if (
+            self.runner is None
+            and not self.queued
+            and self.state is _RUNNING
+            and not self.mailbox.items
+            and self.concurrency == 1
+            and not self.active
+            and not self.checkpoint_every
+        ):
+            self.queued = True
+            return True
+        return False
+
     def runs_at_once(self, env: Envelope) -> bool:
         """Whether `offer` would run ``env`` at once, bypassing the mailbox (call-chain
         reentrancy), or refuse it (the agent no longer takes messages)."""

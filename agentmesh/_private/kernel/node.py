@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "DEFAULT_SLOW_TURN", "Node"]
 
-_RUNNING = State.RUNNING  # a global: an enum member costs a descriptor call
 
 log = logging.getLogger("agentmesh.node")
 
@@ -599,19 +598,7 @@ class Node:
                     answers.fail(i, AgentUnavailable(self._gone(ref._id)))
                     continue
                 ref._cell = cell
-            if (
-                tracer is None  # a traced ask goes as a traced envelope
-                and cell.runner is None
-                and not cell.queued
-                and cell.state is _RUNNING
-                and not cell.mailbox.items
-                and cell.concurrency == 1
-                and not cell.active
-                and not cell.checkpoint_every
-            ):
-                # Idle: its turn runs straight from the batch (marked queued meanwhile,
-                # so what comes next waits in its mailbox behind this ask).
-                cell.queued = True
+            if tracer is None and cell.claim():  # (a traced ask goes as a traced envelope)
                 cells.append(cell)
                 positions.append(i)
                 continue
@@ -841,20 +828,11 @@ class Node:
             if cell is None or target in held:
                 break
             if (
-                cell.runner is None
-                and not cell.queued
-                and cell.state is _RUNNING
-                and not cell.mailbox.items
-                and cell.concurrency == 1
-                and not cell.active
-                and not cell.checkpoint_every
-                and len(tell) == 5
+                len(tell) == 5
                 and type(tell[1]) is str
                 and (tell[3] is None or type(tell[3]) is dict)
+                and cell.claim()
             ):
-                # Idle: its turn runs straight from the frame (marked queued meanwhile,
-                # so the next tells to it wait in its mailbox behind this one).
-                cell.queued = True
                 if idle is None:
                     idle = []
                 idle.append(cell)
