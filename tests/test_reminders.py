@@ -26,7 +26,7 @@ from agentmesh._private.daemon import Daemon
 from agentmesh.sim import run_virtual
 
 from .agents import Recorder
-from .conftest import start_daemon, wait_for
+from .conftest import docs_example, start_daemon, wait_for
 from .timed_agents import Beating
 
 
@@ -354,3 +354,8 @@ async def test_reminders_move_with_their_agent_when_its_node_dies(
             ids.setdefault(number, set()).add(id_)
         assert all(len(same) == 1 for same in ids.values())  # delivered again: same id
         assert {where for _, _, where in events} == {worker_id, head_id}
+
+
+def test_the_example_of_the_docs_prints_what_they_say() -> None:
+    printed, promised = docs_example("state.md", "## Reminders")
+    assert printed == promised

@@ -19,7 +19,7 @@ import pytest
 import agentmesh as am
 from agentmesh.sim import run_virtual
 
-from .conftest import World, wait_for
+from .conftest import World, docs_example, wait_for
 from .timed_agents import Ticking
 
 
@@ -224,3 +224,8 @@ async def test_ticks_are_messages_and_end_with_the_agent_in_every_world(world: W
 
 async def _controls_at_least(ticking: am.AgentRef, n: int) -> bool:
     return bool((await ticking.counts())[1] >= n)
+
+
+def test_the_example_of_the_docs_prints_what_they_say() -> None:
+    printed, promised = docs_example("agents.md", "## Timers")
+    assert printed == promised

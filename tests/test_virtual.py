@@ -25,7 +25,8 @@ import agentmesh as am
 from agentmesh._private.daemon import Daemon
 from agentmesh.sim import run_virtual
 
-from .conftest import ROOT, start_daemon, wait_for
+from .agents import Counter
+from .conftest import ROOT, World, docs_example, start_daemon, wait_for
 from .timed_agents import Tally
 
 
@@ -146,6 +147,15 @@ def test_calls_that_meet_a_passivating_agent_are_sent_to_its_next_activation(
             assert await bob.deposit(0) == 0  # the next call: a new activation (no snapshot)
 
     virtual(main)
+
+
+async def test_a_call_refused_by_an_agent_that_ended_says_it_never_ran(world: World) -> None:
+    """What a virtual ref relies on to send a call again, in every world."""
+    counter = await world.spawn(Counter)
+    await counter.stop()
+    with pytest.raises(am.AgentUnavailable) as err:
+        await counter.add(1)
+    assert err.value.never_ran is True
 
 
 async def test_across_nodes_passivation_and_refs_sent_in_messages() -> None:
@@ -299,3 +309,8 @@ async def test_an_agent_whose_node_died_is_activated_elsewhere_with_its_state(
 
 async def _saved(store: am.StateStore, key: str) -> bool:
     return await store.get(key) is not None
+
+
+def test_the_example_of_the_docs_prints_what_they_say() -> None:
+    printed, promised = docs_example("virtual-agents.md")
+    assert printed == promised

@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .errors import AgentUnavailable, NameRequired
+from .idle import PASSIVATE
 from .methods import MethodTable
-from .reminders import Missed, Reminder, check_missed, due_time, period_seconds
-from .timers import Timer, bound_handler
+from .reminders import FIRE, Missed, Reminder, check_missed, due_time, period_seconds
+from .timers import TICK, Timer, bound_handler
 
 if TYPE_CHECKING:
     from ..mesh import Mesh  # the one name from above the kernel: the type of `mesh`
@@ -63,9 +64,9 @@ class Agent:
     _am_notices: ClassVar[dict[str, str]] = {
         "!terminated": "on_terminated",
         "!deliver": "_am_deliver",
-        "!timer": "_am_timer",
-        "!reminder": "_am_reminder",
-        "!passivate": "_am_passivate",
+        TICK: "_am_timer",
+        FIRE: "_am_reminder",
+        PASSIVATE: "_am_passivate",
     }
     #: Which arguments are validated: None models only, True every annotated one,
     #: False none. Set by the class keyword ``validate=``; subclasses inherit it.
