@@ -359,3 +359,15 @@ async def test_reminders_move_with_their_agent_when_its_node_dies(
 def test_the_example_of_the_docs_prints_what_they_say() -> None:
     printed, promised = docs_example("state.md", "## Reminders")
     assert printed == promised
+
+
+async def test_an_unreadable_record_fails_the_spawn_and_says_which_key(mesh: am.Mesh) -> None:
+    await mesh.state_store.put("!reminders:alarm", b"not json")
+    with pytest.raises(ValueError, match="'!reminders:alarm'"):
+        await mesh.spawn(Alarm, name="alarm")
+    with pytest.raises(am.AgentNotFound):
+        await mesh.get("alarm")  # stopped again
+    await mesh.state_store.delete("!reminders:alarm")
+    alarm = await mesh.spawn(Alarm, name="alarm")
+    await alarm.set("r", 0.0, None, "once")
+    await wait_for(lambda: len(FIRED) == 1, what="the firing")

@@ -149,6 +149,34 @@ def test_calls_that_meet_a_passivating_agent_are_sent_to_its_next_activation(
     virtual(main)
 
 
+class SlowStart(am.Agent):
+    built = 0
+
+    def __init__(self, key: str) -> None:
+        SlowStart.built += 1
+
+    async def on_start(self) -> None:
+        await asyncio.sleep(2.0)
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+def test_a_call_that_gives_up_on_an_activation_leaves_it_to_finish() -> None:
+    SlowStart.built = 0
+
+    async def main() -> None:
+        async with am.Mesh(slow_turn=None) as m:
+            slow = await m.agent(SlowStart, "s", idle_after=1.0)  # built by t=2
+            await m.wait_terminated(await slow.resolve())  # passivated
+            with pytest.raises(am.AskTimeout, match=r"not activated within 0\.5s"):
+                await slow.ping.ask(timeout=0.5)
+            assert await slow.ping() == "pong"  # the activation under way, not another
+            assert SlowStart.built == 2
+
+    virtual(main)
+
+
 async def test_a_call_refused_by_an_agent_that_ended_says_it_never_ran(world: World) -> None:
     """What a virtual ref relies on to send a call again, in every world."""
     counter = await world.spawn(Counter)
@@ -287,7 +315,7 @@ async def test_an_agent_whose_node_died_is_activated_elsewhere_with_its_state(
         assert await account.add(10) == 10
         store = am.SqliteStateStore(db)
         try:  # the snapshot is taken right after the reply: wait until it is saved
-            await wait_for(lambda: _saved(store, account.name), what="the snapshot")
+            await wait_for(lambda: _saved(store, account.name, 10), what="the snapshot")
         finally:
             await store.aclose()
         await worker.kill()
@@ -307,8 +335,9 @@ async def test_an_agent_whose_node_died_is_activated_elsewhere_with_its_state(
         assert (await account.where())[1] == head_id
 
 
-async def _saved(store: am.StateStore, key: str) -> bool:
-    return await store.get(key) is not None
+async def _saved(store: am.StateStore, key: str, state: Any) -> bool:
+    data = await store.get(key)
+    return data is not None and pickle.loads(data) == state
 
 
 def test_the_example_of_the_docs_prints_what_they_say() -> None:

@@ -12,6 +12,7 @@ placement puts it, restored from the state store under its name.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Coroutine
@@ -154,7 +155,7 @@ class VirtualRef:
         stale: AgentRef | None = None
         for _ in range(_ATTEMPTS):
             if ref is None:
-                ref = await activations.resolve(self._spec, stale)
+                ref = await activations.resolve(self._spec, stale, deadline - loop.time())
             left = deadline - loop.time()
             if left <= 0:
                 raise AskTimeout(f"ask {name}.{method}() got no reply within its timeout")
@@ -281,31 +282,43 @@ class Activations:
         except TimeoutError:
             raise error from None
 
-    async def resolve(self, spec: ChildSpec, stale: AgentRef | None) -> AgentRef:
-        """The current activation of ``spec``'s agent (one activation at a time per
-        name here); ``stale`` is one that has ended, whose name may not be released
-        yet."""
+    async def resolve(
+        self, spec: ChildSpec, stale: AgentRef | None, timeout: float | None = None
+    ) -> AgentRef:
+        """The current activation of ``spec``'s agent, got or created (one at a time
+        per name here, in a task of its own: a caller that gives up after ``timeout``
+        seconds, `AskTimeout`, leaves it to finish); ``stale`` is an activation that
+        has ended, whose name may not be released yet."""
         name = spec.name
         assert name is not None
-        pending = self._pending.get(name)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = self._pending[name] = asyncio.get_running_loop().create_future()
+        task = self._pending.get(name)
+        if task is None:
+            # In a context of its own: the activation is no turn of the caller's.
+            task = asyncio.get_running_loop().create_task(
+                self._activate(spec, name, stale), context=contextvars.Context()
+            )
+            self._pending[name] = task
+            task.add_done_callback(functools.partial(self._activated, name))
         try:
-            ref = await self._resolve(spec, name, stale)
-        except asyncio.CancelledError:
-            pending.cancel()
-            raise
-        except BaseException as exc:
-            pending.set_exception(exc)
-            pending.exception()  # retrieved: whoever waits on it gets it too
-            raise
-        else:
-            pending.set_result(ref)
-            self._watch(name, ref)
-            return ref
-        finally:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            if task.done():
+                raise
+            raise AskTimeout(
+                f"virtual agent {name} was not activated within {timeout:g}s"
+            ) from None
+
+    def _activated(self, name: str, task: asyncio.Task[AgentRef]) -> None:
+        if self._pending.get(name) is task:
             del self._pending[name]
+        if not task.cancelled():
+            task.exception()  # retrieved, even if every caller gave up
+
+    async def _activate(self, spec: ChildSpec, name: str, stale: AgentRef | None) -> AgentRef:
+        ref = await self._resolve(spec, name, stale)
+        self._watch(name, ref)
+        return ref
 
     async def _resolve(self, spec: ChildSpec, name: str, stale: AgentRef | None) -> AgentRef:
         mesh = self.mesh

@@ -242,9 +242,15 @@ def _encode(entries: dict[str, _Entry]) -> bytes:
     return json.dumps({"version": 1, "reminders": [e.to_json() for e in entries.values()]}).encode()
 
 
-def _decode(data: bytes) -> dict[str, _Entry]:
-    record = json.loads(data)
-    entries = (_Entry.from_json(item) for item in record["reminders"])
+def _decode(data: bytes, name: str) -> dict[str, _Entry]:
+    try:
+        record = json.loads(data)
+        entries = [_Entry.from_json(item) for item in record["reminders"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"the reminders of agent {name!r} in the state store cannot be read "
+            f"({type(exc).__name__}: {exc}); delete the key {store_key(name)!r}"
+        ) from exc
     return {e.name: e for e in entries}
 
 
@@ -285,7 +291,7 @@ class Reminders:
                     assert cell.name is not None
                     data = await self.node.state_store.get(store_key(cell.name))
                     if data is not None:
-                        agent.entries = {**_decode(data), **agent.entries}
+                        agent.entries = {**_decode(data, cell.name), **agent.entries}
                     agent.loaded = True
         return agent
 
@@ -302,7 +308,7 @@ class Reminders:
                 return  # the common case: nothing stored, nothing to arm
             agent = self.agents.setdefault(cell.id, _Agent(cell))
             if not agent.loaded:
-                agent.entries = {**_decode(data), **agent.entries}
+                agent.entries = {**_decode(data, cell.name), **agent.entries}
                 agent.loaded = True
         if cell.state.value in ("stopped", "crashed"):  # ended meanwhile
             self.agent_ended(cell)
