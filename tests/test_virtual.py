@@ -65,6 +65,10 @@ class Account(am.Agent):
     async def hang(self) -> None:
         await asyncio.Event().wait()
 
+    async def history(self, n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield self.balance + i
+
     async def fail(self) -> None:
         raise RuntimeError("crash on purpose")
 
@@ -160,6 +164,24 @@ class SlowStart(am.Agent):
 
     async def ping(self) -> str:
         return "pong"
+
+
+def test_a_stream_opens_on_the_next_activation_too(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.CRITICAL, "agentmesh")
+
+    async def main() -> None:
+        async with am.Mesh(slow_turn=None) as m:
+            cls = functools.partial(Account, slow_snapshot=0.5)
+            alice = await m.agent(cls, "alice", idle_after=1.0)
+            await alice.deposit(5)
+            assert [x async for x in alice.history.stream(3)] == [5, 6, 7]
+            await asyncio.sleep(1.4)  # passivating from 1.25, saving until 1.75
+            async with alice.history.stream(2, window=1) as items:
+                assert [x async for x in items] == [5, 6]  # activated again, restored
+            assert Account.built == ["alice", "alice"]
+            assert asyncio.get_running_loop().time() == 1.75
+
+    virtual(main)
 
 
 def test_a_call_that_gives_up_on_an_activation_leaves_it_to_finish() -> None:

@@ -28,6 +28,7 @@ from .kernel.errors import (
     NameTaken,
 )
 from .kernel.ref import AgentRef
+from .kernel.streams import DEFAULT_WINDOW, Stream
 
 if TYPE_CHECKING:
     from .kernel.exits import Terminated
@@ -189,6 +190,32 @@ class VirtualRef:
                 stale, ref = ref, None
         raise AgentUnavailable(f"virtual agent {name} could not be activated")
 
+    async def _first_item(self, stream: VirtualStream) -> Any:
+        """Open ``stream`` on the current activation and take its first item; a call
+        refused before it ran goes to the next activation, as an ask does."""
+        mesh = self._bind()
+        activations = mesh._activations
+        name = self.name
+        ref = activations.current.get(name)
+        stale: AgentRef | None = None
+        for _ in range(_ATTEMPTS):
+            if ref is None:
+                ref = await activations.resolve(self._spec, stale)
+            inner = ref[stream.method].stream(
+                *stream.args, window=stream.window, item_timeout=stream.item_timeout,
+                **stream.kwargs,
+            )  # fmt: skip
+            stream.inner = inner
+            try:
+                return await anext(inner)
+            except AgentUnavailable as exc:
+                activations.evict(name, ref)
+                if not exc.never_ran:
+                    raise
+                await activations.ended(ref, mesh._node.ask_timeout, exc)
+                stale, ref = ref, None
+        raise AgentUnavailable(f"virtual agent {name} could not be activated")
+
     def _tell_nowait(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         mesh = self._bind()
         ref = mesh._activations.current.get(self.name)
@@ -255,8 +282,63 @@ class VirtualMethod:
         there is none known here yet (``tell()`` activates it) or no room."""
         self._ref._tell_nowait(self._method, args, kwargs)
 
+    def stream(
+        self,
+        *args: Any,
+        window: int = DEFAULT_WINDOW,
+        item_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> VirtualStream:
+        """Call a streaming method, as `MethodRef.stream`: ``async for item in
+        ref.method.stream(...)``; the agent is activated when iteration starts."""
+        return VirtualStream(self._ref, self._method, args, kwargs, window, item_timeout)
+
     def __repr__(self) -> str:
         return f"<VirtualMethod {self._ref!r}.{self._method}>"
+
+
+class VirtualStream:
+    """A `Stream` from a virtual agent: it opens on the agent's activation when
+    iteration starts (sent again to the next activation if refused before it ran),
+    then is that activation's stream."""
+
+    __slots__ = ("args", "inner", "item_timeout", "kwargs", "method", "ref", "window")
+
+    def __init__(
+        self,
+        ref: VirtualRef,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        window: int,
+        item_timeout: float | None,
+    ) -> None:
+        self.ref = ref
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.window = window
+        self.item_timeout = item_timeout
+        self.inner: Stream[Any] | None = None
+
+    def __aiter__(self) -> VirtualStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.inner is None:
+            return await self.ref._first_item(self)
+        return await anext(self.inner)
+
+    async def aclose(self) -> None:
+        """Stop the stream (and its producer), as `Stream.aclose`."""
+        if self.inner is not None:
+            await self.inner.aclose()
+
+    async def __aenter__(self) -> VirtualStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class Activations:
