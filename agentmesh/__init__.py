@@ -17,6 +17,7 @@ from ._private.kernel.errors import (
     AuthError,
     BadArguments,
     MailboxFull,
+    NameRequired,
     NameTaken,
     PlacementError,
     RemoteError,
@@ -34,8 +35,10 @@ from ._private.kernel.mailbox import DEFAULT_MAILBOX_SIZE
 from ._private.kernel.node import DEFAULT_ASK_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_TURN
 from ._private.kernel.placing import AwayFrom, DoesNotExist, Exists, In, Near, NotIn, OnNode
 from ._private.kernel.ref import AgentRef, MethodRef
+from ._private.kernel.reminders import Reminder
 from ._private.kernel.state import MemoryStateStore, StateStore
 from ._private.kernel.streams import Stream
+from ._private.kernel.timers import Timer
 from ._private.mesh import Mesh
 from ._private.placement.scheduler import DEFAULT_PLACEMENT_TIMEOUT
 from ._private.pubsub.bus import DEAD_LETTERS, BusStatistics
@@ -46,6 +49,7 @@ from ._private.sqlite_store import SqliteStateStore
 from ._private.supervision.spec import Backoff, ChildSpec, SupervisorSpec
 from ._private.supervision.supervisor import ChildInfo, Supervisor
 from ._private.transport.grpc_transport import TLS
+from ._private.virtual import VirtualRef
 
 # A library leaves its output to the application: with no logging configured, nothing
 # logged under "agentmesh" reaches stderr through logging's last-resort handler.
@@ -84,12 +88,14 @@ __all__ = [
     "Mesh",
     "MeshConfig",
     "MethodRef",
+    "NameRequired",
     "NameTaken",
     "Near",
     "NodeInfo",
     "NotIn",
     "OnNode",
     "PlacementError",
+    "Reminder",
     "RemoteError",
     "RestartIntensityExceeded",
     "SerializationError",
@@ -103,8 +109,10 @@ __all__ = [
     "SupervisorSpec",
     "TLS",
     "Terminated",
+    "Timer",
     "TopicStream",
     "UnknownMethod",
+    "VirtualRef",
     "WrongLoop",
     "run",
     "subscribe",

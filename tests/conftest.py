@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
@@ -294,3 +296,17 @@ async def wait_for(
                 await asyncio.sleep(0.001)
     except TimeoutError:
         raise AssertionError(f"condition never held within {timeout}s: {what}") from None
+
+
+def docs_example(page: str, heading: str = "") -> tuple[str, str]:
+    """Run the first ``python`` block of ``docs/<page>`` after ``heading`` as a user
+    would; return (what it printed, what the page's "It prints:" block says)."""
+    text = (ROOT / "docs" / page).read_text()
+    section = text[text.index(heading) :] if heading else text
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    promised = section.split("It prints:\n\n```text\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout, promised

@@ -99,16 +99,17 @@ ALLOWED = {
     "cluster": {"kernel", "supervision", "placement", "pubsub", "transport"},
     "config": {"kernel", "placement", "transport", "cluster"},
     "metrics": {"kernel", "placement", "pubsub", "transport"},
+    "virtual": {"kernel", "supervision"},
     "mesh": {
         *("kernel", "supervision", "placement", "pubsub", "transport", "cluster", "config"),
-        *("metrics", "tracing"),
+        *("metrics", "tracing", "virtual"),
     },
     "dashboard": {"kernel", "mesh", "tracing"},
     "logs": set(),
     "tables": {"kernel", "cluster"},
     "cli": {
         *("kernel", "placement", "transport", "cluster", "mesh", "running", "config"),
-        *("logs", "tables", "dashboard"),
+        *("logs", "tables", "dashboard", "sqlite_store"),
     },
     "sim": {"kernel", "mesh", "daemon", "running"},
 }

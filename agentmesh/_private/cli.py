@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from .logs import TextFormatter
 from .mesh import Mesh
 from .placement.resources import machine_resources
 from .running import run
+from .sqlite_store import SqliteStateStore
 from .tables import agent_table, node_table
 from .transport.grpc_transport import TLS
 
@@ -308,6 +310,12 @@ def _daemon_options(connection: argparse.ArgumentParser) -> argparse.ArgumentPar
         "second line, 'metrics URL'); needs agentmesh[prometheus]",
     )
     options.add_argument(
+        "--state",
+        metavar="FILE",
+        help="keep agents' snapshots and durable reminders in this SQLite file, which "
+        "outlives the daemon; nodes given the same file share them (default: in memory)",
+    )
+    options.add_argument(
         "--tracing",
         action="store_true",
         help="record spans of asks, tells, publishes and turns (OpenTelemetry: the otel "
@@ -477,6 +485,7 @@ def _daemon(args: argparse.Namespace) -> None:
                 slow_turn=_slow_turn(args),
                 metrics_port=args.metrics_port,
                 tracing=args.tracing,
+                state_store=None if args.state is None else SqliteStateStore(args.state),
             )
         else:
             resources = args.resources if args.resources is not None else machine_resources()
@@ -494,6 +503,7 @@ def _daemon(args: argparse.Namespace) -> None:
                 role="worker",
                 metrics_port=args.metrics_port,
                 tracing=args.tracing,
+                state_store=None if args.state is None else SqliteStateStore(args.state),
             )
         if formatter is not None:
             formatter.node = mesh.node_id
@@ -502,7 +512,7 @@ def _daemon(args: argparse.Namespace) -> None:
         else:
             run(_serve(mesh))
     # RuntimeError: a bind failure; ImportError: --metrics-port or --tracing without
-    # its extra.
-    except (AgentmeshError, OSError, RuntimeError, ImportError) as exc:
+    # its extra; sqlite3.Error: a --state file that cannot be opened.
+    except (AgentmeshError, OSError, RuntimeError, ImportError, sqlite3.Error) as exc:
         print(f"agentmesh {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(2)

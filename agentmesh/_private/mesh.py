@@ -44,6 +44,7 @@ from .pubsub.subscriptions import Overflow, TopicStream
 from .supervision.spec import ChildSpec, Restart, SupervisorSpec
 from .supervision.supervisor import Supervisor, settle, start_directly, start_many_directly
 from .transport.grpc_transport import GrpcTransport
+from .virtual import Activations, VirtualRef, virtual_name
 
 if TYPE_CHECKING:
     from .metrics.prometheus import MetricsServer
@@ -145,6 +146,7 @@ class Mesh:
         self._failure: asyncio.Future[RestartIntensityExceeded | None] | None = None
         self._failure_seen = False
         self._membership: Membership | None = None
+        self._activations = Activations(self)  # virtual agents reached from here
         self._started = 0.0  # in the event loop's clock
         role = config.role or ("head" if config.join is None else "driver")
         resources = config.resources
@@ -458,6 +460,12 @@ class Mesh:
             strategy=strategy,
             placement_timeout=placement_timeout,
         )
+        return await self._spawn_spec(spec, supervisor, node, detached)
+
+    async def _spawn_spec(
+        self, spec: ChildSpec, supervisor: AgentRef | None, node: str | None, detached: bool
+    ) -> AgentRef:
+        """Place and start ``spec`` as `spawn` does."""
         if supervisor is not None:
             # Its supervisor places it (and places it again if its node dies).
             return await self._start_spec(spec, supervisor)
@@ -751,6 +759,73 @@ class Mesh:
         if root.instance is not self._root:
             raise AgentUnavailable("the mesh's root supervisor gave up; see wait_failure()")
         return self._root
+
+    async def agent(
+        self,
+        agent_class: type[A] | Callable[..., A],
+        key: str,
+        /,
+        *,
+        idle_after: float | None = None,
+        mailbox_size: int | None = None,
+        concurrency: int | None = None,
+        shutdown: float | None = None,
+        checkpoint_every: int = 0,
+        node: str | None = None,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, Selector] | None = None,
+        strategy: Strategy | None = None,
+        placement_timeout: float | None = None,
+    ) -> VirtualRef:
+        """Get, or create, the *virtual agent* of ``agent_class`` for ``key`` (as
+        Orleans grains and Dapr actors): one agent per class and key in the whole
+        cluster, built as ``agent_class(key)`` and named ``"<module>.<class>/<key>"``.
+
+        Of concurrent callers anywhere, one creates it and every one gets the same
+        agent: its node claims the name cluster-wide before building it. It is
+        restored from the state store under its name (``snapshot`` / ``restore``).
+        With ``idle_after`` it passivates after that many seconds without messages:
+        it saves its snapshot and stops; the returned `VirtualRef` activates it again
+        at the next call (here or, if its node died, on another). The other options
+        are `spawn`'s; a virtual agent is ``detached`` (it lives on when this mesh
+        leaves) and never restarted (the next call activates it again). See
+        docs/virtual-agents.md.
+        """
+        self._check_open()
+        if self._node.closed:
+            raise RuntimeError("the mesh is closed")
+        if not isinstance(key, str):
+            raise TypeError(f"a virtual agent's key is a string, got {key!r}")
+        if idle_after is not None and (isinstance(idle_after, bool) or not idle_after > 0):
+            raise ValueError(f"idle_after must be positive seconds or None, got {idle_after!r}")
+        spec = ChildSpec(
+            agent_class,
+            key,
+            name=virtual_name(agent_class, key),
+            restart="temporary",
+            shutdown=shutdown,
+            mailbox_size=mailbox_size,
+            concurrency=concurrency,
+            checkpoint_every=checkpoint_every,
+            node=node,
+            resources=resources,
+            labels=labels,
+            strategy=strategy,
+            placement_timeout=placement_timeout,
+        )._replaced(_claim_first=True, _idle_after=idle_after)
+        ref = VirtualRef._create(spec, self)
+        await self._activations.resolve(spec, None)
+        return ref
+
+    async def _spawn_virtual(self, spec: ChildSpec) -> AgentRef:
+        """Start a virtual agent's activation, where `spawn` would start it."""
+        return await self._spawn_spec(spec, None, spec.node, True)
+
+    async def _release_name(self, name: str, ref: AgentRef) -> None:
+        """Release ``name`` at the head if ``ref``, which has ended, still holds it
+        (its node's own release may not have arrived yet)."""
+        if self._membership is not None:
+            await self._membership.release_stale_name(name, ref)
 
     async def get(self, name: str) -> AgentRef:
         """The ref of the agent registered as ``name``, on any node of the cluster;

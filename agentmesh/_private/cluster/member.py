@@ -401,6 +401,11 @@ class Membership:
         except AgentmeshError as exc:
             log.info("could not release name %r: %s", cell.name, exc)
 
+    async def release_stale_name(self, name: str, ref: AgentRef) -> None:
+        """Release ``name`` if ``ref``, an agent known to have ended, still holds it."""
+        assert self.directory is not None
+        await self.directory.release_name(name, ref)
+
     async def lookup(self, name: str) -> AgentRef:
         assert self.directory is not None
         ref: AgentRef | None = await self.directory.lookup(name)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from .errors import AgentUnavailable, NameRequired
+from .idle import PASSIVATE
 from .methods import MethodTable
+from .reminders import FIRE, Missed, Reminder, check_missed, due_time, period_seconds
+from .timers import TICK, Timer, bound_handler
 
 if TYPE_CHECKING:
     from ..mesh import Mesh  # the one name from above the kernel: the type of `mesh`
@@ -58,6 +64,9 @@ class Agent:
     _am_notices: ClassVar[dict[str, str]] = {
         "!terminated": "on_terminated",
         "!deliver": "_am_deliver",
+        TICK: "_am_timer",
+        FIRE: "_am_reminder",
+        PASSIVATE: "_am_passivate",
     }
     #: Which arguments are validated: None models only, True every annotated one,
     #: False none. Set by the class keyword ``validate=``; subclasses inherit it.
@@ -148,6 +157,173 @@ class Agent:
         if getattr(handler, "__self__", self) is not self:
             return  # subscribed by an earlier instance of this agent: that one is gone
         await handler(*args, **kwargs)
+
+    # -- timers ---------------------------------------------------------------------
+
+    def every(
+        self,
+        period: float,
+        method: Callable[..., Coroutine[Any, Any, Any]] | str,
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Timer:
+        """Tell this agent ``method(*args, **kwargs)`` every ``period`` seconds, first
+        ``period`` seconds from now; returns the `Timer` (``cancel()`` it).
+
+        Each tick is a message in this agent's mailbox, taking its turn. Ticks keep to
+        the grid ``now + k * period`` (no drift); a tick is skipped while the previous
+        one still waits in the mailbox. The timer ends with this instance of the agent
+        (stop, crash, restart): a restarted agent arms its own in ``on_start``.
+        """
+        if isinstance(period, bool) or not isinstance(period, int | float) or not period > 0:
+            raise ValueError(f"every() takes a positive period in seconds, got {period!r}")
+        return self._am_timer_for(method, args, kwargs, period, period, "every()")
+
+    def after(
+        self,
+        delay: float,
+        method: Callable[..., Coroutine[Any, Any, Any]] | str,
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Timer:
+        """Tell this agent ``method(*args, **kwargs)`` once, ``delay`` seconds from now
+        (a message in its mailbox); returns the `Timer` (``cancel()`` it). It ends
+        with this instance of the agent, as `every`'s timers do."""
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+            raise ValueError(f"after() takes a delay of 0 or more seconds, got {delay!r}")
+        return self._am_timer_for(method, args, kwargs, delay, None, "after()")
+
+    def _am_timer_for(
+        self,
+        method: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        delay: float,
+        period: float | None,
+        what: str,
+    ) -> Timer:
+        cell = self._am_cell
+        # Its own instance, or one being built (__init__, restore): not one that ended.
+        if cell.instance is not self and not (
+            cell.instance is None and cell.state.value == "starting"
+        ):
+            raise AgentUnavailable(
+                f"{what}: this instance of agent {cell.label!r} has ended "
+                f"({cell.state.value}); timers belong to a live instance"
+            )
+        handler = bound_handler(self, method, what)
+        timer = Timer(cell, self, handler, args, kwargs, float(delay), period)
+        timers = cell.node.timers.get(cell.id)
+        if timers is None:
+            timers = cell.node.timers[cell.id] = set()
+        timers.add(timer)
+        return timer
+
+    async def _am_timer(self, timer: Timer) -> None:
+        coro = timer.begin(self)
+        if coro is not None:
+            await coro
+
+    # -- durable reminders -------------------------------------------------------------
+
+    async def remind(
+        self,
+        name: str,
+        *,
+        due: float | datetime | timedelta,
+        period: float | timedelta | None = None,
+        missed: Missed = "once",
+        method: Callable[..., Coroutine[Any, Any, Any]] | str = "on_reminder",
+        replace: bool = True,
+    ) -> bool:
+        """Register a durable reminder ``name``: at ``due`` (seconds from now, a
+        `timedelta`, or a `datetime`), then every ``period`` seconds if given, this
+        agent gets a message ``method(reminder)`` (default ``on_reminder``) carrying a
+        `Reminder` with a unique ``id``.
+
+        Kept in the mesh's state store under this agent's name (`NameRequired` for
+        an unnamed agent), so it outlives restarts of the agent, of its node and of
+        the mesh (with a durable store): it fires again wherever an agent of this
+        name runs. Firings missed meanwhile are skipped, fired ``"once"`` (the
+        default) or ``"all"`` fired, as ``missed`` says. A reminder of the same name
+        is replaced, unless ``replace=False``: then it is kept, and this returns
+        False. Returns once the reminder is saved.
+        """
+        cell = self._am_cell
+        if cell.name is None:
+            raise NameRequired(
+                f"a reminder is kept under its agent's name, and agent {cell.label} has "
+                f"none: spawn it with name="
+            )
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a reminder's name must be a non-empty string, got {name!r}")
+        first = due_time(due)
+        every = period_seconds(period)
+        check_missed(missed)
+        return await cell.node.reminders.remind(
+            cell, name, first, every, missed, self._am_reminder_method(method), replace
+        )
+
+    def _am_reminder_method(self, method: Any) -> str:
+        """The name of the method a reminder calls: checked now, looked up at each
+        firing (possibly by another process)."""
+        cls = type(self)
+        if method == "on_reminder" and cls.on_reminder is Agent.on_reminder:
+            raise TypeError(
+                f"{cls.__qualname__} defines no on_reminder(self, reminder): define it, "
+                f"or pass method="
+            )
+        handler = bound_handler(self, method, "remind()")
+        name = handler.__name__
+        if getattr(cls, name, None) is not getattr(handler, "__func__", None):
+            raise TypeError(f"remind(): method {name!r} is not reachable by its name")
+        return name
+
+    async def forget(self, name: str) -> bool:
+        """Cancel the durable reminder ``name`` (and delete it from the store); a
+        firing already queued does not run. False if there was none."""
+        cell = self._am_cell
+        if cell.name is None:
+            raise NameRequired(f"agent {cell.label} has no name, so it has no reminders")
+        return await cell.node.reminders.forget(cell, name)
+
+    async def on_reminder(self, reminder: Reminder) -> None:
+        """Receive a firing of a durable reminder registered with `remind` (the
+        default ``method``). Runs as a turn like any message; define it to use
+        reminders. A firing may come again after a crash: ``reminder.id`` tells."""
+
+    async def _am_reminder(self, fire: Reminder) -> None:
+        cell = self._am_cell
+        reminders = cell.node.reminders
+        method = reminders.method_of(cell, fire)
+        if method is None:
+            return  # forgotten, replaced, or done already
+        try:
+            handler = getattr(self, method, None)
+            if handler is None or not inspect.iscoroutinefunction(handler):
+                raise TypeError(
+                    f"reminder {fire.name!r}: {type(self).__qualname__} has no async "
+                    f"method {method!r}"
+                )
+            await handler(fire)
+        except Exception:
+            await reminders.handled(cell, fire)  # done: a crash is not redelivered
+            raise
+        await reminders.handled(cell, fire)
+
+    async def _am_passivate(self, seen: int) -> None:
+        """An idle virtual agent passivates (see `IdleWatch`): it stops, refusing
+        messages from now on, and saves its snapshot."""
+        cell = self._am_cell
+        if cell.handled != seen + 1 or cell.mailbox or len(cell.busy()) > 1:
+            return  # a message came in since: not idle
+        if cell.node.reminders.armed(cell):
+            return
+        await cell.stop(None)  # from its own turn: returns at once, STOPPING now
+        if hasattr(self, "snapshot"):
+            await cell.checkpoint()
 
     async def checkpoint(self) -> None:
         """Save ``self.snapshot()`` now, so a restarted instance is restored from it.

@@ -25,7 +25,7 @@ from .answers import PENDING, Answers
 from .context import current_chain
 from .dispatch import TURNS_PER_SLICE, Suspended, resume
 from .envelope import NO_KWARGS, Envelope, Reply, TellEnvelope, chains
-from .errors import AgentmeshError, AgentUnavailable, BadArguments, WrongLoop
+from .errors import AgentmeshError, AgentUnavailable, BadArguments, WrongLoop, refused
 from .lifecycle import Lifecycle, State
 from .mailbox import _SPARE_MAX, SPARE_QUEUES, Mailbox
 from .methods import STREAM_SUFFIX, Handler, MethodTable
@@ -166,7 +166,7 @@ class Cell(Lifecycle):
                     return True
         if self.state in _OPEN:
             return False
-        raise AgentUnavailable(self.unavailable_reason())
+        raise refused(self.unavailable_reason())
 
     def offer(self, env: Envelope) -> bool:
         """Queue ``env`` if the mailbox has room now, or run it at once if it

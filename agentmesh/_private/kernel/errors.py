@@ -16,6 +16,7 @@ __all__ = [
     "AuthError",
     "BadArguments",
     "MailboxFull",
+    "NameRequired",
     "NameTaken",
     "PlacementError",
     "RemoteError",
@@ -120,11 +121,31 @@ class AgentNotFound(AgentmeshError, LookupError):
 
 
 class AgentUnavailable(AgentmeshError):
-    """The agent is stopped, stopping, crashed, or its node is down."""
+    """The agent is stopped, stopping, crashed, or its node is down.
+
+    ``never_ran`` is True when the message surely reached no handler (the agent had
+    ended or was stopping when it arrived, or ended with it still queued), so sending
+    it again cannot run it twice; False when that is not known (its node went down,
+    or it crashed while the call was running).
+    """
+
+    never_ran = False
+
+
+def refused(reason: str) -> AgentUnavailable:
+    """An `AgentUnavailable` for a message that reached no handler (``never_ran``)."""
+    err = AgentUnavailable(reason)
+    err.never_ran = True
+    return err
 
 
 class NameTaken(AgentmeshError, ValueError):
     """Another live agent already holds that name."""
+
+
+class NameRequired(AgentmeshError, TypeError):
+    """What was asked needs an agent with a name (a durable reminder is kept under
+    its agent's name), and this agent has none."""
 
 
 class UnknownMethod(AgentmeshError, AttributeError):

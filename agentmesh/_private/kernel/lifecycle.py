@@ -23,7 +23,7 @@ import cloudpickle
 from .agent import Agent
 from .context import current_cell
 from .envelope import NO_KWARGS, Envelope, new_chain
-from .errors import AgentUnavailable, RemoteError, SpawnError
+from .errors import AgentUnavailable, RemoteError, SpawnError, refused
 from .exits import ExitReason, Terminated
 from .info import CrashReport
 
@@ -524,7 +524,7 @@ class Lifecycle(abc.ABC):
                 dropped += 1
                 self.node.dead_letter(self.cell, env, f"agent ended unhandled: {why}")
             elif not env.reply.done():
-                env.reply.set_exception(AgentUnavailable(why))
+                env.reply.set_exception(refused(why))  # queued: it never ran
         if dropped:
             log.warning("agent %s ended with %d tells unhandled", self.label, dropped)
         self.mailbox.release()

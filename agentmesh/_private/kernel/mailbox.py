@@ -10,7 +10,7 @@ import asyncio
 from collections import deque
 from typing import Any, Generic, TypeVar
 
-from .errors import AgentUnavailable, MailboxFull
+from .errors import MailboxFull, refused
 
 __all__ = ["DEFAULT_MAILBOX_SIZE", "SPARE_QUEUES", "Mailbox"]
 
@@ -142,4 +142,4 @@ class Mailbox(Generic[T]):
         putters, self.putters = self.putters, None
         for fut in putters or ():
             if not fut.done():
-                fut.set_exception(AgentUnavailable(reason))
+                fut.set_exception(refused(reason))

@@ -33,8 +33,10 @@ from .errors import (
     MailboxFull,
     NameTaken,
     WrongLoop,
+    refused,
 )
 from .exits import ExitReason, Terminated
+from .idle import IdleWatch
 from .info import AgentInfo, CrashReport
 from .mailbox import DEFAULT_MAILBOX_SIZE
 from .monitors import RemoteMonitors, RemoteWatcher
@@ -42,7 +44,9 @@ from .placing import Placer, Ticket
 from .ports import FRAMEWORK_PREFIX, BusPort, NodeRequest, RemoteChildrenPort
 from .recent import Recent
 from .ref import AgentRef
+from .reminders import Reminders
 from .state import MemoryStateStore, StateStore
+from .timers import Timer, end_timers
 from .waits import describe_wait
 from .watchdog import Watchdog
 
@@ -99,6 +103,12 @@ class Node:
         self.shutdown_timeout = shutdown_timeout
         self.mailbox_size = mailbox_size
         self.state_store: StateStore = state_store or MemoryStateStore()
+        #: The named agents' durable reminders, kept in ``state_store``.
+        self.reminders = Reminders(self)
+        #: The timers of agents that have some (`Agent.every`, `Agent.after`), by id.
+        self.timers: dict[str, set[Timer]] = {}
+        #: Agents stopped after a while without messages (virtual agents), by id.
+        self.idle: dict[str, IdleWatch] = {}
         self.cells: dict[str, Cell] = {}
         #: Why recently ended agents ended, by id, so late messages get a clear error.
         self.exits: collections.OrderedDict[str, tuple[str, ExitReason, str | None]] = (
@@ -223,6 +233,8 @@ class Node:
         agent_id: str | None = None,
         reservation: Ticket | None = None,
         claim_name: bool = True,
+        claim_first: bool = False,
+        idle_after: float | None = None,
     ) -> AgentRef:
         """Create an agent here, run its ``on_start`` and return its ref.
 
@@ -232,7 +244,10 @@ class Node:
         restart it. ``checkpoint_every`` > 0 saves a snapshot every that many handled
         messages. ``reservation`` holds the resources placement reserved for it,
         released when it ends for good. ``claim_name=False`` leaves claiming its name
-        beyond this node to the caller (see ``claim_names``).
+        beyond this node to the caller (see ``claim_names``). ``claim_first`` claims the
+        name before the instance is built, so an agent that loses its name never runs
+        (virtual agents); messages sent meanwhile wait in its mailbox. ``idle_after``
+        stops it after that many seconds without messages (`IdleWatch`).
         """
         if asyncio.get_running_loop() is not self.loop:
             self.wrong_loop("spawn()")
@@ -285,14 +300,28 @@ class Node:
             except BaseException:
                 cell.end(State.CRASHED, "its topic subscriptions were refused")
                 raise
+        if name is not None and claim_name and claim_first:
+            for claim in self.name_claims:
+                try:
+                    await claim(ref)
+                except BaseException:
+                    cell.end(State.STOPPED, "its name is taken")  # never built
+                    raise
         await cell.start()
         if name is not None and claim_name:
-            for claim in self.name_claims:
+            for claim in () if claim_first else self.name_claims:
                 try:
                     await claim(ref)
                 except BaseException:
                     await cell.stop(self.shutdown_timeout)
                     raise
+            try:
+                await self.reminders.activate(cell)  # its name is its own now
+            except BaseException:
+                await cell.stop(self.shutdown_timeout)
+                raise
+        if idle_after is not None and cell.state is State.RUNNING:
+            self.idle[cell.id] = IdleWatch(cell, idle_after)
         return ref
 
     def unregister(self, cell: Cell) -> None:
@@ -320,10 +349,24 @@ class Node:
     def instance_ended(self, cell: Cell) -> None:
         if self.bus is not None:
             self.bus.instance_ended(cell)
+        if self.timers:
+            timers = self.timers.pop(cell.id, None)
+            if timers is not None:
+                end_timers(timers)
 
     def agent_ended(self, cell: Cell) -> None:
         if self.bus is not None:
             self.bus.agent_ended(cell)
+        if self.timers:  # an instance that never started (its on_start raised)
+            timers = self.timers.pop(cell.id, None)
+            if timers is not None:
+                end_timers(timers)
+        if self.reminders.agents:
+            self.reminders.agent_ended(cell)
+        if self.idle:
+            watch = self.idle.pop(cell.id, None)
+            if watch is not None:
+                watch.cancel()
         if cell.reservation is not None and self.placer is not None:
             self.placer.release(cell.reservation.key)
             cell.reservation = None
@@ -472,7 +515,7 @@ class Node:
             return cell
         if missing_ok:
             return None
-        raise AgentUnavailable(self._gone(ref.id))
+        raise refused(self._gone(ref.id))
 
     def _gone(self, agent_id: str) -> str:
         ended = self.exits.get(agent_id)
@@ -740,7 +783,7 @@ class Node:
         cell = self.cells.get(env.target)
         try:
             if cell is None:
-                raise AgentUnavailable(self._gone(env.target))
+                raise refused(self._gone(env.target))
             if cell.offer(env):
                 return None
         except AgentUnavailable as exc:

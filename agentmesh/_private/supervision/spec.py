@@ -84,6 +84,10 @@ class ChildSpec:
     checkpoint_every: int
     node: str | None
     placement: PlacementRequest
+    # A virtual agent's (`Mesh.agent`): its name claimed before it is built, and
+    # passivated after that many idle seconds. Set only through `_replaced`.
+    _claim_first: bool = field(repr=False, compare=False)
+    _idle_after: float | None = field(repr=False, compare=False)
 
     def __init__(
         self,
@@ -123,6 +127,8 @@ class ChildSpec:
             ("checkpoint_every", checkpoint_every),
             ("node", node),
             ("placement", make_request(resources, labels, strategy, placement_timeout)),
+            ("_claim_first", False),
+            ("_idle_after", None),
         ):
             object.__setattr__(self, key, value)
 

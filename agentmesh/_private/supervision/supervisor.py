@@ -177,7 +177,14 @@ async def claim_batch(
         holders = [exc] * len(refs)
     for i, ref, holder in zip(named, refs, holders, strict=True):
         if holder == ref:
-            continue
+            cell = node.cell_of(ref)
+            if cell is None:
+                continue
+            try:  # its name is its own now: arm its durable reminders
+                await node.reminders.activate(cell)
+                continue
+            except Exception as exc:
+                holder = exc
         if not isinstance(holder, Exception):
             holder = NameTaken(
                 f"an agent named {ref.name!r} already exists (on node {holder.node})"
@@ -306,6 +313,8 @@ class Supervisor(Agent):
                 checkpoint_every=spec.checkpoint_every,
                 exit_listener=child,
                 reservation=ticket,
+                claim_first=spec._claim_first,
+                idle_after=spec._idle_after,
             )
         except BaseException:
             del self._children[child.key]
