@@ -207,6 +207,22 @@ def far_head() -> Iterator[str]:
         loop.close()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.worlds("memory", ...)``: a test of a behaviour some worlds do not
+    have (one that only crossing a wire shows) is not collected in the others."""
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("worlds")
+        world = getattr(item, "callspec", None) and item.callspec.params.get("world")
+        if marker is not None and world and world not in marker.args:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(params=["local", "memory", "grpc", "process"])
 async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     options = {"ask_timeout": 5.0, "shutdown_timeout": 2.0}

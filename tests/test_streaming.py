@@ -194,9 +194,8 @@ async def test_an_error_of_the_producer_ends_the_stream_after_its_items(world: W
     assert (await world.info(writer)).state == "running"  # an ask's error, not a crash
 
 
+@pytest.mark.worlds("memory", "grpc", "process")  # within a node items are not encoded
 async def test_an_item_that_cannot_travel_ends_the_stream(world: World) -> None:
-    if world.kind == "local":
-        pytest.skip("within a node items are passed by reference: nothing to encode")
     writer = await world.spawn(Writer)
     got: list[int] = []
     with pytest.raises(am.SerializationError, match="lock"):
