@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from .fake_openai import FakeOpenAI, Reply
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -151,6 +155,83 @@ def test_llm_team_talks_to_an_openai_compatible_endpoint() -> None:
     assert {body["model"] for body in seen} == {"m1"}
 
 
+def test_llm_stream_streams_offline_deterministically() -> None:
+    args = [str(EXAMPLES / "llm_stream.py"), "why actors?", "and streams?", "--delay", "0"]
+    out = _run(*args)
+    lines = out.splitlines()
+    assert lines[0] == "> why actors?"
+    assert lines[1].endswith(".")
+    assert lines[2] == f"[{len(lines[1].split()) + 1} tokens]"  # "." is a token
+    assert lines[3] == "> and streams?"
+    assert lines[6] == "answers: 2, unfinished: 0, retries: 0, messages: 4"
+    assert out == _run(*args)
+
+
+def test_llm_stream_retries_a_failed_call_and_stops_early() -> None:
+    args = ["--fail-first", "2", "--stop-after", "3", "--delay", "0"]
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "llm_stream.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "model call failed (the model's connection was reset); retry 1 in 0.05s",
+        "model call failed (the model's connection was reset); retry 2 in 0.1s",
+    ]
+    lines = done.stdout.splitlines()
+    assert len(lines[1].split()) == 3
+    assert lines[2] == "[3 tokens] stopped early"
+    assert lines[3] == "answers: 0, unfinished: 1, retries: 2, messages: 0"
+
+
+def test_llm_stream_refuses_a_bad_request() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "llm_stream.py"), "--temperature", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "request.temperature: Input should be less than or equal to 2" in done.stderr
+
+
+async def test_llm_stream_streams_from_an_openai_compatible_endpoint() -> None:
+    tokens = ["Act", "ors", " stream", " well", "."]
+    async with FakeOpenAI(Reply(status=503), Reply(tokens=tokens)) as fake:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(EXAMPLES / "llm_stream.py"),
+            "say it",
+            "--base-url",
+            fake.url,
+            "--model",
+            "m1",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "OPENAI_API_KEY": "sk-example"},
+        )
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), 120)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 0, err
+    assert out.decode().splitlines() == [
+        "> say it",
+        "Actors stream well.",
+        "[5 tokens]",
+        "answers: 1, unfinished: 0, retries: 1, messages: 2",
+    ]
+    assert "HTTP 503" in err.decode()
+    assert [call.body["model"] for call in fake.calls] == ["m1", "m1"]
+    assert fake.calls[1].headers["authorization"] == "Bearer sk-example"
+
+
 def _digest(out: str) -> str:
     return next(line.split()[1] for line in out.splitlines() if "digest" in line)
 
@@ -165,6 +246,7 @@ def test_every_example_is_covered() -> None:
         "predator_prey.py",
         "market.py",
         "llm_team.py",
+        "llm_stream.py",
         "rolling_update.py",
         "turns.py",
     }
