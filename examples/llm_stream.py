@@ -135,6 +135,7 @@ class OpenAIModel:
             raise ValueError(f"--base-url must be an http(s) URL, not {base_url!r}")
         self.host = url.hostname
         self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.authority = url.netloc.rpartition("@")[2]  # the Host header: as in the URL
         self.path = url.path.rstrip("/") + "/chat/completions"
         self.tls = ssl.create_default_context() if url.scheme == "https" else None
         self.model = model
@@ -154,7 +155,7 @@ class OpenAIModel:
         ).encode()
         head = [
             f"POST {self.path} HTTP/1.1",
-            f"Host: {self.host}:{self.port}",
+            f"Host: {self.authority}",
             "Content-Type: application/json",
             "Accept: text/event-stream",
             f"Content-Length: {len(body)}",
@@ -211,9 +212,18 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
 async def _body_lines(
     reader: asyncio.StreamReader, headers: dict[str, str]
 ) -> AsyncIterator[bytes]:
-    """The response body's lines as they arrive, whole or chunked."""
+    """The response body's lines as they arrive: chunked, of a given length, or up to
+    the end of the connection."""
     if "chunked" not in headers.get("transfer-encoding", "").lower():
-        while line := await reader.readline():  # to the end of the connection
+        if "content-length" in headers:  # an error's body, say
+            try:
+                body = await reader.readexactly(int(headers["content-length"]))
+            except asyncio.IncompleteReadError as exc:
+                body = exc.partial
+            for line in body.splitlines(keepends=True):
+                yield line
+            return
+        while line := await reader.readline():
             yield line
         return
     pending = b""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,21 +54,25 @@ class Call:
 
 class FakeOpenAI:
     """``async with FakeOpenAI() as fake:`` serves on 127.0.0.1 at a port the OS
-    picks; ``fake.url`` is the base URL (``.../v1``)."""
+    picks, over TLS when given a server context; ``fake.url`` is the base URL
+    (``http[s]://127.0.0.1:PORT/v1``)."""
 
-    def __init__(self, *script: Reply, default: Reply | None = None) -> None:
+    def __init__(
+        self, *script: Reply, default: Reply | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.script = list(script)
         self.default = default or Reply(tokens=["Hello", ",", " world", "!"])
         self.calls: list[Call] = []
         self.called = asyncio.Event()  # set at each request
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tls = tls
         self.url = ""
 
     async def __aenter__(self) -> FakeOpenAI:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/v1"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}/v1"
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from examples import llm_stream as llm  # importable by a node in another proces
 
 from .conftest import World
 from .fake_openai import FakeOpenAI, Reply
+from .test_transport_grpc import _make_certificates
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "llm_stream.py"
@@ -40,6 +42,7 @@ async def test_tokens_arrive_in_order_through_the_agent(world: World) -> None:
         assert got == tokens
         assert [t async for t in assistant.answer.stream(_request("more"))] == fake.default.tokens
     first, second = fake.calls
+    assert first.headers["host"] == fake.url.split("/")[2]  # 127.0.0.1:port
     assert first.headers["authorization"] == "Bearer sk-test"
     assert first.headers["accept"] == "text/event-stream"
     assert first.body == {
@@ -90,6 +93,23 @@ async def test_leaving_the_loop_early_closes_the_response(world: World) -> None:
             "retries": 0,
             "messages": 0,
         }
+
+
+async def test_an_https_endpoint_streams_over_tls(tmp_path: Path) -> None:
+    certificates = _make_certificates(tmp_path)  # a CA, and a certificate for 127.0.0.1
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(certificates.cert_file, certificates.key_file)
+    script = [Reply(tokens=["sec", "ure"]), Reply(tokens=["a"], endless=True)]
+    async with FakeOpenAI(*script, tls=served) as fake, am.Mesh() as mesh:
+        model = llm.OpenAIModel(fake.url, "m", None)
+        assert fake.url.startswith("https://")
+        model.tls = ssl.create_default_context(cafile=certificates.ca_file)  # trust the test CA
+        assistant = await mesh.spawn(llm.Assistant, model)
+        assert [t async for t in assistant.answer.stream(_request())] == ["sec", "ure"]
+        async with assistant.answer.stream(_request()) as stream:
+            assert await anext(stream) == "a"
+        async with asyncio.timeout(10):
+            await fake.calls[1].closed.wait()
 
 
 async def test_a_deadline_cancels_the_stream_and_closes_the_response(world: World) -> None:
