@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -367,17 +366,15 @@ _RESERVED = frozenset(name for name in dir(Agent) if not name.startswith("_")) |
 }
 
 
-#: Each class's table, made once. Not kept on the class itself: a class shipped to
-#: another node by value must not take its validators along (they are rebuilt there).
-_TABLES: weakref.WeakKeyDictionary[type, MethodTable] = weakref.WeakKeyDictionary()
-
-
 def method_table(cls: type[Agent]) -> MethodTable:
-    """The table of callable methods of ``cls``, made once per class (a subclass gets
-    its own). Raises TypeError if an annotation to validate cannot be evaluated."""
-    table = _TABLES.get(cls)
+    """The table of callable methods of ``cls``, made once per class and kept in the
+    class's own ``__dict__`` (a subclass gets its own; a class shipped to another node
+    by value takes none along: a table pickles as None, and is rebuilt there). Raises
+    TypeError if an annotation to validate cannot be evaluated."""
+    table: MethodTable | None = cls.__dict__.get("_am_method_table")
     if table is None:
-        table = _TABLES[cls] = MethodTable(cls, _RESERVED)
+        table = MethodTable(cls, _RESERVED)
+        type.__setattr__(cls, "_am_method_table", table)
     return table
 
 

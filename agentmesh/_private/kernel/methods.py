@@ -34,6 +34,11 @@ class MethodTable:
 
     __slots__ = ("cls_name", "handlers", "plain", "reserved", "streams")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Kept on its class (`method_table`): a class pickled by value (cloudpickle, a
+        # script's class sent to another node) takes None along, not its validators.
+        return (type(None), ())
+
     def __init__(self, cls: type, reserved: frozenset[str]) -> None:
         self.cls_name = cls.__qualname__
         self.reserved = reserved
