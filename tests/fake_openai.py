@@ -80,10 +80,11 @@ class FakeOpenAI:
         self._server.close()
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._server.wait_closed()
+        async with asyncio.timeout(10):  # a hang here is the fake's bug: say so
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -159,8 +160,9 @@ class FakeOpenAI:
                     await writer.drain()
             call.finished = True
         finally:
-            if call.finished:
-                watcher.cancel()
+            me = asyncio.current_task()
+            if call.finished or (me is not None and me.cancelling()):
+                watcher.cancel()  # (cancelled: the server is closing, do not wait on it)
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 

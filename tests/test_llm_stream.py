@@ -219,6 +219,7 @@ async def test_ctrl_c_stops_the_stream_and_closes_the_response() -> None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        err = b""
         try:
             async with asyncio.timeout(60):
                 assert process.stdout is not None
