@@ -211,8 +211,16 @@ def test_the_offline_model_is_deterministic() -> None:
 
 async def test_ctrl_c_stops_the_stream_and_closes_the_response() -> None:
     async with FakeOpenAI(Reply(tokens=["x"], endless=True)) as fake:
+        # The example as `python EXAMPLE --base-url URL` runs it, with Python's own
+        # Ctrl-C handler: a process started in the background by a shell (nohup, `&`)
+        # inherits SIGINT ignored, and Python then leaves it so.
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-c",
+            "import runpy, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "sys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')",
             str(EXAMPLE),
             "--base-url",
             fake.url,
