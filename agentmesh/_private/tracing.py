@@ -97,18 +97,21 @@ class OtelTracer:
     def ask(self, env: Envelope, fut: asyncio.Future[Any], target: str, node: str) -> Envelope:
         if _framework(env):
             return env
-        method = env.method
-        span = self._tracer.start_span(
-            f"ask {method}",
-            kind=self._kinds.CLIENT,
+        span = self._send_span("ask", self._kinds.CLIENT, env, target, node)
+        fut.add_done_callback(functools.partial(self._answered, span))
+        return TracedEnvelope.of(env, Trace(span.get_span_context(), time.monotonic()))
+
+    def _send_span(self, verb: str, kind: Any, env: Envelope, target: str, node: str) -> Span:
+        """The span of sending ``env`` (an ask's or a tell's), started now."""
+        return self._tracer.start_span(
+            f"{verb} {env.method}",
+            kind=kind,
             attributes={
-                "agentmesh.method": method,
+                "agentmesh.method": env.method,
                 "agentmesh.target": target,
                 "agentmesh.node": node,
             },
         )
-        fut.add_done_callback(functools.partial(self._answered, span))
-        return TracedEnvelope.of(env, Trace(span.get_span_context(), time.monotonic()))
 
     def _answered(self, span: Span, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
@@ -126,16 +129,7 @@ class OtelTracer:
     def tell(self, env: Envelope, target: str, node: str) -> Envelope:
         if _framework(env):
             return env
-        method = env.method
-        span = self._tracer.start_span(
-            f"tell {method}",
-            kind=self._kinds.PRODUCER,
-            attributes={
-                "agentmesh.method": method,
-                "agentmesh.target": target,
-                "agentmesh.node": node,
-            },
-        )
+        span = self._send_span("tell", self._kinds.PRODUCER, env, target, node)
         span.end()  # a tell's span marks the send; its turn measures the wait
         return TracedEnvelope.of(env, Trace(span.get_span_context(), time.monotonic()))
 
