@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
+import weakref
 
 import pytest
 
@@ -396,3 +398,56 @@ async def test_a_tell_batched_before_a_stop_is_handled_before_it(mesh: am.Mesh) 
     await a.stop()  # the tell came first: the agent handles it, then stops
     assert seen == ["queued"]
     assert (await mesh.info(a)).state == "stopped"
+
+
+class Results(am.Agent):
+    """Returns or raises, before or after suspending."""
+
+    async def make(self, _: object = None) -> Payload:
+        return Payload()
+
+    async def fail_later(self, _: object = None) -> None:
+        await asyncio.sleep(0)
+        raise ValueError("late failure")
+
+    async def many_waits(self, n: int) -> int:
+        for _ in range(n):
+            await asyncio.sleep(0)
+        return n
+
+
+class Payload:
+    """A result whose lifetime the test watches."""
+
+    made: weakref.WeakSet[Payload] = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        self.made.add(self)
+
+
+async def test_the_dispatcher_keeps_no_result_alive(mesh: am.Mesh) -> None:
+    agent = await mesh.spawn(Results)
+    cell = agent._cell
+    assert cell is not None
+    await agent.make.tell()  # its result goes nowhere: nothing may keep it
+    await wait_for(lambda: cell.handled == 1)
+    gc.collect()
+    assert not Payload.made
+    answers = _ask_each(mesh, [agent], "make", [None])
+    await answers.wait(asyncio.get_running_loop().time() + 10)
+    assert answers.left == 0
+    assert len(Payload.made) == 1
+    del answers
+    gc.collect()
+    assert not Payload.made
+
+
+async def test_a_handler_that_fails_after_waiting_reports_its_error(mesh: am.Mesh) -> None:
+    a, b = await mesh.spawn(Results), await mesh.spawn(Results)
+    with pytest.raises(am.RemoteError, match="late failure"):
+        await a.fail_later()
+    out = await _all(_ask_each(mesh, [a, b], "fail_later", [None, None]))
+    assert all(isinstance(e, am.RemoteError) and "late failure" in str(e) for e in out)
+    # each went on as usual, and a turn that waits many times ends with its value
+    assert await _all(_ask_each(mesh, [a, b], "many_waits", [3, 5])) == [3, 5]
+    assert await a.many_waits(4) == 4

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from . import tracing
 from .answers import PENDING, Answers
 from .context import current_chain
-from .dispatch import TURNS_PER_SLICE, Suspended, resume
+from .dispatch import RAISED, RETURNED, TURNS_PER_SLICE, Driver, Suspended, resume
 from .envelope import NO_KWARGS, Envelope, Reply, TellEnvelope, chains
 from .errors import AgentmeshError, AgentUnavailable, BadArguments, WrongLoop, refused
 from .lifecycle import Lifecycle, State
@@ -461,6 +461,9 @@ class Cell(Lifecycle):
         handlers = self.methods.handlers
         instance = self.instance
         left = self._turns_left
+        driver = self.node.dispatcher.driver
+        drive = driver.drive
+        box = driver.box
         try:
             while items and left > 0 and not self._halt:
                 left -= 1
@@ -495,25 +498,28 @@ class Cell(Lifecycle):
                 if env.trace is not None:
                     coro = tracing.turn(coro, env, self)
                 self.handled += 1
-                try:
-                    yielded = coro.send(None)
-                except StopIteration as done:
+                out = drive(coro)
+                if out is RETURNED:
                     # _completed, inlined: this runs once per message.
                     if reply is not None and not reply.done():
-                        reply.set_result(done.value)
+                        reply.set_result(box[0])
+                    box[0] = None
                     if self.checkpoint_every:
                         self._since_checkpoint += 1
                     self.current = None
                     continue
-                except Exception as exc:
-                    self._failed(env, exc)
-                    self.current = None
+                if out is RAISED:
+                    error, box[0] = box[0], None
+                    if isinstance(error, Exception):
+                        self._failed(env, error)
+                        self.current = None
+                    elif isinstance(error, asyncio.CancelledError):
+                        self.current = None
+                        self._stray_cancel(error, env)
+                    else:
+                        raise error
                     continue
-                except asyncio.CancelledError as exc:
-                    self.current = None
-                    self._stray_cancel(exc, env)
-                    continue
-                return env, coro, yielded
+                return env, driver.rest(out), out
             return None
         finally:
             self._turns_left = left
@@ -766,6 +772,11 @@ class Batch(abc.ABC):
 
     __slots__ = ("base", "cells", "context", "env", "next", "queued", "runner", "waits")
 
+    @property
+    def driver(self) -> Driver:
+        """The dispatcher's (each batch has one cell at least)."""
+        return self.cells[0].node.dispatcher.driver
+
     def __init__(self, cells: list[Cell], envelope: Envelope, context: contextvars.Context) -> None:
         self.cells = cells
         self.next = 0
@@ -873,6 +884,9 @@ class AskBatch(Batch):
         i = self.next
         end = min(len(cells), i + TURNS_PER_SLICE)
         methods = handler = None
+        driver = self.driver
+        drive = driver.drive
+        box = driver.box
         while i < end:
             cell = cells[i]
             k = positions[i]
@@ -904,31 +918,24 @@ class AskBatch(Batch):
             if type(coro) is not _Coroutine:
                 coro = _awaited(coro)
             cell.handled += 1
-            try:
-                yielded = ctx.run(coro.send, None)
-            except StopIteration as done:
+            out = ctx.run(drive, coro)
+            if out is RETURNED:
                 cell.current = cell.runner = None
                 # Answers.put, inlined: this runs once per ask.
                 if not answers.closed and values[k] is PENDING:
-                    values[k] = done.value
+                    values[k] = box[0]
                     answers.left -= 1
                     if answers.left == 0 and not answers.waiter.done():
                         answers.waiter.set_result(None)
+                box[0] = None
                 if cell.mailbox.items or cell.state is not _RUNNING:
                     cell.schedule()
                 continue
-            except Exception as exc:
-                cell.current = None
-                cell._failed(self._envelope(cell, k), exc)
-                cell.runner = None
-                _after_turn(cell)
+            if out is RAISED:
+                _raised(cell, box, self._envelope(cell, k))
                 continue
-            except asyncio.CancelledError as exc:
-                cell.current = cell.runner = None
-                cell._stray_cancel(exc, self._envelope(cell, k))
-                _after_turn(cell)
-                continue
-            return self._suspended(i, cell, self._envelope(cell, k), coro, yielded, ctx)
+            rest = driver.rest(out)
+            return self._suspended(i, cell, self._envelope(cell, k), rest, out, ctx)
         self.next = i
         return i < len(cells)
 
@@ -980,6 +987,9 @@ class TellBatch(Batch):
         me = self.runner
         i = self.next
         end = min(len(cells), i + TURNS_PER_SLICE)
+        driver = self.driver
+        drive = driver.drive
+        box = driver.box
         while i < end:
             cell = cells[i]
             _, method, args, kwargs, sender = tells[indices[i]]
@@ -1015,27 +1025,18 @@ class TellBatch(Batch):
             if type(coro) is not _Coroutine:
                 coro = _awaited(coro)
             cell.handled += 1
-            try:
-                yielded = ctx.run(coro.send, None)
-            except StopIteration:
+            out = ctx.run(drive, coro)
+            if out is RETURNED:
+                box[0] = None
                 cell.current = cell.runner = None
                 if cell.mailbox.items or cell.state is not _RUNNING:
                     cell.schedule()
                 continue
-            except Exception as exc:
-                cell.current = None
-                cell._failed(_tell(cell, method, args, kwargs, sender, env.chain), exc)
-                cell.runner = None
-                _after_turn(cell)
-                continue
-            except asyncio.CancelledError as exc:
-                cell.current = cell.runner = None
-                message = _tell(cell, method, args, kwargs, sender, env.chain)
-                cell._stray_cancel(exc, message)
-                _after_turn(cell)
-                continue
             turn = _tell(cell, method, args, kwargs, sender, env.chain)
-            return self._suspended(i, cell, turn, coro, yielded, ctx)
+            if out is RAISED:
+                _raised(cell, box, turn)
+                continue
+            return self._suspended(i, cell, turn, driver.rest(out), out, ctx)
         self.next = i
         return i < len(cells)
 
@@ -1049,6 +1050,22 @@ def _tell(
     chain: int,
 ) -> Envelope:
     return Envelope(cell.id, method, args, kwargs or NO_KWARGS, None, chain, sender)
+
+
+def _raised(cell: Cell, box: list[Any], env: Envelope) -> None:
+    """A batched turn's handler raised (the exception in the driver's ``box``): a
+    failed ask or tell, a stray cancel, or what the dispatcher does not handle."""
+    exc, box[0] = box[0], None
+    cell.current = None
+    if isinstance(exc, Exception):
+        cell._failed(env, exc)
+        cell.runner = None
+    elif isinstance(exc, asyncio.CancelledError):
+        cell.runner = None
+        cell._stray_cancel(exc, env)
+    else:
+        raise exc
+    _after_turn(cell)
 
 
 def _after_turn(cell: Cell) -> None:

@@ -16,6 +16,10 @@ Each agent's code runs in the agent's own `contextvars.Context` (`Cell.context`)
 Besides cells, the ready queue takes batches of asks to idle agents (`AskBatch`, from
 `Node.ask_each`): the dispatcher runs each ask's turn straight from the batch, with
 no mailbox, envelope or ready-queue round trip of its own.
+
+Turns run a handler's coroutine through the dispatcher's `Driver`, a generator that
+awaits it with ``yield from``: a handler that returns costs no StopIteration (what
+``coro.send`` raises then, about 0.3 us a turn, a tenth of a simulation step).
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ if TYPE_CHECKING:
 __all__ = [
     "SLICES_PER_PASS",
     "TURNS_PER_SLICE",
+    "RAISED",
+    "RETURNED",
     "Dispatcher",
+    "Driver",
     "Runnable",
     "Suspended",
     "resume",
@@ -66,6 +73,77 @@ class Runnable(Protocol):
     def label(self) -> str: ...
     def run_slice(self) -> Suspended | bool: ...
     def slice_ended(self) -> bool: ...
+
+
+#: What `Driver.drive` returns when the handler returned (its value in ``box[0]``) ...
+RETURNED: Any = type("Returned", (), {"__repr__": lambda self: "RETURNED"})()
+#: ... and when it raised (the exception in ``box[0]``).
+RAISED: Any = type("Raised", (), {"__repr__": lambda self: "RAISED"})()
+
+
+@types.coroutine
+def _driving(box: list[Any]) -> Generator[Any, Any, None]:
+    coro = yield None
+    while True:
+        try:
+            box[0] = yield from coro
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # the caller re-raises what it does not handle
+            box[0] = exc
+            coro = yield RAISED
+        else:
+            coro = yield RETURNED
+
+
+class Driver:
+    """Runs handler coroutines, each up to its end or its first suspension, in one
+    generator (`_driving`) that awaits them: ``drive(coro)`` returns `RETURNED` or
+    `RAISED` (the value or exception in ``box[0]``; the caller clears it), else what
+    the handler yielded where it suspended. A suspended handler keeps the generator
+    (`rest`); the driver takes a new one for the next turn."""
+
+    __slots__ = ("box", "drive")
+
+    def __init__(self) -> None:
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.box: list[Any] = [None]
+        gen = _driving(self.box)
+        gen.send(None)
+        self.drive: Callable[[Coroutine[Any, Any, Any]], Any] = gen.send
+
+    def rest(self, yielded: Any) -> Coroutine[Any, Any, Any]:
+        """The handler that just suspended, yielding ``yielded``, as a coroutine that
+        stands where it stands (to finish with `resume`): it returns or raises what
+        the handler does. The driver goes on with a new generator."""
+        gen = cast("Generator[Any, Any, None]", self.drive.__self__)  # type: ignore[attr-defined]
+        rest = _rest(gen, self.box, yielded)
+        self._fresh()
+        rest.send(None)  # up to its first yield, which gives back ``yielded``
+        return cast("Coroutine[Any, Any, Any]", rest)
+
+
+@types.coroutine
+def _rest(gen: Generator[Any, Any, None], box: list[Any], yielded: Any) -> Generator[Any, Any, Any]:
+    send = gen.send
+    throw = gen.throw
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as exc:
+            yielded = throw(exc)
+        else:
+            yielded = send(sent)
+        if yielded is RETURNED:
+            return box[0]
+        if yielded is RAISED:
+            error, box[0] = box[0], None
+            raise error
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -102,7 +180,7 @@ def resume(
 class Dispatcher:
     """The ready queue of one node's agents and the task that serves it."""
 
-    __slots__ = ("base", "loop", "node", "ready", "task")
+    __slots__ = ("base", "driver", "loop", "node", "ready", "task")
 
     loop: asyncio.AbstractEventLoop
     #: What every agent's context starts as: the node's context, no agent in it.
@@ -111,6 +189,7 @@ class Dispatcher:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.ready: deque[Runnable] = deque()
+        self.driver = Driver()  # the dispatching task's: a task runs one turn at a time
         self.task: asyncio.Task[None] | None = None  # the one that dispatches now
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
