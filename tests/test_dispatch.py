@@ -438,6 +438,7 @@ async def test_the_dispatcher_keeps_no_result_alive(mesh: am.Mesh) -> None:
     assert answers.left == 0
     assert len(Payload.made) == 1
     del answers
+    await wait_for(lambda: mesh._node.dispatcher.task is None)  # it held the batch last
     gc.collect()
     assert not Payload.made
 
