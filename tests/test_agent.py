@@ -92,6 +92,23 @@ async def test_a_failing_constructor_or_on_start_is_a_spawn_error(mesh: am.Mesh)
     assert await (await mesh.spawn(Counter, name="x")).get() == 0
 
 
+async def test_an_anonymous_agent_is_a_child_of_the_root_and_a_failed_one_leaves_none(
+    mesh: am.Mesh,
+) -> None:
+    # (an anonymous agent with nothing to await starts without awaiting: this checks
+    # that way keeps the supervisor's records as the full way does)
+    root = mesh._root_ref
+    assert root is not None
+    before = [c.ref for c in await root.children()]
+    with pytest.raises(am.SpawnError, match="no config"):
+        await mesh.spawn(FailingInit)
+    assert [c.ref for c in await root.children()] == before
+    ref = await mesh.spawn(Counter)
+    assert [c.ref for c in await root.children()] == [*before, ref]
+    await ref.stop()
+    assert [c.ref for c in await root.children()] == before
+
+
 async def test_wrong_constructor_arguments_are_a_spawn_error(mesh: am.Mesh) -> None:
     with pytest.raises(am.SpawnError, match="TypeError"):
         await mesh.spawn(Counter, 1, 2, 3)

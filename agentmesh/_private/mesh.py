@@ -460,6 +460,12 @@ class Mesh:
             strategy=strategy,
             placement_timeout=placement_timeout,
         )
+        if supervisor is None and node is None and spec.placement.is_default:
+            membership = self._membership
+            if membership is None or membership.role != "driver":  # (a driver places)
+                ref = self._live_root()._start_child_now(spec)
+                if ref is not None:  # nothing to await: started already
+                    return ref
         return await self._spawn_spec(spec, supervisor, node, detached)
 
     async def _spawn_spec(

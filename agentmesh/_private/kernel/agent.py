@@ -374,6 +374,7 @@ def method_table(cls: type[Agent]) -> MethodTable:
     table: MethodTable | None = cls.__dict__.get("_am_method_table")
     if table is None:
         table = MethodTable(cls, _RESERVED)
+        table.starts_now = cls.on_start is Agent.on_start and not hasattr(cls, "restore")
         type.__setattr__(cls, "_am_method_table", table)
     return table
 

@@ -30,6 +30,7 @@ from .info import CrashReport
 if TYPE_CHECKING:
     from .cell import Cell
     from .mailbox import Mailbox
+    from .methods import MethodTable
     from .node import Node
     from .placing import Ticket
     from .ref import AgentRef
@@ -134,6 +135,7 @@ class Lifecycle(abc.ABC):
     cls: type[Agent]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    methods: MethodTable
     ref: AgentRef
     state: State
     instance: Agent | None
@@ -217,21 +219,25 @@ class Lifecycle(abc.ABC):
 
     # -- starting ---------------------------------------------------------------
 
+    def start_now(self) -> None:
+        """First start of an agent with nothing to await (no ``on_start`` or
+        ``restore``: `MethodTable.starts_now`): build the instance right here, no
+        runner needed; raise `SpawnError`. (Spawning many plain agents is twice as
+        fast this way.)"""
+        try:
+            self.instance = self._build()
+        except Exception as exc:
+            self.end(State.CRASHED, f"construction raised {type(exc).__name__}: {exc}")
+            raise remote_error(self.label, exc, SpawnError) from None
+        self._spawning = False
+        self.state = State.RUNNING
+        if self.mailbox:  # __init__ told itself something
+            self.schedule()
+
     async def start(self) -> None:
         """First start: build, restore, run ``on_start``; raise `SpawnError`."""
-        cls = self.cls
-        if cls.on_start is Agent.on_start and not hasattr(cls, "restore"):
-            # Nothing to await: build the instance right here, no runner task needed
-            # (spawning many plain agents is twice as fast this way).
-            try:
-                self.instance = self._build()
-            except Exception as exc:
-                self.end(State.CRASHED, f"construction raised {type(exc).__name__}: {exc}")
-                raise remote_error(self.label, exc, SpawnError) from None
-            self._spawning = False
-            self.state = State.RUNNING
-            if self.mailbox:  # __init__ told itself something
-                self.schedule()
+        if self.methods.starts_now:
+            self.start_now()
             return
         self._start = asyncio.get_running_loop().create_future()
         self.schedule()

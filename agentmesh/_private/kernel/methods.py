@@ -32,7 +32,7 @@ class MethodTable:
     wrapper; any other as the class's own function.
     """
 
-    __slots__ = ("cls_name", "handlers", "plain", "reserved", "streams")
+    __slots__ = ("cls_name", "handlers", "plain", "reserved", "starts_now", "streams", "topics")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Kept on its class (`method_table`): a class pickled by value (cloudpickle, a
@@ -45,9 +45,15 @@ class MethodTable:
         self.handlers: dict[str, Handler] = {}
         self.streams: dict[str, Producer] = {}
         self.plain: set[str] = set()  # public methods that are not async
+        self.topics = False  # some method takes publications (``@subscribe``)
+        #: Nothing to await to start an instance (no on_start or restore): set by
+        #: `method_table`, which knows the Agent base class.
+        self.starts_now = False
         for name in dir(cls):
             attr = inspect.getattr_static(cls, name)
-            if name.startswith("_") and hasattr(attr, "__am_subscriptions__"):
+            if hasattr(attr, "__am_subscriptions__"):
+                self.topics = True
+            if name.startswith("_") and self.topics and hasattr(attr, "__am_subscriptions__"):
                 # A private topic handler: reachable by its publications, not by asks.
                 self.handlers["!" + name] = attr
                 continue

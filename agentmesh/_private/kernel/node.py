@@ -249,6 +249,84 @@ class Node:
         (virtual agents); messages sent meanwhile wait in its mailbox. ``idle_after``
         stops it after that many seconds without messages (`IdleWatch`).
         """
+        cell = self._new_cell(
+            factory,
+            args,
+            name,
+            mailbox_size,
+            concurrency,
+            checkpoint_every,
+            exit_listener,
+            agent_id,
+            reservation,
+        )
+        ref = cell.ref
+        if self.bus is not None:
+            try:
+                self.bus.register_agent(cell)  # live before spawn returns
+                await self.bus.sync_interest()
+            except BaseException:
+                cell.end(State.CRASHED, "its topic subscriptions were refused")
+                raise
+        if name is not None and claim_name and claim_first:
+            for claim in self.name_claims:
+                try:
+                    await claim(ref)
+                except BaseException:
+                    cell.end(State.STOPPED, "its name is taken")  # never built
+                    raise
+        await cell.start()
+        if name is not None and claim_name:
+            for claim in () if claim_first else self.name_claims:
+                try:
+                    await claim(ref)
+                except BaseException:
+                    await cell.stop(self.shutdown_timeout)
+                    raise
+            try:
+                await self.reminders.activate(cell)  # its name is its own now
+            except BaseException:
+                await cell.stop(self.shutdown_timeout)
+                raise
+        if idle_after is not None and cell.state is State.RUNNING:
+            self.idle[cell.id] = IdleWatch(cell, idle_after)
+        return ref
+
+    def spawn_now(
+        self,
+        factory: Callable[..., Agent],
+        args: tuple[Any, ...],
+        mailbox_size: int | None,
+        concurrency: int | None,
+        exit_listener: ExitListener | None,
+    ) -> AgentRef | None:
+        """`spawn` without awaiting, for an anonymous agent whose class has nothing to
+        await to start (no ``on_start``, ``restore`` or topic handlers: then it
+        returns None, having done nothing): the common spawn, at about two thirds of
+        the cost."""
+        cls = factory.func if isinstance(factory, functools.partial) else factory
+        methods = getattr(cls, "__dict__", {}).get("_am_method_table")
+        if methods is None or not methods.starts_now or methods.topics:
+            return None  # (a class seen for the first time goes the full way once)
+        cell = self._new_cell(
+            factory, args, None, mailbox_size, concurrency, 0, exit_listener, None, None
+        )
+        cell.start_now()
+        return cell.ref
+
+    def _new_cell(
+        self,
+        factory: Callable[..., Agent],
+        args: tuple[Any, ...],
+        name: str | None,
+        mailbox_size: int | None,
+        concurrency: int | None,
+        checkpoint_every: int,
+        exit_listener: ExitListener | None,
+        agent_id: str | None,
+        reservation: Ticket | None,
+    ) -> Cell:
+        """A new agent's cell, registered here (by id and name), not started."""
         if asyncio.get_running_loop() is not self.loop:
             self.wrong_loop("spawn()")
         if self.closed:
@@ -293,36 +371,7 @@ class Node:
         self.cells[agent_id] = cell
         if name is not None:
             self.names[name] = cell
-        if self.bus is not None:
-            try:
-                self.bus.register_agent(cell)  # live before spawn returns
-                await self.bus.sync_interest()
-            except BaseException:
-                cell.end(State.CRASHED, "its topic subscriptions were refused")
-                raise
-        if name is not None and claim_name and claim_first:
-            for claim in self.name_claims:
-                try:
-                    await claim(ref)
-                except BaseException:
-                    cell.end(State.STOPPED, "its name is taken")  # never built
-                    raise
-        await cell.start()
-        if name is not None and claim_name:
-            for claim in () if claim_first else self.name_claims:
-                try:
-                    await claim(ref)
-                except BaseException:
-                    await cell.stop(self.shutdown_timeout)
-                    raise
-            try:
-                await self.reminders.activate(cell)  # its name is its own now
-            except BaseException:
-                await cell.stop(self.shutdown_timeout)
-                raise
-        if idle_after is not None and cell.state is State.RUNNING:
-            self.idle[cell.id] = IdleWatch(cell, idle_after)
-        return ref
+        return cell
 
     def unregister(self, cell: Cell) -> None:
         """Forget an ended agent (its name becomes free)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,19 +47,15 @@ def subscribe(pattern: str, *, overflow: Overflow = "backpressure") -> Callable[
     return mark
 
 
-_CACHE: weakref.WeakKeyDictionary[type, list[tuple[str, str, Overflow]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def decorated_handlers(cls: type) -> list[tuple[str, str, Overflow]]:
-    """(method name, pattern, overflow) for each ``@subscribe`` of ``cls``."""
-    found = _CACHE.get(cls)
+    """(method name, pattern, overflow) for each ``@subscribe`` of ``cls``: found once
+    per class and kept in its own ``__dict__`` (a spawn asks: a dict lookup)."""
+    found: list[tuple[str, str, Overflow]] | None = cls.__dict__.get("_am_topic_handlers")
     if found is None:
         found = []
         for name in dir(cls):
             attr = inspect.getattr_static(cls, name, None)
             for pattern, overflow in getattr(attr, MARK, ()):
                 found.append((name, pattern, overflow))
-        _CACHE[cls] = found
+        type.__setattr__(cls, "_am_topic_handlers", found)
     return found

@@ -116,21 +116,20 @@ class ChildSpec:
             raise ValueError(f"checkpoint_every must be 0 or more, got {checkpoint_every}")
         if node is not None and strategy is not None:
             raise ValueError("give node= or strategy=, not both")
-        for key, value in (
-            ("agent_class", agent_class),
-            ("args", args),
-            ("name", name),
-            ("restart", restart),
-            ("shutdown", shutdown),
-            ("mailbox_size", mailbox_size),
-            ("concurrency", concurrency),
-            ("checkpoint_every", checkpoint_every),
-            ("node", node),
-            ("placement", make_request(resources, labels, strategy, placement_timeout)),
-            ("_claim_first", False),
-            ("_idle_after", None),
-        ):
-            object.__setattr__(self, key, value)
+        # Frozen: fields set past __setattr__ (one call each, no loop: a spawn makes one).
+        put = object.__setattr__
+        put(self, "agent_class", agent_class)
+        put(self, "args", args)
+        put(self, "name", name)
+        put(self, "restart", restart)
+        put(self, "shutdown", shutdown)
+        put(self, "mailbox_size", mailbox_size)
+        put(self, "concurrency", concurrency)
+        put(self, "checkpoint_every", checkpoint_every)
+        put(self, "node", node)
+        put(self, "placement", make_request(resources, labels, strategy, placement_timeout))
+        put(self, "_claim_first", False)
+        put(self, "_idle_after", None)
 
     def on_node(self, node: str | None) -> ChildSpec:
         """The same spec, started on ``node`` (None: where its supervisor is)."""

@@ -324,6 +324,35 @@ class Supervisor(Agent):
         child.cell = node.cells[ref.id]
         return ref
 
+    def _start_child_now(self, spec: ChildSpec) -> AgentRef | None:
+        """`_start_child` of a dynamic child without awaiting: an anonymous agent for
+        this node, placed nowhere else, whose class has nothing to await to start
+        (`Node.spawn_now`). None if it takes the full way (nothing was done then)."""
+        cell = self._am_cell
+        if (
+            spec.name is not None
+            or spec.node is not None
+            or spec.checkpoint_every
+            or spec._idle_after is not None
+            or not spec.placement.is_default
+            or cell.state not in (State.RUNNING, State.STARTING)
+        ):
+            return None
+        child = _Child(cell, next(_KEYS), spec, True)
+        self._children[child.key] = child
+        try:
+            ref = cell.node.spawn_now(
+                spec.agent_class, spec.args, spec.mailbox_size, spec.concurrency, child
+            )
+        except BaseException:
+            del self._children[child.key]
+            raise
+        if ref is None:
+            del self._children[child.key]
+            return None
+        child.cell = ref._cell
+        return ref
+
     async def _start_children(
         self, specs: Sequence[ChildSpec], tickets: Sequence[Ticket | None] | None = None
     ) -> list[AgentRef | Exception]:
