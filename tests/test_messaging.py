@@ -86,6 +86,29 @@ async def test_ask_timeout_default_from_the_mesh() -> None:
             await forever.hang()
 
 
+class Impatient(am.Agent):
+    async def ask_hang(self, target: am.AgentRef, timeout: float | None) -> str:
+        try:
+            if timeout is None:
+                await target.hang()
+            else:
+                await target.hang.ask(timeout=timeout)
+        except am.AskTimeout as exc:
+            return str(exc)
+        return "answered"
+
+
+async def test_an_ask_timeout_names_whom_and_who_asked() -> None:
+    async with am.Mesh(ask_timeout=0.05, shutdown_timeout=0.5) as mesh:
+        forever = await mesh.spawn(Forever, name="sleeper")
+        asker = await mesh.spawn(Impatient, name="curious")
+        # the mesh's timeout (one timer serves all such asks), and one of the ask's own
+        for timeout, seconds in ((None, "0.05s"), (0.03, "0.03s")):
+            message = await asker.ask_hang.ask(forever, timeout, timeout=5)
+            assert f"ask sleeper.hang() got no reply within {seconds}" in message
+            assert "(asked by agent 'curious')" in message
+
+
 async def test_an_ask_that_timed_out_before_starting_never_runs(world: World) -> None:
     gate = await world.spawn(Gate)
     blocked = asyncio.create_task(gate.wait("blocker"))

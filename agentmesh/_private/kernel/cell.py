@@ -71,6 +71,9 @@ StartedTurn = tuple[Envelope, Coroutine[Any, Any, Any], Any]
 
 _Coroutine = types.CoroutineType
 
+#: The `Cell.active` of every agent with no turn in a task: one list less an agent.
+NO_TURNS: tuple[()] = ()
+
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
@@ -110,7 +113,7 @@ class Cell(Lifecycle):
         self.state = State.STARTING
         self.instance: Agent | None = None
         self.current: Envelope | None = None  # the serial runner's turn
-        self.active: list[Envelope] = []  # turns in tasks: concurrent or reentrant
+        self.active = NO_TURNS  # turns in tasks (concurrent or reentrant): a list then
         self.turn_tasks = None
         self.cancelled = None
         self.chain = 0  # the call chain the runner task is serving (serial agents)
@@ -636,6 +639,8 @@ class Cell(Lifecycle):
                 return
         current_chain.set(env.chain)
         active = self.active
+        if isinstance(active, tuple):  # its first: most agents never have one
+            active = self.active = []
         active.append(env)
         if reply is not None:  # an ask: its asker may cancel it (`cancel_turn`)
             tasks = self.turn_tasks

@@ -13,36 +13,45 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import WrongLoop
 
+if TYPE_CHECKING:
+    from .envelope import Envelope
+
 __all__ = ["Deadlines"]
 
-#: Called with a future that expired and what was added with it.
-Expire = Callable[[asyncio.Future[Any], Any], None]
+#: Called with the envelope of an ask that expired and what was added with it.
+Expire = Callable[["Envelope", Any], None]
 
 
 class Deadlines:
-    """Futures that expire ``timeout`` seconds after they were added, unless removed:
-    ``expire(fut, what)`` is called for each, ``what`` being what `add` was given."""
+    """Asks that expire at their envelope's ``deadline`` (``timeout`` seconds after
+    they were sent), unless removed first: ``expire(env, what)`` is called for each,
+    ``what`` being what `add` was given.
+
+    Keyed by the envelope, which holds the deadline and the reply: an ask adds no
+    object of its own here (each would live as long as the ask, and thousands of
+    asks in flight make the garbage collector walk the whole heap more often).
+    """
 
     __slots__ = ("_entries", "_expire", "_loop", "_timer", "timeout")
 
     def __init__(self, timeout: float, expire: Expire) -> None:
         self.timeout = timeout
         self._expire = expire
-        self._entries: dict[asyncio.Future[Any], tuple[float, Any]] = {}
+        self._entries: dict[Envelope, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, fut: asyncio.Future[Any], what: Any, now: float) -> float:
-        """Expire ``fut`` at ``now + timeout`` unless `discard` comes first; return
-        that deadline. ``what`` goes to the expire callback (who asked whom)."""
-        deadline = now + self.timeout
+    def add(self, env: Envelope, what: Any) -> None:
+        """Expire ``env`` at its ``deadline`` (which must be `timeout` seconds from
+        now, as for the asks before it) unless `discard` comes first. ``what`` goes
+        to the expire callback (whom it asks)."""
         if self._timer is None:
             # Arming is rare (the first ask after a quiet spell), so the loop is checked
             # here: a timer armed on another loop would never fire on this one, and
@@ -52,12 +61,11 @@ class Deadlines:
                 self._loop = loop
             elif loop is not self._loop:
                 raise WrongLoop("ask deadlines are kept on the loop of the first ask only")
-            self._timer = loop.call_at(deadline, self._fire)
-        self._entries[fut] = (deadline, what)
-        return deadline
+            self._timer = loop.call_at(env.deadline, self._fire)
+        self._entries[env] = what
 
-    def discard(self, fut: asyncio.Future[Any]) -> None:
-        self._entries.pop(fut, None)
+    def discard(self, env: Envelope) -> None:
+        self._entries.pop(env, None)
 
     def _fire(self) -> None:
         assert self._loop is not None
@@ -65,14 +73,12 @@ class Deadlines:
         entries = self._entries
         now = self._loop.time()
         while entries:
-            fut = next(iter(entries))
-            deadline, what = entries[fut]
-            if deadline > now:
+            env = next(iter(entries))
+            if env.deadline > now:
                 # The earliest left is still to come: sleep until then.
-                self._timer = self._loop.call_at(deadline, self._fire)
+                self._timer = self._loop.call_at(env.deadline, self._fire)
                 return
-            del entries[fut]
-            self._expire(fut, what)
+            self._expire(env, entries.pop(env))
 
     def close(self) -> None:
         if self._timer is not None:

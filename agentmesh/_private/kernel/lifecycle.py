@@ -140,7 +140,7 @@ class Lifecycle(abc.ABC):
     state: State
     instance: Agent | None
     current: Envelope | None
-    active: list[Envelope]
+    active: list[Envelope] | tuple[()]
     #: Tasks of the asks in ``active``, so that a cancelled asker can cancel its turn.
     turn_tasks: dict[Envelope, asyncio.Task[None]] | None
     #: Turns cancelled by their callers (`Cell.cancel_turn`), each with its task's

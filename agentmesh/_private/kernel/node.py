@@ -24,7 +24,7 @@ from .cell import AskBatch, Cell, State, TellBatch
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
-from .envelope import NO_KWARGS, Envelope, chains, new_chain, tell_envelope
+from .envelope import NO_KWARGS, Envelope, chains, tell_envelope
 from .errors import (
     AgentmeshError,
     AgentNotFound,
@@ -596,12 +596,7 @@ class Node:
             loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         sender = current_cell.get()
-        if timeout is None or timeout == self.ask_timeout:
-            handle = None
-            deadline = self._deadlines.add(fut, (ref, method, sender), loop.time())
-        else:
-            handle = loop.call_later(timeout, self._expire, fut, (ref, method, sender), timeout)
-            deadline = loop.time() + timeout
+        seconds = self.ask_timeout if timeout is None else timeout
         env = Envelope(
             ref._id,
             method,
@@ -609,12 +604,17 @@ class Node:
             kwargs,
             fut,
             (current_chain.get() if sender is None else sender.chain_of_current_task())
-            or new_chain(),
+            or next(chains),
             None if sender is None else sender.id,
-            deadline,
+            loop.time() + seconds,
         )
         if tracing.hooks is not None:
             env = tracing.hooks.ask(env, fut, ref._name or ref._id, self.id)
+        if seconds == self.ask_timeout:  # one timer for all of them
+            handle = None
+            self._deadlines.add(env, ref)
+        else:
+            handle = loop.call_later(seconds, self._expire, env, ref, seconds)
         if sender is not None:
             if sender.waiting_on is None:
                 sender.waiting_on = {}
@@ -640,7 +640,7 @@ class Node:
             raise
         finally:
             if handle is None:
-                self._deadlines.discard(fut)
+                self._deadlines.discard(env)
             else:
                 handle.cancel()
             if not fut.done():
@@ -734,20 +734,17 @@ class Node:
 
         return asyncio.ensure_future(ask())
 
-    def _expire(
-        self,
-        fut: asyncio.Future[Any],
-        what: tuple[AgentRef, str, Cell | None],
-        timeout: float | None = None,
-    ) -> None:
-        """Fail a timed-out ask with an `AskTimeout` that says who waits on whom."""
-        if fut.done():
+    def _expire(self, env: Envelope, ref: AgentRef, timeout: float | None = None) -> None:
+        """Fail a timed-out ask (``env``, to ``ref``) with an `AskTimeout` that says
+        who waits on whom."""
+        fut = env.reply
+        if fut is None or fut.done():
             return
-        ref, method, sender = what
         seconds = self.ask_timeout if timeout is None else timeout
-        message = f"ask {ref.name or ref.id}.{method}() got no reply within {seconds:g}s"
-        if sender is not None:
-            message += f" (asked by agent {sender.label!r})"
+        message = f"ask {ref.name or ref.id}.{env.method}() got no reply within {seconds:g}s"
+        if env.sender is not None:
+            sender = self.cells.get(env.sender)
+            message += f" (asked by agent {env.sender if sender is None else sender.label!r})"
         waits = describe_wait(self, ref.id)
         if waits:
             message += f"; {waits}"
