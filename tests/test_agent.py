@@ -103,8 +103,10 @@ async def test_an_anonymous_agent_is_a_child_of_the_root_and_a_failed_one_leaves
     with pytest.raises(am.SpawnError, match="no config"):
         await mesh.spawn(FailingInit)
     assert [c.ref for c in await root.children()] == before
-    ref = await mesh.spawn(Counter)
-    assert [c.ref for c in await root.children()] == [*before, ref]
+    ref = await mesh.spawn(functools.partial(Counter, start=5))
+    *_, child = await root.children()
+    assert (child.ref, child.agent_class, child.restart) == (ref, "Counter", "temporary")
+    assert await ref.get() == 5
     await ref.stop()
     assert [c.ref for c in await root.children()] == before
 

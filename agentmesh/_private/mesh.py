@@ -443,6 +443,23 @@ class Mesh:
         self._check_open()
         if self._node.closed:
             raise RuntimeError("the mesh is closed")
+        if (
+            supervisor is None
+            and restart is None
+            and name is None
+            and node is None
+            and shutdown is None
+            and not checkpoint_every
+            and resources is None
+            and labels is None
+            and strategy is None
+            and placement_timeout is None
+        ):
+            membership = self._membership
+            if membership is None or membership.role != "driver":  # (a driver places)
+                ref = self._live_root()._start_plain(agent_class, args, mailbox_size, concurrency)
+                if ref is not None:  # nothing to await: started already
+                    return ref
         if restart is None:
             restart = "temporary" if supervisor is None else "permanent"
         spec = ChildSpec(
@@ -460,12 +477,6 @@ class Mesh:
             strategy=strategy,
             placement_timeout=placement_timeout,
         )
-        if supervisor is None and node is None and spec.placement.is_default:
-            membership = self._membership
-            if membership is None or membership.role != "driver":  # (a driver places)
-                ref = self._live_root()._start_child_now(spec)
-                if ref is not None:  # nothing to await: started already
-                    return ref
         return await self._spawn_spec(spec, supervisor, node, detached)
 
     async def _spawn_spec(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, cast
 
@@ -24,7 +25,7 @@ from ..kernel.exits import ABNORMAL, ExitReason, Terminated
 from ..kernel.placing import OnNode, PlacementRequest, Ticket
 from ..kernel.ports import ChildHandle, RemoteChildHandle
 from ..kernel.ref import AgentRef
-from .spec import ChildSpec, SupervisorSpec
+from .spec import ChildSpec, Restart, SupervisorSpec
 
 __all__ = ["ChildInfo", "Supervisor", "claim_batch", "settle", "takes_restart"]
 
@@ -58,12 +59,12 @@ class _Child:
     lives on another: a kernel `ChildHandle` either way (``remote`` tells which).
     """
 
-    __slots__ = ("batch", "cell", "dynamic", "early", "key", "spec", "supervisor")
+    __slots__ = ("_spec", "batch", "cell", "dynamic", "early", "key", "supervisor")
 
-    def __init__(self, supervisor: Cell, key: int, spec: ChildSpec, dynamic: bool) -> None:
+    def __init__(self, supervisor: Cell, key: int, spec: ChildSpec | None, dynamic: bool) -> None:
         self.supervisor = supervisor
         self.key = key
-        self.spec = spec
+        self._spec = spec  # None: a plain child (`Supervisor._start_plain`), see `spec`
         self.dynamic = dynamic
         self.cell: ChildHandle | None = None
         #: An exit notice from a child on another node that came before the reply
@@ -81,6 +82,32 @@ class _Child:
             self.supervisor.deliver_notice("!child_exited", self.key, *early)
 
     @property
+    def spec(self) -> ChildSpec:
+        """How it is started. A plain child's is made from its cell when first asked
+        for (most never are): an anonymous temporary agent of this node."""
+        spec = self._spec
+        if spec is None:
+            cell = cast("Cell", self.cell)
+            factory = functools.partial(cell.cls, **cell.kwargs) if cell.kwargs else cell.cls
+            spec = self._spec = ChildSpec(
+                factory,
+                *cell.args,
+                restart="temporary",
+                mailbox_size=cell.mailbox.capacity,
+                concurrency=cell.concurrency,
+            )
+        return spec
+
+    @property
+    def restart(self) -> Restart:
+        return "temporary" if self._spec is None else self._spec.restart
+
+    @property
+    def shutdown(self) -> float | None:
+        """Its stop timeout (None: the node's)."""
+        return None if self._spec is None else self._spec.shutdown
+
+    @property
     def alive(self) -> bool:
         return self.cell is not None and self.cell.state not in (State.STOPPED, State.CRASHED)
 
@@ -95,7 +122,7 @@ class _Child:
         supervisor = self.supervisor
         open_ = supervisor.state in (State.RUNNING, State.STARTING)
         wanted = not cell.stop_requested  # a stop asked for is never undone by a restart
-        takes = open_ and wanted and takes_restart(self.spec.restart, reason)
+        takes = open_ and wanted and takes_restart(self.restart, reason)
         if open_:
             supervisor.deliver_notice("!child_exited", self.key, reason, error, takes)
         return takes
@@ -257,7 +284,7 @@ class Supervisor(Agent):
         if child is None or child.cell is None or not child.cell.remote:
             return
         cast("RemoteChildHandle", child.cell).node_lost(notice.error)
-        taken = takes_restart(child.spec.restart, "node_down")
+        taken = takes_restart(child.restart, "node_down")
         await self._child_exited(child.key, "node_down", notice.error, taken)
 
     async def start_child(self, spec: ChildSpec) -> AgentRef:
@@ -324,26 +351,24 @@ class Supervisor(Agent):
         child.cell = node.cells[ref.id]
         return ref
 
-    def _start_child_now(self, spec: ChildSpec) -> AgentRef | None:
-        """`_start_child` of a dynamic child without awaiting: an anonymous agent for
-        this node, placed nowhere else, whose class has nothing to await to start
-        (`Node.spawn_now`). None if it takes the full way (nothing was done then)."""
+    def _start_plain(
+        self,
+        factory: Callable[..., Agent],
+        args: tuple[Any, ...],
+        mailbox_size: int | None,
+        concurrency: int | None,
+    ) -> AgentRef | None:
+        """Start an anonymous temporary child here without awaiting, if its class has
+        nothing to await to start (`Node.spawn_now`): the common `Mesh.spawn`, with no
+        ChildSpec made unless asked for (`_Child.spec`). None if it takes the full way
+        (nothing was done then)."""
         cell = self._am_cell
-        if (
-            spec.name is not None
-            or spec.node is not None
-            or spec.checkpoint_every
-            or spec._idle_after is not None
-            or not spec.placement.is_default
-            or cell.state not in (State.RUNNING, State.STARTING)
-        ):
+        if cell.state not in (State.RUNNING, State.STARTING):
             return None
-        child = _Child(cell, next(_KEYS), spec, True)
+        child = _Child(cell, next(_KEYS), None, True)
         self._children[child.key] = child
         try:
-            ref = cell.node.spawn_now(
-                spec.agent_class, spec.args, spec.mailbox_size, spec.concurrency, child
-            )
+            ref = cell.node.spawn_now(factory, args, mailbox_size, concurrency, child)
         except BaseException:
             del self._children[child.key]
             raise
@@ -476,7 +501,7 @@ class Supervisor(Agent):
             if child.batch is not None:
                 run.append(child)
             elif child.cell is not None:
-                await child.cell.stop(child.spec.shutdown or node.shutdown_timeout)
+                await child.cell.stop(child.shutdown or node.shutdown_timeout)
         if run:
             await self._stop_batch(run)
 
@@ -487,7 +512,7 @@ class Supervisor(Agent):
 
         async def stop(handles: list[tuple[_Child, ChildHandle]]) -> None:
             for child, handle in handles:
-                await handle.stop(child.spec.shutdown or node.shutdown_timeout)
+                await handle.stop(child.shutdown or node.shutdown_timeout)
 
         if not there or node.remote_children is None:
             await stop(here + there)  # (no cluster: nothing there to stop)
@@ -530,7 +555,7 @@ class Supervisor(Agent):
         for sibling in reversed(group):
             if sibling is child or not sibling.alive or sibling.cell is None:
                 continue
-            if sibling.spec.restart == "temporary":
+            if sibling.restart == "temporary":
                 await sibling.cell.stop(self._shutdown(sibling))
                 del self._children[sibling.key]
             else:
@@ -591,7 +616,7 @@ class Supervisor(Agent):
         return self._am_cell.label
 
     def _shutdown(self, child: _Child) -> float:
-        return child.spec.shutdown or self._am_cell.node.shutdown_timeout
+        return child.shutdown or self._am_cell.node.shutdown_timeout
 
     @staticmethod
     def _info(child: _Child) -> ChildInfo:
@@ -601,7 +626,7 @@ class Supervisor(Agent):
             ref=cell.ref,
             name=cell.name,
             agent_class=child.spec.class_name,
-            restart=child.spec.restart,
+            restart=child.restart,
             state=cell.state.value,
             restarts=cell.restarts,
             last_error=cell.last_error,
