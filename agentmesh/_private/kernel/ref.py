@@ -214,7 +214,20 @@ class MethodRef:
             if not self._offer_remote(args, kwargs):
                 await ref._bind().tell(ref, self._method, args, kwargs)
             return
-        env = self._tell_here(cell, args, kwargs, "tell")
+        # _tell_here, inlined: this runs once per local tell (see there).
+        sender = current_cell.get()
+        node = cell.node
+        if (sender is None or sender.node is not node) and get_ident() != node.thread:
+            node.wrong_loop("tell", ref, self._method)
+        env: Envelope = _new(TellEnvelope)
+        env.target = ref._id
+        env.method = self._method
+        env.args = args
+        env.kwargs = kwargs or NO_KWARGS
+        env.chain = next(chains)
+        env.sender = None if sender is None else sender.id
+        if tracing.hooks is not None:
+            env = tracing.hooks.tell(env, ref._name or ref._id, node.id)
         if not cell.offer(env):
             await cell.post(env)
 
@@ -240,10 +253,7 @@ class MethodRef:
         # for asking the thread id, tens of ns on a tell of ~1 us.
         sender = current_cell.get()
         node = cell.node
-        if sender is None:
-            if get_ident() != node.thread:
-                node.wrong_loop(what, self._ref, self._method)
-        elif sender.node is not node and get_ident() != node.thread:
+        if (sender is None or sender.node is not node) and get_ident() != node.thread:
             node.wrong_loop(what, self._ref, self._method)
         # A TellEnvelope set field by field: cheaper than Envelope(...), whose
         # __init__ is a Python call (this runs once per tell).
