@@ -54,6 +54,14 @@ class Answers:
         self.errors[i] = error
         self._one_less()
 
+    def answered(self, n: int) -> None:
+        """``n`` more asks answered, their values put in place by an `AskBatch` (which
+        counts them once a slice)."""
+        if n:
+            self.left -= n
+            if self.left == 0 and not self.waiter.done():
+                self.waiter.set_result(None)
+
     def _one_less(self) -> None:
         self.left -= 1
         if self.left == 0 and not self.waiter.done():

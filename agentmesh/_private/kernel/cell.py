@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import tracing
-from .answers import PENDING, Answers
+from .answers import Answers
 from .context import current_chain
 from .dispatch import RAISED, RETURNED, TURNS_PER_SLICE, Driver, Suspended, resume
 from .envelope import NO_KWARGS, Envelope, Reply, TellEnvelope, chains
@@ -892,6 +892,7 @@ class AskBatch(Batch):
         driver = self.driver
         drive = driver.drive
         box = driver.box
+        answered = 0
         while i < end:
             cell = cells[i]
             k = positions[i]
@@ -926,21 +927,21 @@ class AskBatch(Batch):
             out = ctx.run(drive, coro)
             if out is RETURNED:
                 cell.current = cell.runner = None
-                # Answers.put, inlined: this runs once per ask.
-                if not answers.closed and values[k] is PENDING:
-                    values[k] = box[0]
-                    answers.left -= 1
-                    if answers.left == 0 and not answers.waiter.done():
-                        answers.waiter.set_result(None)
+                # Answers.put, inlined: this runs once per ask (the answers were not
+                # closed above, and each position is asked once).
+                values[k] = box[0]
                 box[0] = None
+                answered += 1
                 if cell.mailbox.items or cell.state is not _RUNNING:
                     cell.schedule()
                 continue
             if out is RAISED:
                 _raised(cell, box, self._envelope(cell, k))
                 continue
+            answers.answered(answered)
             rest = driver.rest(out)
             return self._suspended(i, cell, self._envelope(cell, k), rest, out, ctx)
+        answers.answered(answered)
         self.next = i
         return i < len(cells)
 
