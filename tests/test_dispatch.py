@@ -406,6 +406,9 @@ class Results(am.Agent):
     async def make(self, _: object = None) -> Payload:
         return Payload()
 
+    async def fail_carrying(self) -> None:
+        raise ValueError("carried", Payload())
+
     async def fail_later(self, _: object = None) -> None:
         await asyncio.sleep(0)
         raise ValueError("late failure")
@@ -439,6 +442,15 @@ async def test_the_dispatcher_keeps_no_result_alive(mesh: am.Mesh) -> None:
     assert len(Payload.made) == 1
     del answers
     await wait_for(lambda: mesh._node.dispatcher.task is None)  # it held the batch last
+    gc.collect()
+    assert not Payload.made
+
+
+async def test_the_dispatcher_keeps_no_error_alive(mesh: am.Mesh) -> None:
+    agent = await mesh.spawn(Results)
+    with pytest.raises(am.RemoteError, match="carried"):
+        await agent.fail_carrying()  # the error holds a Payload: nothing may keep it
+    await wait_for(lambda: mesh._node.dispatcher.task is None)
     gc.collect()
     assert not Payload.made
 

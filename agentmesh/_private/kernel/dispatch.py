@@ -87,13 +87,15 @@ def _driving(box: list[Any]) -> Generator[Any, Any, None]:
     while True:
         try:
             box[0] = yield from coro
+            ended = RETURNED
         except GeneratorExit:
             raise
         except BaseException as exc:  # the caller re-raises what it does not handle
             box[0] = exc
-            coro = yield RAISED
-        else:
-            coro = yield RETURNED
+            ended = RAISED
+        # (Yielded outside the except clause: a generator waiting in one would keep
+        # the exception, its traceback and their frames alive until the next turn.)
+        coro = yield ended
 
 
 class Driver:
