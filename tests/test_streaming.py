@@ -177,6 +177,9 @@ async def test_a_stream_queued_past_its_item_timeout_never_runs(world: World) ->
     with pytest.raises(am.AskTimeout):
         async for _ in writer.count.stream(3, item_timeout=0.05):
             pass
+    # Across nodes the callee learns it (its own deadline, or the consumer's cancel)
+    # a little later: wait until it, too, sees the queued call as given up.
+    await wait_for(lambda: world.asks_given_up(writer), what="the queued stream call given up")
     await world.open_gate(writer)
     assert [item async for item in busy] == ["second"]
     assert await writer.status() == 2  # count() never ran: it yielded nothing
