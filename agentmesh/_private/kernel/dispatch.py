@@ -105,23 +105,22 @@ class Driver:
     the handler yielded where it suspended. A suspended handler keeps the generator
     (`rest`); the driver takes a new one for the next turn."""
 
-    __slots__ = ("box", "drive")
+    __slots__ = ("box", "drive", "gen")
 
     def __init__(self) -> None:
         self._fresh()
 
     def _fresh(self) -> None:
         self.box: list[Any] = [None]
-        gen = _driving(self.box)
-        gen.send(None)
-        self.drive: Callable[[Coroutine[Any, Any, Any]], Any] = gen.send
+        self.gen = _driving(self.box)
+        self.gen.send(None)
+        self.drive: Callable[[Coroutine[Any, Any, Any]], Any] = self.gen.send
 
     def rest(self, yielded: Any) -> Coroutine[Any, Any, Any]:
         """The handler that just suspended, yielding ``yielded``, as a coroutine that
         stands where it stands (to finish with `resume`): it returns or raises what
         the handler does. The driver goes on with a new generator."""
-        gen = cast("Generator[Any, Any, None]", self.drive.__self__)  # type: ignore[attr-defined]
-        rest = _rest(gen, self.box, yielded)
+        rest = _rest(self.gen, self.box, yielded)
         self._fresh()
         rest.send(None)  # up to its first yield, which gives back ``yielded``
         return cast("Coroutine[Any, Any, Any]", rest)
