@@ -24,7 +24,7 @@ from . import tracing
 from .answers import Answers
 from .context import current_chain
 from .dispatch import RAISED, RETURNED, TURNS_PER_SLICE, Driver, Suspended, resume
-from .envelope import NO_KWARGS, Envelope, Reply, TellEnvelope, chains
+from .envelope import NO_KWARGS, Envelope, Reply, TracedEnvelope, chains
 from .errors import AgentmeshError, AgentUnavailable, BadArguments, WrongLoop, refused
 from .lifecycle import Lifecycle, State
 from .mailbox import _SPARE_MAX, SPARE_QUEUES, Mailbox
@@ -218,12 +218,14 @@ class Cell(Lifecycle):
             # transport then refuses (one type check a tell).
             if type(tell) is not tuple or tell[0] != me or type(tell[1]) is not str:
                 break
-            # A TellEnvelope set field by field: cheaper than Envelope(...), whose
-            # __init__ is a Python call (this runs once per tell from a peer).
-            env = new(TellEnvelope)
+            # Field by field: cheaper than Envelope(...), whose __init__ is a Python
+            # call (this runs once per tell from a peer).
+            env = new(Envelope)
             env.target, env.method, env.args, kwargs, env.sender = tell
             env.kwargs = kwargs or NO_KWARGS
+            env.reply = None
             env.chain = next(chains)
+            env.deadline = 0.0
             append(env)
             i += 1
         if i > start and self.runner is None and not self.queued and self.instance is not None:
@@ -498,7 +500,7 @@ class Cell(Lifecycle):
                     continue
                 if type(coro) is not _Coroutine:
                     coro = _awaited(coro)  # an awaitable other than a coroutine
-                if env.trace is not None:
+                if type(env) is TracedEnvelope:
                     coro = tracing.turn(coro, env, self)
                 self.handled += 1
                 out = drive(coro)
@@ -592,7 +594,7 @@ class Cell(Lifecycle):
                 except TypeError as exc:
                     self._reject(env, BadArguments(f"{self.label}.{env.method}(): {exc}"))
                     continue
-                if env.trace is not None:
+                if type(env) is TracedEnvelope:
                     coro = tracing.turn(coro, env, self)
                 self.handled += 1
                 try:
@@ -656,7 +658,7 @@ class Cell(Lifecycle):
                 # Binding the arguments failed before any of the handler's code ran.
                 self._reject(env, BadArguments(f"{self.label}.{env.method}(): {exc}"))
                 return
-            if env.trace is not None:
+            if type(env) is TracedEnvelope:
                 coro = tracing.turn(coro, env, self)
             self.handled += 1
             timer = self.node.turn_timer  # None unless metrics are on

@@ -17,7 +17,6 @@ __all__ = [
     "Envelope",
     "RemoteReply",
     "Reply",
-    "TellEnvelope",
     "TellRecord",
     "TracedEnvelope",
     "chains",
@@ -64,7 +63,13 @@ class Envelope:
     loop's clock (0.0 for a tell); transports send the time left, so the callee skips
     an ask whose asker has already given up. ``trace`` is the trace context of a
     traced message: always None here, where it is a class attribute and takes no room
-    (`TracedEnvelope` holds one).
+    (`TracedEnvelope` holds one; hot paths test ``type(env) is TracedEnvelope``, since
+    reading a class attribute through an instance is never specialized on 3.11).
+
+    Hot paths make envelopes field by field (``object.__new__(Envelope)``, then every
+    slot): cheaper than a call to ``__init__``. Untraced ones are all of this one class,
+    so the interpreter's attribute caches on them hold (a second class at the same
+    ``env.reply`` would make them miss).
     """
 
     __slots__ = ("args", "chain", "deadline", "kwargs", "method", "reply", "sender", "target")
@@ -93,15 +98,6 @@ class Envelope:
     def __repr__(self) -> str:
         kind = "tell" if self.reply is None else "ask"
         return f"<Envelope {kind} {self.target}.{self.method} chain={self.chain:x}>"
-
-
-class TellEnvelope(Envelope):
-    """The envelope of a tell a peer sent (`TellRecord`): no reply, no deadline, as
-    class defaults, so it is made field by field without a call to ``__init__``."""
-
-    __slots__ = ()
-    reply: Reply | None = None
-    deadline: float = 0.0
 
 
 class TracedEnvelope(Envelope):

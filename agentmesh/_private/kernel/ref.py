@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import tracing
 from .context import current_cell, current_node
-from .envelope import NO_KWARGS, Envelope, TellEnvelope, chains
+from .envelope import NO_KWARGS, Envelope, chains
 from .errors import AgentUnavailable, MailboxFull, UnknownMethod
 from .streams import DEFAULT_WINDOW, Stream
 from .threads import THREAD_GRACE, call_from_thread
@@ -146,11 +146,16 @@ class MethodRef:
     """One method of one agent: call it to ask, or use ``ask``/``tell``/``tell_nowait``,
     or ``stream`` for a method that yields."""
 
-    __slots__ = ("_method", "_ref")
+    __slots__ = ("_cell", "_method", "_ref")
 
     def __init__(self, ref: AgentRef, method: str) -> None:
         self._ref = ref
         self._method = method
+        # The agent's cell once the ref knows it (it never changes then): read here,
+        # where the lookup is cached, rather than through the ref, whose __getattr__
+        # makes every attribute read on it a slow one (CPython 3.11 does not
+        # specialize attribute reads on a class with __getattr__).
+        self._cell: Cell | None = ref._cell
 
     def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """Ask with the mesh's default timeout: ``await ref.method(*args, **kwargs)``."""
@@ -208,40 +213,48 @@ class MethodRef:
 
     async def tell(self, *args: Any, **kwargs: Any) -> None:
         """Send without waiting for a result; waits only for room in the mailbox."""
-        ref = self._ref
-        cell = ref._cell
+        cell = self._cell
         if cell is None:
-            if not self._offer_remote(args, kwargs):
-                await ref._bind().tell(ref, self._method, args, kwargs)
-            return
+            ref = self._ref
+            cell = self._cell = ref._cell
+            if cell is None:
+                if not self._offer_remote(args, kwargs):
+                    await ref._bind().tell(ref, self._method, args, kwargs)
+                return
         # _tell_here, inlined: this runs once per local tell (see there).
         sender = current_cell.get()
         node = cell.node
         if (sender is None or sender.node is not node) and get_ident() != node.thread:
-            node.wrong_loop("tell", ref, self._method)
-        env: Envelope = _new(TellEnvelope)
-        env.target = ref._id
+            node.wrong_loop("tell", self._ref, self._method)
+        env: Envelope = _new(Envelope)
+        env.target = cell.id
         env.method = self._method
         env.args = args
         env.kwargs = kwargs or NO_KWARGS
+        env.reply = None
         env.chain = next(chains)
         env.sender = None if sender is None else sender.id
+        env.deadline = 0.0
         if tracing.hooks is not None:
-            env = tracing.hooks.tell(env, ref._name or ref._id, node.id)
+            env = tracing.hooks.tell(env, cell.label, node.id)
         if not cell.offer(env):
             await cell.post(env)
 
     def tell_nowait(self, *args: Any, **kwargs: Any) -> None:
         """Send without waiting at all; raises `MailboxFull` if there is no room."""
-        ref = self._ref
-        cell = ref._cell
+        cell = self._cell
         if cell is None:
-            if not self._offer_remote(args, kwargs):
-                ref._bind().tell_nowait(ref, self._method, args, kwargs)
-            return
+            ref = self._ref
+            cell = self._cell = ref._cell
+            if cell is None:
+                if not self._offer_remote(args, kwargs):
+                    ref._bind().tell_nowait(ref, self._method, args, kwargs)
+                return
         env = self._tell_here(cell, args, kwargs, "tell_nowait")
         if not cell.offer(env):
-            raise MailboxFull(f"mailbox of {ref!r} is full ({cell.mailbox.capacity} messages)")
+            raise MailboxFull(
+                f"mailbox of {self._ref!r} is full ({cell.mailbox.capacity} messages)"
+            )
 
     def _tell_here(
         self, cell: Cell, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
@@ -255,17 +268,19 @@ class MethodRef:
         node = cell.node
         if (sender is None or sender.node is not node) and get_ident() != node.thread:
             node.wrong_loop(what, self._ref, self._method)
-        # A TellEnvelope set field by field: cheaper than Envelope(...), whose
-        # __init__ is a Python call (this runs once per tell).
-        env = _new(TellEnvelope)
-        env.target = self._ref._id
+        # Field by field: cheaper than Envelope(...), whose __init__ is a Python call
+        # (this runs once per tell).
+        env = _new(Envelope)
+        env.target = cell.id
         env.method = self._method
         env.args = args
         env.kwargs = kwargs or NO_KWARGS
+        env.reply = None
         env.chain = next(chains)
         env.sender = None if sender is None else sender.id
+        env.deadline = 0.0
         if tracing.hooks is not None:
-            return tracing.hooks.tell(env, self._ref._name or self._ref._id, node.id)
+            return tracing.hooks.tell(env, cell.label, node.id)
         return env
 
     def ask_sync(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:

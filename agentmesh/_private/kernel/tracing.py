@@ -4,9 +4,9 @@ message carries.
 The kernel records nothing itself and imports no tracing library. When tracing is on
 (`agentmesh.tracing.enable`), `hooks` holds a `Tracer` (OpenTelemetry's, in
 ``_private/tracing.py``) and the send paths call it; off, `hooks` is None, and a
-message costs one read of it where it is sent and one read of its envelope's
-``trace`` (a class attribute, None) at its turn: no span, no context capture, and no
-field in the envelope (`TracedEnvelope` is the one that has it).
+message costs one read of it where it is sent and one test of its envelope's type
+at its turn: no span, no context capture, and no field in the envelope
+(`TracedEnvelope` is the one that has it).
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ class MemoryTransport(Transport):
                 send = functools.partial(peer.reply, self.node.id)
                 reply = RemoteReply(send, corr, deadline, loop.time)
             copy = Envelope(target, method, args, kwargs, reply, env.chain, env.sender, deadline)
-        if env.trace is not None and tracing.hooks is not None:  # as a wire carries it
+        if tracing.hooks is not None and env.trace is not None:  # as a wire carries it
             trace = tracing.hooks.from_wire(*tracing.hooks.to_wire(env.trace))
             if trace is not None:
                 copy = TracedEnvelope.of(copy, trace)

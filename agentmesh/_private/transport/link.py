@@ -180,7 +180,7 @@ class Link:
             if isinstance(reply, Receiver):  # a stream call
                 window = reply.window
         carried = None  # the W3C trace context, for a traced message (tracing is on)
-        if env.trace is not None and tracing.hooks is not None:
+        if tracing.hooks is not None and env.trace is not None:
             carried = tracing.hooks.to_wire(env.trace)
         wire: wire_pb2.Envelope | bytes
         if _has_typed(env) and not self._is_control(env):
