@@ -67,6 +67,8 @@ Deliver = Callable[[Envelope], Awaitable[None]]
 
 #: Calls a peer made that a link keeps (to cancel them) before it drops answered ones.
 _PRUNE_FROM = 1024
+#: Seconds a link whose writing failed waits for the peer's last frame (its reason).
+_LAST_WORD = 0.5
 
 #: Values that travel with a codec of their own (JSON, protobuf), not pickled.
 TYPED = (pydantic.BaseModel, Message)
@@ -416,8 +418,14 @@ class Link:
         ]
         reason = f"the connection to node {self.peer} was lost"
         malformed = None
+        reader = tasks[1]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if reader not in done and not self.inbox.failed.done():
+                # A write that failed as the stream ended: what the peer said last (a
+                # refusal, saying why) may still be on its way in, and says more.
+                finished, _ = await asyncio.wait((reader,), timeout=_LAST_WORD)
+                done |= finished
             for task in done:
                 error = None if task.cancelled() else task.exception()
                 if isinstance(error, MalformedFrame):
