@@ -9,6 +9,7 @@ import logging
 from ._private.cluster.directory import NodeInfo
 from ._private.config import MeshConfig
 from ._private.kernel.agent import Agent
+from ._private.kernel.asking import Ask
 from ._private.kernel.errors import (
     AgentmeshError,
     AgentNotFound,
@@ -65,6 +66,7 @@ __all__ = [
     "AgentRef",
     "AgentUnavailable",
     "AgentmeshError",
+    "Ask",
     "AskTimeout",
     "AuthError",
     "AwayFrom",

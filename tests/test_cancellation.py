@@ -40,6 +40,18 @@ async def test_cancelling_an_ask_cancels_its_handler_and_the_agent_goes_on(
     assert await worker.timed(0.01) == "timed out"  # asyncio.timeout works there as ever
 
 
+async def test_cancelling_the_ask_itself_cancels_its_handler(world: World) -> None:
+    worker = await world.spawn(Worker)
+    asking = worker.wait("a")  # an `Ask`: a future, cancelled here directly
+    await wait_for(lambda: _started(world, worker, "a"), what="the handler running")
+    assert asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    await wait_for(lambda: _events(world, worker, "a cancelled", "a finally"))
+    await worker.note("after")
+    assert await worker.log() == ["a cancelled", "a finally", "after"]
+
+
 async def test_a_timeout_around_an_ask_cancels_its_handler(world: World) -> None:
     worker = await world.spawn(Worker)
     with pytest.raises(TimeoutError):

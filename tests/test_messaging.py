@@ -69,6 +69,41 @@ async def _running(world: World, gate: am.AgentRef, count: int) -> bool:
     return running == count
 
 
+async def test_an_ask_is_sent_when_made_and_answered_where_awaited(world: World) -> None:
+    gate = await world.spawn(Gate)
+    pending = gate.wait("early")  # not awaited yet: the call is on its way all the same
+    assert isinstance(pending, am.Ask)
+    assert isinstance(pending, asyncio.Future)
+    await wait_for(lambda: _running(world, gate, 1), what="the call running, unawaited")
+    await world.open_gate(gate)
+    assert await pending == "early"
+
+
+async def test_gathering_asks_makes_no_task_for_each(world: World) -> None:
+    gate = await world.spawn(Gate)
+    await gate.calls_so_far()  # (across nodes: the way there is open now)
+    tasks_before = len(asyncio.all_tasks())
+    # (As many as the way to another node takes without waiting: past that, a sender
+    # waits for room, in a task.)
+    labels = [str(i) for i in range(min(100, world.in_flight or 100) // 2)]
+    gathering = asyncio.ensure_future(asyncio.gather(*(gate.wait(label) for label in labels)))
+    await wait_for(lambda: _running(world, gate, 1), what="the first call running")
+    # Each ask is a future gather waits on: no task each (a few may come and go, such
+    # as the dispatcher's while a turn waits).
+    assert len(asyncio.all_tasks()) < tasks_before + 10
+    assert not gathering.done()
+    await world.open_gate(gate)
+    assert await asyncio.wait_for(gathering, 10) == labels
+
+
+async def test_an_ask_that_cannot_be_sent_raises_where_it_is_awaited(world: World) -> None:
+    counter = await world.spawn(Counter)
+    await counter.stop()
+    pending = counter.get()  # nothing raised here: the ask holds its error
+    with pytest.raises(am.AgentUnavailable):
+        await pending
+
+
 async def test_ask_timeout_per_call(world: World) -> None:
     forever = await world.spawn(Forever)
     with pytest.raises(am.AskTimeout) as caught:

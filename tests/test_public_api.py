@@ -28,6 +28,7 @@ EXPECTED = {
     "AgentRef",
     "AgentUnavailable",
     "AgentmeshError",
+    "Ask",
     "AskTimeout",
     "AuthError",
     "BadArguments",

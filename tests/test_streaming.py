@@ -323,7 +323,9 @@ def _examples(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", body, re.S)
 
 
-@pytest.mark.parametrize("section", ["Streaming", "Cancellation"])
+@pytest.mark.parametrize(
+    "section", ["Three ways to send", "Streaming", "Cancellation", "Call-chain reentrancy"]
+)
 def test_the_docs_examples_run_and_print_what_they_say(section: str) -> None:
     examples = _examples(section)
     assert examples

@@ -36,17 +36,17 @@ class Deadlines:
     asks in flight make the garbage collector walk the whole heap more often).
     """
 
-    __slots__ = ("_entries", "_expire", "_loop", "_timer", "timeout")
+    __slots__ = ("_expire", "_loop", "_timer", "entries", "timeout")
 
     def __init__(self, timeout: float, expire: Expire) -> None:
         self.timeout = timeout
         self._expire = expire
-        self._entries: dict[Envelope, Any] = {}
+        self.entries: dict[Envelope, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def add(self, env: Envelope, what: Any) -> None:
         """Expire ``env`` at its ``deadline`` (which must be `timeout` seconds from
@@ -62,15 +62,15 @@ class Deadlines:
             elif loop is not self._loop:
                 raise WrongLoop("ask deadlines are kept on the loop of the first ask only")
             self._timer = loop.call_at(env.deadline, self._fire)
-        self._entries[env] = what
+        self.entries[env] = what
 
     def discard(self, env: Envelope) -> None:
-        self._entries.pop(env, None)
+        self.entries.pop(env, None)
 
     def _fire(self) -> None:
         assert self._loop is not None
         self._timer = None
-        entries = self._entries
+        entries = self.entries
         now = self._loop.time()
         while entries:
             env = next(iter(entries))
@@ -84,4 +84,4 @@ class Deadlines:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._entries.clear()
+        self.entries.clear()

@@ -14,12 +14,13 @@ import itertools
 import logging
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Container, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import listing, tracing
 from .agent import Agent, check_agent_class, method_table
 from .answers import Answers
+from .asking import Ask
 from .cell import AskBatch, Cell, State, TellBatch
 from .context import current_cell, current_chain, current_node
 from .deadlines import Deadlines
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from .transport import Transport
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "DEFAULT_SHUTDOWN_TIMEOUT", "DEFAULT_SLOW_TURN", "Node"]
+
+_new = object.__new__
 
 
 log = logging.getLogger("agentmesh.node")
@@ -580,73 +583,76 @@ class Node:
 
     # -- sending ----------------------------------------------------------------
 
-    async def ask(
+    def ask(
         self,
         ref: AgentRef,
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None,
-    ) -> Any:
-        """Send an ask and wait for its result; see `MethodRef.ask`."""
+        cell: Cell | None = None,
+    ) -> Ask:
+        """Send an ask now and return its reply to await (`Ask`); see `MethodRef.ask`.
+        ``cell``: the callee's, if the caller knows it (else it is looked up).
+
+        What keeps the call from being sent (the agent is gone, the payload cannot be
+        encoded ...) is the ask's error, raised where it is awaited, as its reply's."""
         loop = self.loop
         # The loop check, by thread: cheaper than asking for the running loop.
         if threading.get_ident() != self.thread or loop is None:
             self.wrong_loop("ask", ref, method)
             loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut = Ask(loop=loop)
         sender = current_cell.get()
         seconds = self.ask_timeout if timeout is None else timeout
-        env = Envelope(
-            ref._id,
-            method,
-            args,
-            kwargs,
-            fut,
-            (current_chain.get() if sender is None else sender.chain_of_current_task())
-            or next(chains),
-            None if sender is None else sender.id,
-            loop.time() + seconds,
-        )
+        # Field by field: cheaper than Envelope(...), whose __init__ is a Python call.
+        env = _new(Envelope)
+        env.target = ref._id if cell is None else cell.id
+        env.method = method
+        env.args = args
+        env.kwargs = kwargs or NO_KWARGS
+        env.reply = fut
+        if sender is None:
+            env.chain = current_chain.get() or next(chains)
+            env.sender = None
+        else:
+            env.chain = sender.chain_of_current_task() or next(chains)
+            env.sender = sender.id
+        env.deadline = loop.time() + seconds
         if tracing.hooks is not None:
             env = tracing.hooks.ask(env, fut, ref._name or ref._id, self.id)
+        fut._env = env
+        fut._sender = sender
+        fut._sending = None
+        fut._callee = None
         if seconds == self.ask_timeout:  # one timer for all of them
-            handle = None
-            self._deadlines.add(env, ref)
+            fut._expiry = deadlines = self._deadlines
+            deadlines.add(env, ref)
         else:
-            handle = loop.call_later(seconds, self._expire, env, ref, seconds)
+            fut._expiry = loop.call_later(seconds, self._expire, env, ref, seconds)
         if sender is not None:
             if sender.waiting_on is None:
                 sender.waiting_on = {}
-            sender.waiting_on[fut] = ref._id
-        cell = ref._cell
+            sender.waiting_on[fut] = env.target
         try:
-            if cell is None and ref._node_id == self.id:
-                cell = self._cell_of(ref)
+            if cell is None:
+                cell = ref._cell
+                if cell is None and ref._node_id == self.id:
+                    cell = self._cell_of(ref)
             if cell is None:
                 transport = self._transport(ref)
                 try:  # the stream is open and has room: no task, no waiting
                     transport.send_nowait(ref._node_id, env)
                 except MailboxFull:  # connect, or wait for room, unless the ask expires
-                    await self._await_or_expire(transport.send(ref._node_id, env), fut)
-            elif not cell.offer(env):  # no room now: wait for it
-                await self._await_or_expire(cell.post(env), fut)
-            return await fut
-        except asyncio.CancelledError:
-            # Its handler, if it runs, is cancelled too (across nodes, the transport
-            # sends a cancel when it sees the future cancelled).
-            if cell is not None:
-                cell.cancel_turn(env)
-            raise
-        finally:
-            if handle is None:
-                self._deadlines.discard(env)
+                    fut._sending = self._send_later(transport.send(ref._node_id, env), fut)
             else:
-                handle.cancel()
+                fut._callee = cell
+                if not cell.offer(env):  # no room now: wait for it
+                    fut._sending = self._send_later(cell.post(env), fut)
+        except Exception as exc:  # (AgentUnavailable, SerializationError ...)
             if not fut.done():
-                fut.cancel()  # the send failed or we were cancelled: nobody will wait
-            if sender is not None and sender.waiting_on is not None:
-                sender.waiting_on.pop(fut, None)
+                fut.set_exception(exc)
+        return fut
 
     def ask_each(
         self, refs: Sequence[AgentRef], method: str, args: Sequence[Any], deadline: float
@@ -751,16 +757,22 @@ class Node:
         fut.set_exception(AskTimeout(message))
 
     @staticmethod
-    async def _await_or_expire(send: Any, fut: asyncio.Future[Any]) -> None:
-        """Wait for ``send`` (room in a mailbox or window) unless the ask expires first."""
-        task = asyncio.ensure_future(send)
-        try:
-            await asyncio.wait((task, fut), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-        if task.done() and not task.cancelled():
-            task.result()  # re-raise AgentUnavailable and the like
+    def _send_later(send: Coroutine[Any, Any, None], fut: Ask) -> asyncio.Task[None]:
+        """Send an ask that could not go at once (``send`` waits for room in a mailbox
+        or window) in a task, which the ask cancels if it ends first; what fails the
+        send fails the ask."""
+
+        async def sending() -> None:
+            try:
+                await send
+            except Exception as exc:
+                fut._sending = None
+                if not fut.done():
+                    fut.set_exception(exc)
+            finally:
+                fut._sending = None
+
+        return asyncio.get_running_loop().create_task(sending())
 
     async def tell(
         self, ref: AgentRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]

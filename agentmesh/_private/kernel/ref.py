@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from _thread import get_ident
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import tracing
+from .asking import Ask
 from .context import current_cell, current_node
 from .envelope import NO_KWARGS, Envelope, chains
 from .errors import AgentUnavailable, MailboxFull, UnknownMethod
@@ -157,21 +157,35 @@ class MethodRef:
         # specialize attribute reads on a class with __getattr__).
         self._cell: Cell | None = ref._cell
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
-        """Ask with the mesh's default timeout: ``await ref.method(*args, **kwargs)``."""
-        ref = self._ref
-        return ref._bind().ask(ref, self._method, args, kwargs, None)
+    def __call__(self, *args: Any, **kwargs: Any) -> Ask:
+        """Ask with the mesh's default timeout: ``await ref.method(*args, **kwargs)``.
+        The call is sent now; see `ask`."""
+        cell = self._cell
+        if cell is None:
+            ref = self._ref
+            cell = self._cell = ref._cell
+            if cell is None:
+                return ref._bind().ask(ref, self._method, args, kwargs, None)
+        return cell.node.ask(self._ref, self._method, args, kwargs, None, cell)
 
-    def ask(
-        self, *args: Any, timeout: float | None = None, **kwargs: Any
-    ) -> Coroutine[Any, Any, Any]:
-        """Ask and wait for the result, at most ``timeout`` seconds (`AskTimeout`).
+    def ask(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Ask:
+        """Send the call now; the `Ask` returned gives its result when awaited, within
+        ``timeout`` seconds (default: the mesh's ask timeout), else `AskTimeout`.
 
-        Raises `RemoteError` if the handler raised, `UnknownMethod` / `BadArguments`
-        for a call the agent cannot take, `AgentUnavailable` if it stopped.
+        An `Ask` is a future: ``asyncio.gather`` over many asks waits on them with no
+        task each; ``create_task`` takes it too. Awaiting it raises `RemoteError` if
+        the handler raised, `UnknownMethod` / `BadArguments` for a call the agent
+        cannot take, `AgentUnavailable` if it stopped. Cancelling it (or the task
+        awaiting it) cancels the call: never run if still queued, else its handler
+        gets CancelledError.
         """
-        ref = self._ref
-        return ref._bind().ask(ref, self._method, args, kwargs, timeout)
+        cell = self._cell
+        if cell is None:
+            ref = self._ref
+            cell = self._cell = ref._cell
+            if cell is None:
+                return ref._bind().ask(ref, self._method, args, kwargs, timeout)
+        return cell.node.ask(self._ref, self._method, args, kwargs, timeout, cell)
 
     def stream(
         self,
@@ -304,7 +318,7 @@ class MethodRef:
         method = self._method
         wait = (node.ask_timeout if timeout is None else timeout) + THREAD_GRACE
 
-        def ask() -> Coroutine[Any, Any, Any]:
+        def ask() -> Ask:
             return node.ask(ref, method, args, kwargs, timeout)
 
         return call_from_thread(node, ask, wait, f"ask_sync {ref.name or ref.id}.{method}()")
