@@ -418,10 +418,15 @@ class Link:
         ]
         reason = f"the connection to node {self.peer} was lost"
         malformed = None
-        reader = tasks[1]
+        writer, reader = tasks[0], tasks[1]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if reader not in done and not self.inbox.failed.done():
+            if (
+                done == {writer}
+                and not writer.cancelled()
+                and writer.exception() is not None
+                and not self.closed
+            ):
                 # A write that failed as the stream ended: what the peer said last (a
                 # refusal, saying why) may still be on its way in, and says more.
                 finished, _ = await asyncio.wait((reader,), timeout=_LAST_WORD)
