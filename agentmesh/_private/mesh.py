@@ -440,7 +440,8 @@ class Mesh:
         ``detached``. Names are unique across the cluster. Raises `SpawnError` if the
         constructor or ``on_start`` raised.
         """
-        self._check_open()
+        if not self._entered:
+            self._check_open()  # raises
         if self._node.closed:
             raise RuntimeError("the mesh is closed")
         if (
@@ -457,7 +458,10 @@ class Mesh:
         ):
             membership = self._membership
             if membership is None or membership.role != "driver":  # (a driver places)
-                ref = self._live_root()._start_plain(agent_class, args, mailbox_size, concurrency)
+                root = self._root
+                if root is None or root._am_cell.instance is not root:  # (an ended cell
+                    root = self._live_root()  # has none): raises, saying why
+                ref = root._start_plain(agent_class, args, mailbox_size, concurrency)
                 if ref is not None:  # nothing to await: started already
                     return ref
         if restart is None:

@@ -149,6 +149,13 @@ class Cell(Lifecycle):
     def __repr__(self) -> str:
         return f"<Cell {self.label} {self.state.value}>"
 
+    def _build(self) -> Agent:
+        cls = self.cls
+        instance = cls.__new__(cls)
+        instance._am_cell = self  # before __init__, for self.ref
+        instance.__init__(*self.args, **self.kwargs)  # type: ignore[misc]
+        return instance
+
     # -- receiving --------------------------------------------------------------
 
     def _reentrant(self, env: Envelope) -> bool:

@@ -231,7 +231,7 @@ class Lifecycle(abc.ABC):
             raise remote_error(self.label, exc, SpawnError) from None
         self._spawning = False
         self.state = State.RUNNING
-        if self.mailbox:  # __init__ told itself something
+        if self.mailbox.items:  # __init__ told itself something
             self.schedule()
 
     async def start(self) -> None:
@@ -290,12 +290,9 @@ class Lifecycle(abc.ABC):
             self.state = State.RUNNING
         start.set_result(None)
 
+    @abc.abstractmethod
     def _build(self) -> Agent:
-        cls = self.cls
-        instance = cls.__new__(cls)
-        instance._am_cell = self.cell  # before __init__, for self.ref
-        instance.__init__(*self.args, **self.kwargs)  # type: ignore[misc]
-        return instance
+        """A new instance of the agent's class, from its constructor's arguments."""
 
     @property
     def store_key(self) -> str:

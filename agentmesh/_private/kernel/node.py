@@ -40,6 +40,7 @@ from .exits import ExitReason, Terminated
 from .idle import IdleWatch
 from .info import AgentInfo, CrashReport
 from .mailbox import DEFAULT_MAILBOX_SIZE
+from .methods import MethodTable
 from .monitors import RemoteMonitors, RemoteWatcher
 from .placing import Placer, Ticket
 from .ports import FRAMEWORK_PREFIX, BusPort, NodeRequest, RemoteChildrenPort
@@ -74,13 +75,6 @@ DEFAULT_SLOW_TURN = 0.5
 _EXITS_KEPT = 10_000
 #: How many of its latest crashes a node remembers (`Node.recent_crashes`).
 CRASHES_KEPT = 100
-
-
-def _first(option: int | None, fallback: int | None, default: int = 1) -> int:
-    """The first option that is set (not None)."""
-    if option is not None:
-        return option
-    return fallback if fallback is not None else default
 
 
 class Node:
@@ -312,7 +306,7 @@ class Node:
         if methods is None or not methods.starts_now or methods.topics:
             return None  # (a class seen for the first time goes the full way once)
         cell = self._new_cell(
-            factory, args, None, mailbox_size, concurrency, 0, exit_listener, None, None
+            factory, args, None, mailbox_size, concurrency, 0, exit_listener, None, None, methods
         )
         cell.start_now()
         return cell.ref
@@ -328,18 +322,22 @@ class Node:
         exit_listener: ExitListener | None,
         agent_id: str | None,
         reservation: Ticket | None,
+        methods: MethodTable | None = None,
     ) -> Cell:
-        """A new agent's cell, registered here (by id and name), not started."""
+        """A new agent's cell, registered here (by id and name), not started.
+        ``methods``: the class's table, if the caller has it already."""
         if asyncio.get_running_loop() is not self.loop:
             self.wrong_loop("spawn()")
         if self.closed:
             raise AgentUnavailable(f"node {self.id} is closed")
-        kwargs: dict[str, Any] = {}
+        kwargs = NO_KWARGS
         if isinstance(factory, functools.partial):
             args = factory.args + args
             kwargs = dict(factory.keywords)
             factory = factory.func
         cls = check_agent_class(factory)
+        if methods is None:
+            methods = method_table(cls)
         if name is not None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"an agent name must be a non-empty string, got {name!r}")
@@ -350,18 +348,14 @@ class Node:
         elif agent_id in self.cells:
             raise NameTaken(f"agent id {agent_id!r} is taken")
         ref = AgentRef._create(agent_id, name, self.id, self)
-
+        if mailbox_size is None:
+            mailbox_size = cls.mailbox_size
+            if mailbox_size is None:
+                mailbox_size = self.mailbox_size
+        if concurrency is None:
+            concurrency = cls.concurrency
         cell = Cell(
-            self,
-            agent_id,
-            name,
-            cls,
-            args,
-            kwargs,
-            method_table(cls),
-            _first(mailbox_size, cls.mailbox_size, self.mailbox_size),
-            _first(concurrency, cls.concurrency),
-            ref,
+            self, agent_id, name, cls, args, kwargs, methods, mailbox_size, concurrency, ref
         )
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be 0 or more, got {checkpoint_every}")
