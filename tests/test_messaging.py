@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 
 import pytest
 
@@ -102,6 +104,24 @@ async def test_an_ask_that_cannot_be_sent_raises_where_it_is_awaited(world: Worl
     pending = counter.get()  # nothing raised here: the ask holds its error
     with pytest.raises(am.AgentUnavailable):
         await pending
+
+
+async def test_an_answered_ask_is_freed_without_the_garbage_collector(mesh: am.Mesh) -> None:
+    # An Ask and its envelope point at each other until it ends: then they must not,
+    # or each ask would live until the collector's next full pass.
+    counter = await mesh.spawn(Counter)
+    gc.disable()
+    try:
+        answered = []
+        for _ in range(20):
+            ask = counter.add(1)
+            answered.append(weakref.ref(ask))
+            await ask
+        del ask
+        await asyncio.sleep(0)  # (the task that awaited the last one lets go of it)
+        assert sum(ref() is not None for ref in answered) == 0
+    finally:
+        gc.enable()
 
 
 async def test_ask_timeout_per_call(world: World) -> None:

@@ -36,8 +36,10 @@ class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
 
     __slots__ = ("_callee", "_env", "_expiry", "_sender", "_sending")
 
-    #: The envelope that carries the call (its ``reply`` is this future).
-    _env: Envelope
+    #: The envelope that carries the call (its ``reply`` is this future), until the
+    #: ask ends: then None, so that the two make no reference cycle (which only the
+    #: garbage collector would free).
+    _env: Envelope | None
     #: How the ask expires: the node's shared `Deadlines`, or its own timer.
     _expiry: Deadlines | asyncio.TimerHandle | None
     #: The agent that asked (None for a driver), whose ``waiting_on`` names this.
@@ -52,7 +54,8 @@ class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
         # _settled, inlined: this runs once per ask.
         expiry = self._expiry
         if isinstance(expiry, Deadlines):
-            expiry.entries.pop(self._env, None)
+            if self._env is not None:
+                expiry.entries.pop(self._env, None)
         elif expiry is not None:
             expiry.cancel()
         sender = self._sender
@@ -60,6 +63,8 @@ class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
             waiting = sender.waiting_on
             if waiting is not None:
                 waiting.pop(self, None)
+            self._sender = None
+        self._env = self._callee = None
 
     def set_exception(self, exception: type | BaseException, /) -> None:
         _Future.set_exception(self, exception)
@@ -70,10 +75,10 @@ class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
         (across nodes, the transport tells the callee's node)."""
         if not _Future.cancel(self, msg):
             return False
+        callee, env = self._callee, self._env
         self._settled()
-        callee = self._callee
-        if callee is not None:
-            callee.cancel_turn(self._env)
+        if callee is not None and env is not None:
+            callee.cancel_turn(env)
         return True
 
     def _settled(self) -> None:
@@ -82,7 +87,8 @@ class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
             sending.cancel()
         expiry = self._expiry
         if isinstance(expiry, Deadlines):
-            expiry.discard(self._env)
+            if self._env is not None:
+                expiry.discard(self._env)
         elif expiry is not None:
             expiry.cancel()
         sender = self._sender
@@ -90,6 +96,8 @@ class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
             waiting = sender.waiting_on
             if waiting is not None:
                 waiting.pop(self, None)
+            self._sender = None
+        self._env = self._callee = None
 
     # -- as a coroutine (for create_task, TaskGroup, run_coroutine_threadsafe) ----
 
