@@ -36,14 +36,14 @@ class Deadlines:
     asks in flight make the garbage collector walk the whole heap more often).
     """
 
-    __slots__ = ("_expire", "_loop", "_timer", "entries", "timeout")
+    __slots__ = ("_expire", "_loop", "entries", "timeout", "timer")
 
     def __init__(self, timeout: float, expire: Expire) -> None:
         self.timeout = timeout
         self._expire = expire
         self.entries: dict[Envelope, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -52,7 +52,7 @@ class Deadlines:
         """Expire ``env`` at its ``deadline`` (which must be `timeout` seconds from
         now, as for the asks before it) unless `discard` comes first. ``what`` goes
         to the expire callback (whom it asks)."""
-        if self._timer is None:
+        if self.timer is None:
             # Arming is rare (the first ask after a quiet spell), so the loop is checked
             # here: a timer armed on another loop would never fire on this one, and
             # no ask would ever expire again.
@@ -61,7 +61,7 @@ class Deadlines:
                 self._loop = loop
             elif loop is not self._loop:
                 raise WrongLoop("ask deadlines are kept on the loop of the first ask only")
-            self._timer = loop.call_at(env.deadline, self._fire)
+            self.timer = loop.call_at(env.deadline, self._fire)
         self.entries[env] = what
 
     def discard(self, env: Envelope) -> None:
@@ -69,19 +69,19 @@ class Deadlines:
 
     def _fire(self) -> None:
         assert self._loop is not None
-        self._timer = None
+        self.timer = None
         entries = self.entries
         now = self._loop.time()
         while entries:
             env = next(iter(entries))
             if env.deadline > now:
                 # The earliest left is still to come: sleep until then.
-                self._timer = self._loop.call_at(env.deadline, self._fire)
+                self.timer = self._loop.call_at(env.deadline, self._fire)
                 return
             self._expire(env, entries.pop(env))
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.entries.clear()

@@ -621,7 +621,10 @@ class Node:
         fut._callee = None
         if seconds == self.ask_timeout:  # one timer for all of them
             fut._expiry = deadlines = self._deadlines
-            deadlines.add(env, ref)
+            if deadlines.timer is not None:
+                deadlines.entries[env] = ref  # Deadlines.add, inlined: once an ask
+            else:
+                deadlines.add(env, ref)
         else:
             fut._expiry = loop.call_later(seconds, self._expire, env, ref, seconds)
         if sender is not None:
