@@ -20,10 +20,9 @@ import asyncio
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .deadlines import Deadlines
-
 if TYPE_CHECKING:
     from .cell import Cell
+    from .deadlines import Deadlines
     from .envelope import Envelope
 
 __all__ = ["Ask"]
@@ -34,14 +33,16 @@ _Future = asyncio.Future
 class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
     """The pending reply of an ask that was sent (see the module's docstring)."""
 
-    __slots__ = ("_callee", "_env", "_expiry", "_sender", "_sending")
+    __slots__ = ("_callee", "_deadlines", "_env", "_sender", "_sending", "_timer")
 
     #: The envelope that carries the call (its ``reply`` is this future), until the
     #: ask ends: then None, so that the two make no reference cycle (which only the
     #: garbage collector would free).
     _env: Envelope | None
-    #: How the ask expires: the node's shared `Deadlines`, or its own timer.
-    _expiry: Deadlines | asyncio.TimerHandle | None
+    #: How the ask expires: the node's shared `Deadlines` (the default timeout) ...
+    _deadlines: Deadlines | None
+    #: ... or a timer of its own (any other).
+    _timer: asyncio.TimerHandle | None
     #: The agent that asked (None for a driver), whose ``waiting_on`` names this.
     _sender: Cell | None
     #: The callee's cell if it lives on this node: its turn is cancelled with this.
@@ -52,12 +53,15 @@ class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
     def set_result(self, result: Any, /) -> None:
         _Future.set_result(self, result)
         # _settled, inlined: this runs once per ask.
-        expiry = self._expiry
-        if isinstance(expiry, Deadlines):
-            if self._env is not None:
-                expiry.entries.pop(self._env, None)
-        elif expiry is not None:
-            expiry.cancel()
+        deadlines = self._deadlines
+        env = self._env
+        if deadlines is not None:
+            if env is not None:
+                deadlines.entries.pop(env, None)
+        else:
+            timer = self._timer
+            if timer is not None:
+                timer.cancel()
         sender = self._sender
         if sender is not None:
             waiting = sender.waiting_on
@@ -85,12 +89,13 @@ class Ask(asyncio.Future[Any], Coroutine[Any, Any, Any]):
         sending = self._sending
         if sending is not None:  # it expired, or was cancelled, before it could go
             sending.cancel()
-        expiry = self._expiry
-        if isinstance(expiry, Deadlines):
-            if self._env is not None:
-                expiry.discard(self._env)
-        elif expiry is not None:
-            expiry.cancel()
+        deadlines = self._deadlines
+        env = self._env
+        if deadlines is not None:
+            if env is not None:
+                deadlines.discard(env)
+        elif self._timer is not None:
+            self._timer.cancel()
         sender = self._sender
         if sender is not None:
             waiting = sender.waiting_on

@@ -14,6 +14,7 @@ import itertools
 import logging
 import secrets
 import threading
+from _thread import get_ident
 from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -593,7 +594,7 @@ class Node:
         encoded ...) is the ask's error, raised where it is awaited, as its reply's."""
         loop = self.loop
         # The loop check, by thread: cheaper than asking for the running loop.
-        if threading.get_ident() != self.thread or loop is None:
+        if get_ident() != self.thread or loop is None:
             self.wrong_loop("ask", ref, method)
             loop = asyncio.get_running_loop()
         fut = Ask(loop=loop)
@@ -620,13 +621,15 @@ class Node:
         fut._sending = None
         fut._callee = None
         if seconds == self.ask_timeout:  # one timer for all of them
-            fut._expiry = deadlines = self._deadlines
+            fut._deadlines = deadlines = self._deadlines
+            fut._timer = None
             if deadlines.timer is not None:
                 deadlines.entries[env] = ref  # Deadlines.add, inlined: once an ask
             else:
                 deadlines.add(env, ref)
         else:
-            fut._expiry = loop.call_later(seconds, self._expire, env, ref, seconds)
+            fut._deadlines = None
+            fut._timer = loop.call_later(seconds, self._expire, env, ref, seconds)
         if sender is not None:
             if sender.waiting_on is None:
                 sender.waiting_on = {}
