@@ -124,6 +124,24 @@ async def test_an_answered_ask_is_freed_without_the_garbage_collector(mesh: am.M
         gc.enable()
 
 
+async def test_an_ask_that_expires_while_waiting_for_room_never_runs(world: World) -> None:
+    gate = await world.spawn(Gate, mailbox_size=1)
+    await gate.wait.tell("blocker")
+    await wait_for(lambda: _running(world, gate, 1), what="blocker running")
+    for i in range(1 + world.in_flight):  # the mailbox and the way there, full
+        await gate.note.tell(f"t{i}")
+    late = gate.note.ask("late", timeout=0.2)  # sent now: it waits for room
+    with pytest.raises(am.AskTimeout):
+        await late
+    # It no longer waits for room either (nor takes the room a later sender gets).
+    await wait_for(lambda: not world.sender_blocked(gate), what="the late ask gone")
+    await world.open_gate(gate)
+    expected = ["blocker", *(f"t{i}" for i in range(1 + world.in_flight))]
+    await wait_for(lambda: _calls_are(gate, expected), what="all but the late one handled")
+    await gate.note("after")  # (had the late one run, it would show before this)
+    assert await gate.calls_so_far() == [*expected, "after"]
+
+
 async def test_ask_timeout_per_call(world: World) -> None:
     forever = await world.spawn(Forever)
     with pytest.raises(am.AskTimeout) as caught:
